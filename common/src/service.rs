@@ -1,0 +1,109 @@
+//! The interface between the coordinator and the workers that own shards. Standalone mode uses
+//! the in-process implementation in `orochi_worker`; a cluster will use an Arrow Flight client
+//! with the same trait, so there is exactly one code path above it.
+//!
+//! Transactions: the coordinator names every statement or transaction block with a [`TxnId`].
+//! Writes are buffered per transaction on the worker, visible to that transaction's own reads
+//! and scans, and applied atomically and durably by [`ShardService::commit`]. Rows being written
+//! are locked until commit/abort, so concurrent writers of one row queue behind each other
+//! (Postgres' read-committed behaviour for UPDATE/DELETE) and deadlocks are detected (40P01).
+
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+
+use crate::datum::Datum;
+use crate::error::DbResult;
+use crate::schema::{ShardIndex, TableDef, TableId};
+
+pub type TxnId = u64;
+
+/// A stream of record batches (a scan's output).
+pub type BatchStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = DbResult<RecordBatch>> + Send + 'static>>;
+
+/// A full physical row of a table (see [`TableDef::columns`]).
+pub type Row = Vec<Datum>;
+
+/// One buffered write.
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    /// Insert a new row; fails with 23505 if the key exists.
+    Insert { row: Row },
+    /// Insert the row unless the key exists; `applied` in the result says which happened.
+    InsertIgnore { row: Row },
+    /// Replace the row stored under `key` (the key may change: `row`'s key is re-derived).
+    Update { old_key: Vec<u8>, row: Row },
+    /// Delete the row stored under `key`.
+    Delete { key: Vec<u8> },
+}
+
+/// The writes of one statement to one table.
+#[derive(Debug, Clone)]
+pub struct WriteRequest {
+    pub table: TableId,
+    pub ops: Vec<WriteOp>,
+}
+
+/// Per op: whether it took effect (an `InsertIgnore` that found the key reports `false`).
+#[derive(Debug, Clone, Default)]
+pub struct WriteResponse {
+    pub applied: Vec<bool>,
+}
+
+/// A scan of some shards of one table.
+#[derive(Debug, Clone)]
+pub struct ScanRequest {
+    pub table: TableId,
+    pub shards: Vec<ShardIndex>,
+    /// Physical column indexes to return, in this order.
+    pub projection: Vec<usize>,
+    /// Optional exact primary-key lookups instead of full shard scans (encoded keys).
+    pub keys: Option<Vec<Vec<u8>>>,
+    pub batch_rows: usize,
+    /// Stop after this many rows (a pushed-down LIMIT).
+    pub limit: Option<usize>,
+}
+
+#[async_trait]
+pub trait ShardService: Send + Sync + std::fmt::Debug {
+    /// Creates (or re-defines, after ALTER TABLE) a table's shards owned by this worker.
+    async fn create_table(&self, table: &TableDef) -> DbResult<()>;
+    /// Replaces the definition used to decode rows (after ADD/DROP COLUMN).
+    async fn alter_table(&self, table: &TableDef) -> DbResult<()>;
+    /// Drops every shard of a table and its data.
+    async fn drop_table(&self, table: TableId) -> DbResult<()>;
+    /// Removes all rows of a table (TRUNCATE). Durable on return.
+    async fn truncate(&self, table: TableId) -> DbResult<()>;
+
+    /// Reads rows by primary key under `txn` (sees the transaction's own writes).
+    /// With `lock`, each key is locked for `txn` first, so the row returned is the latest
+    /// committed version and no other transaction can change it until `txn` ends.
+    async fn get(
+        &self,
+        txn: TxnId,
+        table: TableId,
+        keys: &[Vec<u8>],
+        lock: bool,
+    ) -> DbResult<Vec<Option<Row>>>;
+
+    /// Scans shards under `txn`, streaming Arrow batches of the projected columns. The stream
+    /// is bounded: the worker produces at most a couple of batches ahead of the consumer.
+    async fn scan(&self, txn: TxnId, req: ScanRequest) -> DbResult<BatchStream>;
+
+    /// Buffers writes in `txn`, locking each key. Uniqueness is checked against committed
+    /// data and the transaction's own writes.
+    async fn write(&self, txn: TxnId, req: WriteRequest) -> DbResult<WriteResponse>;
+
+    /// Applies the transaction's writes atomically; durable when this returns.
+    async fn commit(&self, txn: TxnId) -> DbResult<()>;
+    /// Discards the transaction's writes and releases its locks.
+    async fn abort(&self, txn: TxnId);
+
+    /// Marks the current end of `txn`'s write set; [`ShardService::rollback_to`] undoes later
+    /// writes (statement atomicity inside a transaction block, savepoints).
+    async fn savepoint(&self, txn: TxnId) -> DbResult<u64>;
+    async fn rollback_to(&self, txn: TxnId, savepoint: u64) -> DbResult<()>;
+
+    /// Row count and approximate bytes per shard of a table.
+    async fn shard_stats(&self, table: TableId) -> DbResult<Vec<(ShardIndex, u64, u64)>>;
+}

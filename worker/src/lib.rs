@@ -1,0 +1,19 @@
+//! The OrochiDB worker: owns shards and their data.
+//!
+//! - [`store`]: the row store — one sled tree per shard, keys in memcomparable order, rows in the
+//!   versioned row encoding; table definitions persisted beside them so rows decode after restart.
+//! - [`txn`]: per-transaction write sets and the row lock table (with deadlock detection).
+//! - [`commit`]: group commit — concurrent commits share one fsync.
+//! - [`batch`]: builds Arrow record batches from rows (the scan output format).
+//! - [`service`]: [`service::LocalShardService`], the in-process implementation of
+//!   [`orochi_common::service::ShardService`] used by standalone mode.
+//!
+//! Architecture invariant: this crate does not depend on DataFusion or sqlparser.
+
+pub mod batch;
+pub mod commit;
+pub mod service;
+pub mod store;
+pub mod txn;
+
+pub use service::LocalShardService;

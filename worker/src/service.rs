@@ -1,0 +1,415 @@
+//! [`LocalShardService`]: the worker's implementation of [`ShardService`], called in-process by
+//! a standalone coordinator (and, later, by the Flight server of a worker daemon).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use orochi_common::datum::Datum;
+use orochi_common::error::{DbError, DbResult, SqlState};
+use orochi_common::keycodec;
+use orochi_common::schema::{ShardIndex, TableDef, TableId};
+use orochi_common::service::{
+    BatchStream, Row, ScanRequest, ShardService, TxnId, WriteOp, WriteRequest, WriteResponse,
+};
+use parking_lot::Mutex;
+
+use crate::batch::BatchBuilder;
+use crate::commit::GroupCommit;
+use crate::store::{Change, RowStore, TableEntry};
+use crate::txn::{LockKey, LockTable, PendingWrite, TxnState};
+
+/// Options of the embedded row store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// sled page cache size.
+    pub cache_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { cache_bytes: 256 << 20 }
+    }
+}
+
+pub struct LocalShardService {
+    store: Arc<RowStore>,
+    group_commit: GroupCommit,
+    locks: LockTable,
+    txns: Mutex<HashMap<TxnId, Arc<Mutex<TxnState>>>>,
+}
+
+impl std::fmt::Debug for LocalShardService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalShardService").finish_non_exhaustive()
+    }
+}
+
+impl LocalShardService {
+    pub fn open(dir: &Path, options: &StoreOptions) -> DbResult<LocalShardService> {
+        let store = Arc::new(RowStore::open(dir, options.cache_bytes)?);
+        let group_commit = GroupCommit::start(store.clone());
+        Ok(LocalShardService {
+            store,
+            group_commit,
+            locks: LockTable::default(),
+            txns: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn txn_state(&self, txn: TxnId) -> Arc<Mutex<TxnState>> {
+        self.txns.lock().entry(txn).or_default().clone()
+    }
+
+    fn existing_txn_state(&self, txn: TxnId) -> Option<Arc<Mutex<TxnState>>> {
+        self.txns.lock().get(&txn).cloned()
+    }
+
+    async fn lock(&self, txn: TxnId, state: &Mutex<TxnState>, key: &LockKey) -> DbResult<()> {
+        if self.locks.acquire(txn, key).await? {
+            state.lock().locks.push(key.clone());
+        }
+        Ok(())
+    }
+
+    /// Whether `key` exists as seen by `txn` (own writes first, then committed data).
+    fn exists(&self, entry: &TableEntry, state: &TxnState, shard: ShardIndex, key: &[u8]) -> DbResult<bool> {
+        if let Some(v) = state.lookup(&(entry.def.id, key.to_vec())) {
+            return Ok(v.is_some());
+        }
+        entry
+            .tree(shard)?
+            .contains_key(key)
+            .map_err(|e| DbError::new(SqlState::IoError, format!("row store read: {e}")))
+    }
+
+    fn read(&self, entry: &TableEntry, state: Option<&TxnState>, key: &[u8]) -> DbResult<Option<Row>> {
+        if let Some(state) = state {
+            if let Some(v) = state.lookup(&(entry.def.id, key.to_vec())) {
+                return v.map(|b| entry.decode_row(b)).transpose();
+            }
+        }
+        let shard = entry.shard_of_key(key)?;
+        let bytes = entry
+            .tree(shard)?
+            .get(key)
+            .map_err(|e| DbError::new(SqlState::IoError, format!("row store read: {e}")))?;
+        bytes.map(|b| entry.decode_row(&b)).transpose()
+    }
+}
+
+fn duplicate_key(def: &TableDef, row: &[Datum]) -> DbError {
+    let cols: Vec<&str> = def.primary_key.iter().map(|&i| def.columns[i].name.as_str()).collect();
+    let vals: Vec<String> = def
+        .primary_key
+        .iter()
+        .map(|&i| row[i].to_text().unwrap_or_else(|| "null".into()))
+        .collect();
+    DbError::new(
+        SqlState::UniqueViolation,
+        format!("duplicate key value violates unique constraint \"{}_pkey\"", def.name),
+    )
+    .with_detail(format!("Key ({})=({}) already exists.", cols.join(", "), vals.join(", ")))
+}
+
+#[async_trait]
+impl ShardService for LocalShardService {
+    async fn create_table(&self, table: &TableDef) -> DbResult<()> {
+        self.store.create_table(table)?;
+        self.store.flush()
+    }
+
+    async fn alter_table(&self, table: &TableDef) -> DbResult<()> {
+        self.store.alter_table(table)?;
+        self.store.flush()
+    }
+
+    async fn drop_table(&self, table: TableId) -> DbResult<()> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            store.drop_table(table)?;
+            store.flush()
+        })
+        .await
+        .map_err(|e| DbError::internal(format!("drop table task: {e}")))?
+    }
+
+    async fn truncate(&self, table: TableId) -> DbResult<()> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            store.truncate(table)?;
+            store.flush()
+        })
+        .await
+        .map_err(|e| DbError::internal(format!("truncate task: {e}")))?
+    }
+
+    async fn get(
+        &self,
+        txn: TxnId,
+        table: TableId,
+        keys: &[Vec<u8>],
+        lock: bool,
+    ) -> DbResult<Vec<Option<Row>>> {
+        let entry = self.store.table(table)?;
+        let state = if lock { Some(self.txn_state(txn)) } else { self.existing_txn_state(txn) };
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            if lock {
+                let state = state.as_ref().expect("created above");
+                self.lock(txn, state, &(table, key.clone())).await?;
+            }
+            let guard = state.as_ref().map(|s| s.lock());
+            out.push(self.read(&entry, guard.as_deref(), key)?);
+        }
+        Ok(out)
+    }
+
+    async fn scan(&self, txn: TxnId, req: ScanRequest) -> DbResult<BatchStream> {
+        let entry = self.store.table(req.table)?;
+        for &s in &req.shards {
+            entry.tree(s)?;
+        }
+        if let Some(&bad) = req.projection.iter().find(|&&i| i >= entry.def.columns.len()) {
+            return Err(DbError::internal(format!("projection column {bad} out of range")));
+        }
+        // the transaction's own writes to this table, per shard
+        let mut overlay: HashMap<ShardIndex, HashMap<Vec<u8>, Option<Vec<u8>>>> = HashMap::new();
+        if let Some(state) = self.existing_txn_state(txn) {
+            for ((t, key), w) in state.lock().writes.iter() {
+                if *t == req.table {
+                    overlay.entry(w.shard).or_default().insert(key.clone(), w.value.clone());
+                }
+            }
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel::<DbResult<arrow::record_batch::RecordBatch>>(2);
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = produce_scan(&entry, &req, &overlay, &tx) {
+                let _ = tx.blocking_send(Err(e));
+            }
+        });
+        Ok(Box::pin(tokio_stream_from(rx)))
+    }
+
+    async fn write(&self, txn: TxnId, req: WriteRequest) -> DbResult<WriteResponse> {
+        let entry = self.store.table(req.table)?;
+        let def = &entry.def;
+        let state = self.txn_state(txn);
+        let mut applied = Vec::with_capacity(req.ops.len());
+        for op in req.ops {
+            match op {
+                WriteOp::Insert { row } => {
+                    let key = def.encode_key(&row);
+                    let shard = def.shard_of_row(&row);
+                    let lk = (def.id, key);
+                    self.lock(txn, &state, &lk).await?;
+                    let mut st = state.lock();
+                    if self.exists(&entry, &st, shard, &lk.1)? {
+                        return Err(duplicate_key(def, &row));
+                    }
+                    st.put(lk, PendingWrite { shard, value: Some(entry.encode_row(&row)) });
+                    applied.push(true);
+                }
+                WriteOp::InsertIgnore { row } => {
+                    let key = def.encode_key(&row);
+                    let shard = def.shard_of_row(&row);
+                    let lk = (def.id, key);
+                    self.lock(txn, &state, &lk).await?;
+                    let mut st = state.lock();
+                    if self.exists(&entry, &st, shard, &lk.1)? {
+                        applied.push(false);
+                    } else {
+                        st.put(lk, PendingWrite { shard, value: Some(entry.encode_row(&row)) });
+                        applied.push(true);
+                    }
+                }
+                WriteOp::Update { old_key, row } => {
+                    let new_key = def.encode_key(&row);
+                    let new_shard = def.shard_of_row(&row);
+                    let old = (def.id, old_key);
+                    self.lock(txn, &state, &old).await?;
+                    if new_key != old.1 {
+                        let new = (def.id, new_key);
+                        self.lock(txn, &state, &new).await?;
+                        let old_shard = entry.shard_of_key(&old.1)?;
+                        let mut st = state.lock();
+                        if self.exists(&entry, &st, new_shard, &new.1)? {
+                            return Err(duplicate_key(def, &row));
+                        }
+                        st.put(old, PendingWrite { shard: old_shard, value: None });
+                        st.put(new, PendingWrite { shard: new_shard, value: Some(entry.encode_row(&row)) });
+                    } else {
+                        state.lock().put(
+                            old,
+                            PendingWrite { shard: new_shard, value: Some(entry.encode_row(&row)) },
+                        );
+                    }
+                    applied.push(true);
+                }
+                WriteOp::Delete { key } => {
+                    let shard = entry.shard_of_key(&key)?;
+                    let lk = (def.id, key);
+                    self.lock(txn, &state, &lk).await?;
+                    state.lock().put(lk, PendingWrite { shard, value: None });
+                    applied.push(true);
+                }
+            }
+        }
+        Ok(WriteResponse { applied })
+    }
+
+    async fn commit(&self, txn: TxnId) -> DbResult<()> {
+        let Some(state) = self.txns.lock().remove(&txn) else {
+            return Ok(());
+        };
+        let state = std::mem::take(&mut *state.lock());
+        let changes: Vec<Change> = state
+            .writes
+            .into_iter()
+            .map(|((table, key), w)| Change { table, shard: w.shard, key, value: w.value })
+            .collect();
+        let result = if changes.is_empty() {
+            Ok(())
+        } else {
+            let applied = if changes.len() > 1000 {
+                let store = self.store.clone();
+                tokio::task::spawn_blocking(move || store.apply(&changes))
+                    .await
+                    .map_err(|e| DbError::internal(format!("commit task: {e}")))
+                    .and_then(|r| r)
+            } else {
+                self.store.apply(&changes)
+            };
+            match applied {
+                Ok(()) => self.group_commit.wait_durable().await,
+                Err(e) => Err(e),
+            }
+        };
+        self.locks.release_all(txn, &state.locks);
+        result
+    }
+
+    async fn abort(&self, txn: TxnId) {
+        self.locks.forget_waiter(txn);
+        let Some(state) = self.txns.lock().remove(&txn) else {
+            return;
+        };
+        let locks = std::mem::take(&mut state.lock().locks);
+        self.locks.release_all(txn, &locks);
+    }
+
+    async fn savepoint(&self, txn: TxnId) -> DbResult<u64> {
+        Ok(self.existing_txn_state(txn).map(|s| s.lock().savepoint()).unwrap_or(0))
+    }
+
+    async fn rollback_to(&self, txn: TxnId, savepoint: u64) -> DbResult<()> {
+        if let Some(s) = self.existing_txn_state(txn) {
+            s.lock().rollback_to(savepoint);
+        }
+        Ok(())
+    }
+
+    async fn shard_stats(&self, table: TableId) -> DbResult<Vec<(ShardIndex, u64, u64)>> {
+        let entry = self.store.table(table)?;
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            for (i, t) in entry.shards.iter().enumerate() {
+                let mut rows = 0u64;
+                let mut bytes = 0u64;
+                for item in t.iter() {
+                    let (k, v) = item.map_err(|e| DbError::new(SqlState::IoError, format!("row store read: {e}")))?;
+                    rows += 1;
+                    bytes += (k.len() + v.len()) as u64;
+                }
+                out.push((i as ShardIndex, rows, bytes));
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| DbError::internal(format!("stats task: {e}")))?
+    }
+}
+
+/// Runs on a blocking thread: reads the shards and sends batches until done or the consumer
+/// goes away.
+fn produce_scan(
+    entry: &TableEntry,
+    req: &ScanRequest,
+    overlay: &HashMap<ShardIndex, HashMap<Vec<u8>, Option<Vec<u8>>>>,
+    tx: &tokio::sync::mpsc::Sender<DbResult<arrow::record_batch::RecordBatch>>,
+) -> DbResult<()> {
+    let batch_rows = req.batch_rows.max(1);
+    let mut builder = BatchBuilder::new(&entry.def, &req.projection, batch_rows);
+    let mut remaining = req.limit.unwrap_or(usize::MAX);
+    if remaining == 0 {
+        return Ok(());
+    }
+    let mut push = |builder: &mut BatchBuilder, bytes: &[u8]| -> DbResult<bool> {
+        let row = entry.decode_row(bytes)?;
+        builder.push(req.projection.iter().map(|&i| &row[i]))?;
+        remaining -= 1;
+        if builder.len() >= batch_rows {
+            if tx.blocking_send(builder.finish()).is_err() {
+                return Ok(false); // consumer gone
+            }
+        }
+        Ok(remaining > 0)
+    };
+    let empty = HashMap::new();
+    'outer: {
+        if let Some(keys) = &req.keys {
+            for key in keys {
+                let shard = entry.shard_of_key(key)?;
+                let own = overlay.get(&shard).unwrap_or(&empty);
+                let value = match own.get(key) {
+                    Some(v) => v.clone(),
+                    None => entry
+                        .tree(shard)?
+                        .get(key)
+                        .map_err(|e| DbError::new(SqlState::IoError, format!("row store read: {e}")))?
+                        .map(|v| v.to_vec()),
+                };
+                if let Some(v) = value {
+                    if !push(&mut builder, &v)? {
+                        break 'outer;
+                    }
+                }
+            }
+            break 'outer;
+        }
+        for &shard in &req.shards {
+            let own = overlay.get(&shard).unwrap_or(&empty);
+            for item in entry.tree(shard)?.iter() {
+                let (k, v) = item.map_err(|e| DbError::new(SqlState::IoError, format!("row store read: {e}")))?;
+                if own.contains_key(k.as_ref()) {
+                    continue;
+                }
+                if !push(&mut builder, &v)? {
+                    break 'outer;
+                }
+            }
+            for v in own.values().flatten() {
+                if !push(&mut builder, v)? {
+                    break 'outer;
+                }
+            }
+        }
+    }
+    if !builder.is_empty() {
+        let _ = tx.blocking_send(builder.finish());
+    }
+    Ok(())
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<DbResult<arrow::record_batch::RecordBatch>>,
+) -> impl futures::Stream<Item = DbResult<arrow::record_batch::RecordBatch>> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Encodes a primary key from its values (helper for callers holding values, not rows).
+pub fn encode_key_values(values: &[Datum]) -> Vec<u8> {
+    let refs: Vec<&Datum> = values.iter().collect();
+    keycodec::encode_key(&refs)
+}
