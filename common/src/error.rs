@@ -61,6 +61,8 @@ pub enum SqlState {
     InvalidSqlStatementName,
     DuplicatePreparedStatement,
     ObjectNotInPrerequisiteState,
+    DependentObjectsStillExist,
+    CantChangeRuntimeParam,
     IoError,
     InternalError,
 }
@@ -124,6 +126,8 @@ impl SqlState {
             InvalidSqlStatementName => "26000",
             DuplicatePreparedStatement => "42P05",
             ObjectNotInPrerequisiteState => "55000",
+            DependentObjectsStillExist => "2BP01",
+            CantChangeRuntimeParam => "55P02",
             IoError => "58030",
             InternalError => "XX000",
         }

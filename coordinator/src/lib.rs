@@ -1,1 +1,24 @@
-//! placeholder
+//! The OrochiDB coordinator: speaks the Postgres protocol, plans with DataFusion, routes row
+//! operations and scans to the shards' owner through [`orochi_common::service::ShardService`].
+//!
+//! - [`pgwire`]: protocol front end (accept loop, handlers, encoding, parsing, errors).
+//! - [`session`]: per-connection state and the single `match` over statement kinds.
+//! - [`handler`]: one module per statement kind (query, dml, ddl, copy, explain, utility).
+//! - [`planner`]: DataFusion's SQL planner wired to our catalog.
+//! - [`provider`]: DataFusion catalog/table providers over our catalog.
+//! - [`exec`]: our physical operators ([`exec::shard_scan::ShardScanExec`]).
+//! - [`catalog`]: schemas, tables, sequences (persisted).
+//! - [`config`]: [`config::CoordinatorOptions`].
+//! - [`error`]: DataFusion ↔ SQLSTATE error mapping.
+//! - [`standalone`]: starting a coordinator with an embedded worker.
+
+pub mod catalog;
+pub mod config;
+pub mod error;
+pub mod exec;
+pub mod handler;
+pub mod pgwire;
+pub mod planner;
+pub mod provider;
+pub mod session;
+pub mod standalone;

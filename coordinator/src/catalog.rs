@@ -1,0 +1,224 @@
+//! The coordinator's catalog: schemas, tables (with their shard layout) and sequences.
+//!
+//! Persisted in the coordinator's own sled database (`<data-dir>/catalog`), flushed on every
+//! change. The cluster issue replaces the storage with an openraft state machine; the API here
+//! (the methods on [`Catalog`]) is what the rest of the coordinator uses either way.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use orochi_common::error::{DbError, DbResult, SqlState};
+use orochi_common::schema::{TableDef, TableId};
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+
+/// Sequence values are reserved durably in blocks of this many (Postgres logs 32 at a time too),
+/// so `nextval` is usually a memory operation; a crash skips at most one block.
+const SEQUENCE_BLOCK: i64 = 32;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SequenceDef {
+    pub name: String,
+    pub schema: String,
+    /// Highest value reserved on disk.
+    pub reserved: i64,
+    pub increment: i64,
+    pub max_value: i64,
+    /// Table/column that owns it (SERIAL), dropped with the table.
+    pub owned_by: Option<(TableId, String)>,
+}
+
+#[derive(Default)]
+struct Inner {
+    schemas: BTreeSet<String>,
+    tables: BTreeMap<(String, String), Arc<TableDef>>,
+    next_table_id: TableId,
+}
+
+struct SeqRuntime {
+    def: SequenceDef,
+    /// Next value to hand out.
+    next: i64,
+}
+
+pub struct Catalog {
+    db: sled::Db,
+    tree: sled::Tree,
+    inner: RwLock<Inner>,
+    sequences: Mutex<BTreeMap<(String, String), SeqRuntime>>,
+}
+
+fn io(e: sled::Error) -> DbError {
+    DbError::new(SqlState::IoError, format!("catalog storage: {e}"))
+}
+
+fn corrupt(what: &str, e: serde_json::Error) -> DbError {
+    DbError::internal(format!("corrupt catalog entry {what}: {e}"))
+}
+
+impl Catalog {
+    pub fn open(dir: &Path) -> DbResult<Catalog> {
+        let db = sled::Config::new().path(dir).cache_capacity(16 << 20).open().map_err(io)?;
+        let tree = db.open_tree("catalog").map_err(io)?;
+        let mut inner = Inner { next_table_id: 16384, ..Default::default() };
+        let mut sequences = BTreeMap::new();
+        for item in tree.iter() {
+            let (k, v) = item.map_err(io)?;
+            let key = String::from_utf8_lossy(&k).to_string();
+            if let Some(name) = key.strip_prefix("schema/") {
+                inner.schemas.insert(name.to_string());
+            } else if key.starts_with("table/") {
+                let def: TableDef = serde_json::from_slice(&v).map_err(|e| corrupt(&key, e))?;
+                inner.next_table_id = inner.next_table_id.max(def.id + 1);
+                inner.tables.insert((def.schema.clone(), def.name.clone()), Arc::new(def));
+            } else if key.starts_with("seq/") {
+                let def: SequenceDef = serde_json::from_slice(&v).map_err(|e| corrupt(&key, e))?;
+                let next = def.reserved + def.increment;
+                sequences.insert((def.schema.clone(), def.name.clone()), SeqRuntime { def, next });
+            } else if key == "next_table_id" {
+                let id = u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]));
+                inner.next_table_id = inner.next_table_id.max(id);
+            }
+        }
+        let catalog = Catalog { db, tree, inner: RwLock::new(inner), sequences: Mutex::new(sequences) };
+        if !catalog.schema_exists("public") {
+            catalog.create_schema("public")?;
+        }
+        Ok(catalog)
+    }
+
+    fn flush(&self) -> DbResult<()> {
+        self.db.flush().map_err(io)?;
+        Ok(())
+    }
+
+    pub fn schema_exists(&self, name: &str) -> bool {
+        self.inner.read().schemas.contains(name)
+    }
+
+    pub fn schemas(&self) -> Vec<String> {
+        self.inner.read().schemas.iter().cloned().collect()
+    }
+
+    pub fn create_schema(&self, name: &str) -> DbResult<()> {
+        let mut inner = self.inner.write();
+        if !inner.schemas.insert(name.to_string()) {
+            return Err(DbError::new(SqlState::DuplicateSchema, format!("schema \"{name}\" already exists")));
+        }
+        self.tree.insert(format!("schema/{name}"), b"".as_slice()).map_err(io)?;
+        drop(inner);
+        self.flush()
+    }
+
+    pub fn drop_schema(&self, name: &str) -> DbResult<()> {
+        let mut inner = self.inner.write();
+        if inner.tables.keys().any(|(s, _)| s == name) {
+            return Err(DbError::new(
+                SqlState::DependentObjectsStillExist,
+                format!("cannot drop schema {name} because other objects depend on it"),
+            ));
+        }
+        inner.schemas.remove(name);
+        self.tree.remove(format!("schema/{name}")).map_err(io)?;
+        drop(inner);
+        self.flush()
+    }
+
+    pub fn table(&self, schema: &str, name: &str) -> Option<Arc<TableDef>> {
+        self.inner.read().tables.get(&(schema.to_string(), name.to_string())).cloned()
+    }
+
+    pub fn tables_in(&self, schema: &str) -> Vec<Arc<TableDef>> {
+        self.inner.read().tables.values().filter(|t| t.schema == schema).cloned().collect()
+    }
+
+    pub fn all_tables(&self) -> Vec<Arc<TableDef>> {
+        self.inner.read().tables.values().cloned().collect()
+    }
+
+    pub fn allocate_table_id(&self) -> DbResult<TableId> {
+        let mut inner = self.inner.write();
+        let id = inner.next_table_id;
+        inner.next_table_id += 1;
+        self.tree.insert("next_table_id", &(id + 1).to_be_bytes()).map_err(io)?;
+        Ok(id)
+    }
+
+    /// Adds or replaces a table definition.
+    pub fn put_table(&self, def: TableDef) -> DbResult<()> {
+        let bytes = serde_json::to_vec(&def).expect("table definitions serialize");
+        let mut inner = self.inner.write();
+        // a rename would leave the old key behind
+        inner.tables.retain(|_, t| t.id != def.id);
+        self.tree.insert(format!("table/{}", def.id), bytes).map_err(io)?;
+        inner.tables.insert((def.schema.clone(), def.name.clone()), Arc::new(def));
+        drop(inner);
+        self.flush()
+    }
+
+    pub fn remove_table(&self, id: TableId) -> DbResult<()> {
+        let mut inner = self.inner.write();
+        inner.tables.retain(|_, t| t.id != id);
+        self.tree.remove(format!("table/{id}")).map_err(io)?;
+        drop(inner);
+        let mut seqs = self.sequences.lock();
+        let owned: Vec<_> = seqs
+            .iter()
+            .filter(|(_, s)| s.def.owned_by.as_ref().is_some_and(|(t, _)| *t == id))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in owned {
+            seqs.remove(&k);
+            self.tree.remove(format!("seq/{}.{}", k.0, k.1)).map_err(io)?;
+        }
+        drop(seqs);
+        self.flush()
+    }
+
+    pub fn create_sequence(&self, def: SequenceDef) -> DbResult<()> {
+        let mut seqs = self.sequences.lock();
+        let key = (def.schema.clone(), def.name.clone());
+        if seqs.contains_key(&key) {
+            return Err(DbError::new(
+                SqlState::DuplicateTable,
+                format!("relation \"{}\" already exists", def.name),
+            ));
+        }
+        self.tree
+            .insert(format!("seq/{}.{}", def.schema, def.name), serde_json::to_vec(&def).expect("serializes"))
+            .map_err(io)?;
+        let next = def.reserved + def.increment;
+        seqs.insert(key, SeqRuntime { def, next });
+        drop(seqs);
+        self.flush()
+    }
+
+    pub fn sequence_exists(&self, schema: &str, name: &str) -> bool {
+        self.sequences.lock().contains_key(&(schema.to_string(), name.to_string()))
+    }
+
+    /// `nextval`: the next value of a sequence, reserving a new block durably when needed.
+    pub fn nextval(&self, schema: &str, name: &str) -> DbResult<i64> {
+        let mut seqs = self.sequences.lock();
+        let seq = seqs.get_mut(&(schema.to_string(), name.to_string())).ok_or_else(|| {
+            DbError::new(SqlState::UndefinedTable, format!("relation \"{name}\" does not exist"))
+        })?;
+        let value = seq.next;
+        if value > seq.def.max_value {
+            return Err(DbError::new(
+                SqlState::ObjectNotInPrerequisiteState,
+                format!("nextval: reached maximum value of sequence \"{name}\" ({})", seq.def.max_value),
+            ));
+        }
+        if value > seq.def.reserved {
+            seq.def.reserved = value + (SEQUENCE_BLOCK - 1) * seq.def.increment;
+            self.tree
+                .insert(format!("seq/{schema}.{name}"), serde_json::to_vec(&seq.def).expect("serializes"))
+                .map_err(io)?;
+            self.db.flush().map_err(io)?;
+        }
+        seq.next = value + seq.def.increment;
+        Ok(value)
+    }
+}

@@ -1,0 +1,3 @@
+//! Physical operators of our own.
+
+pub mod shard_scan;

@@ -1,0 +1,10 @@
+//! Statement handlers, one file per statement kind. [`crate::session::Session::execute`]
+//! dispatches here.
+
+pub mod copy;
+pub mod ddl;
+pub mod dml;
+pub mod eval;
+pub mod explain;
+pub mod query;
+pub mod utility;

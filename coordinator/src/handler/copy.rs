@@ -1,0 +1,416 @@
+//! `COPY table FROM STDIN` in text and CSV formats. Rows are parsed as data arrives and written
+//! in chunks into the statement's transaction, so a bad row anywhere leaves nothing behind.
+
+use std::sync::Arc;
+
+use datafusion::sql::sqlparser::ast;
+use orochi_common::datum::Datum;
+use orochi_common::error::{DbError, DbResult, SqlState};
+use orochi_common::schema::TableDef;
+use orochi_common::service::{TxnId, WriteOp, WriteRequest};
+
+use crate::handler::dml::{default_value, normalize_ident, resolve_table};
+use crate::session::{Session, StatementResult, TxnStatus};
+
+const COPY_CHUNK_ROWS: usize = 5_000;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CopyFormat {
+    Text,
+    Csv { quote: u8, escape: u8 },
+}
+
+pub struct CopyIn {
+    pub def: Arc<TableDef>,
+    pub targets: Vec<usize>,
+    pub format: CopyFormat,
+    pub delimiter: u8,
+    pub null: String,
+    pub header: bool,
+    pub buffer: Vec<u8>,
+    pub line: usize,
+    pub rows: usize,
+    pub pending: Vec<WriteOp>,
+    pub txn: TxnId,
+    pub implicit: bool,
+    pub done: bool,
+    pub error: Option<DbError>,
+}
+
+pub fn handle_copy(
+    s: &mut Session,
+    source: &ast::CopySource,
+    to: bool,
+    target: &ast::CopyTarget,
+    options: &[ast::CopyOption],
+    legacy: &[ast::CopyLegacyOption],
+) -> DbResult<StatementResult> {
+    if to || !matches!(target, ast::CopyTarget::Stdin) {
+        return Err(DbError::new(SqlState::FeatureNotSupported, "only COPY ... FROM STDIN is supported yet"));
+    }
+    let ast::CopySource::Table { table_name, columns } = source else {
+        return Err(DbError::new(SqlState::SyntaxError, "COPY FROM requires a table"));
+    };
+    let def = resolve_table(s, table_name)?;
+    let targets: Vec<usize> = if columns.is_empty() {
+        def.visible_columns()
+    } else {
+        columns
+            .iter()
+            .map(|c| {
+                let n = normalize_ident(c);
+                def.column_index(&n).ok_or_else(|| {
+                    DbError::new(SqlState::UndefinedColumn, format!("column \"{n}\" of relation \"{}\" does not exist", def.name))
+                })
+            })
+            .collect::<DbResult<_>>()?
+    };
+    let mut csv = false;
+    let mut delimiter: Option<u8> = None;
+    let mut null: Option<String> = None;
+    let mut header = false;
+    let mut quote = b'"';
+    let mut escape: Option<u8> = None;
+    let single_byte = |c: char, what: &str| -> DbResult<u8> {
+        if c.is_ascii() { Ok(c as u8) } else { Err(DbError::new(SqlState::FeatureNotSupported, format!("COPY {what} must be a single one-byte character"))) }
+    };
+    for o in options {
+        match o {
+            ast::CopyOption::Format(f) => match f.value.to_lowercase().as_str() {
+                "csv" => csv = true,
+                "text" => csv = false,
+                other => return Err(DbError::new(SqlState::FeatureNotSupported, format!("COPY format \"{other}\" is not supported yet"))),
+            },
+            ast::CopyOption::Delimiter(c) => delimiter = Some(single_byte(*c, "delimiter")?),
+            ast::CopyOption::Null(n) => null = Some(n.clone()),
+            ast::CopyOption::Header(h) => header = *h,
+            ast::CopyOption::Quote(c) => quote = single_byte(*c, "quote")?,
+            ast::CopyOption::Escape(c) => escape = Some(single_byte(*c, "escape")?),
+            ast::CopyOption::Freeze(_) => {}
+            other => return Err(DbError::new(SqlState::FeatureNotSupported, format!("COPY option {other} is not supported yet"))),
+        }
+    }
+    for o in legacy {
+        match o {
+            ast::CopyLegacyOption::Csv(_) => csv = true,
+            ast::CopyLegacyOption::Delimiter(c) => delimiter = Some(single_byte(*c, "delimiter")?),
+            ast::CopyLegacyOption::Null(n) => null = Some(n.clone()),
+            other => return Err(DbError::new(SqlState::FeatureNotSupported, format!("COPY option {other} is not supported yet"))),
+        }
+    }
+    let format = if csv { CopyFormat::Csv { quote, escape: escape.unwrap_or(quote) } } else { CopyFormat::Text };
+    let columns = targets.len();
+    s.copy = Some(CopyIn {
+        def,
+        targets,
+        delimiter: delimiter.unwrap_or(if csv { b',' } else { b'\t' }),
+        null: null.unwrap_or_else(|| if csv { String::new() } else { "\\N".to_string() }),
+        header,
+        format,
+        buffer: Vec::new(),
+        line: 0,
+        rows: 0,
+        pending: Vec::new(),
+        txn: 0,
+        implicit: true,
+        done: false,
+        error: None,
+    });
+    Ok(StatementResult::CopyIn { columns })
+}
+
+/// Splits the next complete record off the front of `buf` (CSV records may span lines).
+fn next_record(buf: &[u8], format: &CopyFormat) -> Option<usize> {
+    match format {
+        CopyFormat::Text => buf.iter().position(|&b| b == b'\n'),
+        CopyFormat::Csv { quote, escape } => {
+            let mut in_quotes = false;
+            let mut i = 0;
+            while i < buf.len() {
+                let b = buf[i];
+                if in_quotes {
+                    if b == *escape && escape != quote && i + 1 < buf.len() && buf[i + 1] == *quote {
+                        i += 2;
+                        continue;
+                    }
+                    if b == *quote {
+                        in_quotes = false;
+                    }
+                } else if b == *quote {
+                    in_quotes = true;
+                } else if b == b'\n' {
+                    return Some(i);
+                }
+                i += 1;
+            }
+            None
+        }
+    }
+}
+
+fn bad_format(msg: impl Into<String>) -> DbError {
+    DbError::new(SqlState::BadCopyFileFormat, msg.into())
+}
+
+/// Fields of a text-format line (`None` = NULL).
+fn split_text(line: &[u8], delim: u8, null: &str) -> DbResult<Vec<Option<String>>> {
+    let mut fields = Vec::new();
+    for raw in line.split(|&b| b == delim) {
+        if raw == null.as_bytes() {
+            fields.push(None);
+            continue;
+        }
+        let mut out = Vec::with_capacity(raw.len());
+        let mut i = 0;
+        while i < raw.len() {
+            if raw[i] == b'\\' && i + 1 < raw.len() {
+                let c = raw[i + 1];
+                i += 2;
+                match c {
+                    b'n' => out.push(b'\n'),
+                    b't' => out.push(b'\t'),
+                    b'r' => out.push(b'\r'),
+                    b'b' => out.push(8),
+                    b'f' => out.push(12),
+                    b'v' => out.push(11),
+                    b'0'..=b'7' => {
+                        let mut v = (c - b'0') as u32;
+                        let mut n = 1;
+                        while n < 3 && i < raw.len() && (b'0'..=b'7').contains(&raw[i]) {
+                            v = v * 8 + (raw[i] - b'0') as u32;
+                            i += 1;
+                            n += 1;
+                        }
+                        out.push(v as u8);
+                    }
+                    other => out.push(other),
+                }
+            } else {
+                out.push(raw[i]);
+                i += 1;
+            }
+        }
+        fields.push(Some(String::from_utf8(out).map_err(|_| {
+            DbError::new(SqlState::CharacterNotInRepertoire, "invalid byte sequence for encoding \"UTF8\"")
+        })?));
+    }
+    Ok(fields)
+}
+
+/// Fields of a CSV record (`None` = NULL: an unquoted field equal to the NULL string).
+fn split_csv(rec: &[u8], delim: u8, quote: u8, escape: u8, null: &str) -> DbResult<Vec<Option<String>>> {
+    let mut fields = Vec::new();
+    let mut i = 0;
+    loop {
+        let mut out = Vec::new();
+        let mut quoted = false;
+        let mut in_quotes = false;
+        while i < rec.len() {
+            let b = rec[i];
+            if in_quotes {
+                if b == escape && i + 1 < rec.len() && rec[i + 1] == quote {
+                    out.push(quote);
+                    i += 2;
+                    continue;
+                }
+                if b == quote {
+                    in_quotes = false;
+                    i += 1;
+                    continue;
+                }
+                out.push(b);
+                i += 1;
+            } else if b == quote {
+                in_quotes = true;
+                quoted = true;
+                i += 1;
+            } else if b == delim {
+                break;
+            } else {
+                out.push(b);
+                i += 1;
+            }
+        }
+        if in_quotes {
+            return Err(bad_format("unterminated CSV quoted field"));
+        }
+        let s = String::from_utf8(out).map_err(|_| {
+            DbError::new(SqlState::CharacterNotInRepertoire, "invalid byte sequence for encoding \"UTF8\"")
+        })?;
+        fields.push(if !quoted && s == null { None } else { Some(s) });
+        if i >= rec.len() {
+            break;
+        }
+        i += 1; // delimiter
+    }
+    Ok(fields)
+}
+
+impl CopyIn {
+    /// Consumes incoming data: parses complete records into pending writes.
+    /// Returns the writes to send (a full chunk) if any.
+    pub fn feed(&mut self, data: &[u8], s: &Session) -> DbResult<Option<Vec<WriteOp>>> {
+        if self.done || self.error.is_some() {
+            return Ok(None);
+        }
+        self.buffer.extend_from_slice(data);
+        let mut consumed = 0;
+        while let Some(end) = next_record(&self.buffer[consumed..], &self.format) {
+            let mut rec = &self.buffer[consumed..consumed + end];
+            consumed += end + 1;
+            if rec.last() == Some(&b'\r') {
+                rec = &rec[..rec.len() - 1];
+            }
+            self.line += 1;
+            if rec == b"\\." {
+                self.done = true;
+                break;
+            }
+            if self.header && self.line == 1 {
+                continue;
+            }
+            let rec = rec.to_vec();
+            if let Err(e) = self.parse_record(&rec, s) {
+                self.buffer.clear();
+                return Err(self.with_context(e));
+            }
+        }
+        self.buffer.drain(..consumed);
+        Ok(if self.pending.len() >= COPY_CHUNK_ROWS { Some(std::mem::take(&mut self.pending)) } else { None })
+    }
+
+    pub fn with_context(&self, e: DbError) -> DbError {
+        let ctx = format!("COPY {}, line {}", self.def.name, self.line);
+        let detail = match e.detail {
+            Some(d) => format!("{d}\n{ctx}"),
+            None => ctx,
+        };
+        DbError { state: e.state, message: e.message, detail: Some(detail) }
+    }
+
+    fn parse_record(&mut self, rec: &[u8], s: &Session) -> DbResult<()> {
+        let fields = match &self.format {
+            CopyFormat::Text => split_text(rec, self.delimiter, &self.null)?,
+            CopyFormat::Csv { quote, escape } => split_csv(rec, self.delimiter, *quote, *escape, &self.null)?,
+        };
+        if fields.len() < self.targets.len() {
+            let missing = &self.def.columns[self.targets[fields.len()]].name;
+            return Err(bad_format(format!("missing data for column \"{missing}\"")));
+        }
+        if fields.len() > self.targets.len() {
+            return Err(bad_format("extra data after last expected column"));
+        }
+        let def = &self.def;
+        let mut row = vec![Datum::Null; def.columns.len()];
+        let mut given = vec![false; def.columns.len()];
+        for (&col, f) in self.targets.iter().zip(fields) {
+            given[col] = true;
+            if let Some(text) = f {
+                row[col] = Datum::parse(def.columns[col].ty, &text)?;
+            }
+        }
+        let now = chrono::Utc::now().timestamp_micros();
+        for (i, c) in def.columns.iter().enumerate() {
+            if !given[i] && !c.dropped {
+                row[i] = default_value(s, def, i, now)?;
+            }
+            if row[i].is_null() && !c.nullable && !c.dropped {
+                return Err(DbError::new(
+                    SqlState::NotNullViolation,
+                    format!("null value in column \"{}\" of relation \"{}\" violates not-null constraint", c.name, def.name),
+                ));
+            }
+        }
+        self.pending.push(WriteOp::Insert { row });
+        self.rows += 1;
+        Ok(())
+    }
+}
+
+/// Handles a chunk of COPY data for the session.
+pub async fn copy_data(s: &mut Session, data: &[u8]) -> DbResult<()> {
+    let Some(mut c) = s.copy.take() else {
+        return Err(DbError::new(SqlState::ProtocolViolation, "unexpected COPY data"));
+    };
+    let result = match c.feed(data, s) {
+        Ok(Some(ops)) => s
+            .instance
+            .service
+            .write(c.txn, WriteRequest { table: c.def.id, ops })
+            .await
+            .map(|_| ())
+            .map_err(|e| c.with_context(e)),
+        Ok(None) => Ok(()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = result {
+        if c.error.is_none() {
+            c.error = Some(e);
+        }
+    }
+    s.copy = Some(c);
+    Ok(())
+}
+
+/// Finishes COPY: writes the rest, commits an implicit transaction, returns the tag.
+pub async fn copy_done(s: &mut Session) -> DbResult<String> {
+    let Some(mut c) = s.copy.take() else {
+        return Err(DbError::new(SqlState::ProtocolViolation, "unexpected COPY done"));
+    };
+    let mut result = match c.error.take() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    };
+    if result.is_ok() && !c.buffer.is_empty() && !c.done {
+        // a final line without a newline
+        let rest = std::mem::take(&mut c.buffer);
+        let mut tail = rest.clone();
+        tail.push(b'\n');
+        match c.feed(&tail, s) {
+            Ok(_) => {}
+            Err(e) => result = Err(e),
+        }
+    }
+    if result.is_ok() && !c.pending.is_empty() {
+        let ops = std::mem::take(&mut c.pending);
+        result = s.instance.service.write(c.txn, WriteRequest { table: c.def.id, ops }).await.map(|_| ()).map_err(|e| c.with_context(e));
+    }
+    finish(s, &c, result).await.map(|_| format!("COPY {}", c.rows))
+}
+
+/// Client aborted the COPY (CopyFail) or it failed.
+pub async fn copy_fail(s: &mut Session, message: &str) -> DbError {
+    let err = DbError::new(SqlState::QueryCanceled, format!("COPY from stdin failed: {message}"));
+    if let Some(c) = s.copy.take() {
+        let _ = finish(s, &c, Err(err.clone())).await;
+    }
+    err
+}
+
+async fn finish(s: &mut Session, c: &CopyIn, result: DbResult<()>) -> DbResult<()> {
+    match (&result, c.implicit) {
+        (Ok(()), true) => s.instance.service.commit(c.txn).await?,
+        (Err(_), true) => s.instance.service.abort(c.txn).await,
+        (Err(_), false) => s.txn = TxnStatus::Failed(c.txn),
+        (Ok(()), false) => {}
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_and_csv_fields() {
+        assert_eq!(
+            split_text(b"1\t\\N\ta\\tb", b'\t', "\\N").unwrap(),
+            vec![Some("1".into()), None, Some("a\tb".into())]
+        );
+        assert_eq!(
+            split_csv(b"1,,\"a,\"\"b\"\"\",\"\"", b',', b'"', b'"', "").unwrap(),
+            vec![Some("1".into()), None, Some("a,\"b\"".into()), Some("".into())]
+        );
+        assert_eq!(next_record(b"\"a\nb\",1\nrest", &CopyFormat::Csv { quote: b'"', escape: b'"' }), Some(7));
+    }
+}

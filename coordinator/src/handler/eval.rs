@@ -1,0 +1,172 @@
+//! Evaluating SQL expressions over in-memory rows (UPDATE's SET and WHERE re-check, RETURNING,
+//! ON CONFLICT DO UPDATE, INSERT values that are not plain constants). Expressions are planned
+//! by DataFusion against a schema and run as physical expressions on record batches.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, BooleanArray};
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::record_batch::{RecordBatch, RecordBatchOptions};
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::logical_expr::Expr;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::sql::sqlparser::ast;
+use orochi_common::datum::Datum;
+use orochi_common::error::{DbError, DbResult, SqlState};
+use orochi_common::schema::TableDef;
+use orochi_common::service::Row;
+use orochi_worker::batch::BatchBuilder;
+
+use crate::error::df_to_db;
+use crate::session::{Params, Session};
+
+/// Replaces `$n` placeholders with bound values.
+pub fn bind_placeholders(expr: Expr, params: &Params) -> DbResult<Expr> {
+    expr.transform(|e| {
+        if let Expr::Placeholder(p) = &e {
+            let idx: usize = p.id.trim_start_matches('$').parse().unwrap_or(0);
+            let value = params.get(idx.wrapping_sub(1)).cloned().ok_or_else(|| {
+                datafusion::error::DataFusionError::External(Box::new(DbError::new(
+                    SqlState::UndefinedParameter,
+                    format!("there is no parameter {}", p.id),
+                )))
+            })?;
+            return Ok(Transformed::yes(Expr::Literal(value, None)));
+        }
+        Ok(Transformed::no(e))
+    })
+    .map(|t| t.data)
+    .map_err(df_to_db)
+}
+
+/// Physical expressions planned over a (qualified) schema.
+pub struct Evaluator {
+    pub exprs: Vec<Arc<dyn PhysicalExpr>>,
+    pub names: Vec<String>,
+}
+
+impl Evaluator {
+    pub fn plan(session: &Session, exprs: &[ast::Expr], schema: &DFSchema, params: &Params) -> DbResult<Self> {
+        let planner = session.planner();
+        let mut out = Vec::with_capacity(exprs.len());
+        for e in exprs {
+            let logical = planner.plan_expr(e.clone(), schema).map_err(df_to_db)?;
+            let logical = bind_placeholders(logical, params)?;
+            out.push(session.state.create_physical_expr(logical, schema).map_err(df_to_db)?);
+        }
+        let names = exprs.iter().map(output_name).collect();
+        Ok(Evaluator { exprs: out, names })
+    }
+
+    pub fn evaluate(&self, batch: &RecordBatch) -> DbResult<Vec<ArrayRef>> {
+        self.exprs
+            .iter()
+            .map(|e| {
+                e.evaluate(batch)
+                    .and_then(|v| v.into_array(batch.num_rows()))
+                    .map_err(df_to_db)
+            })
+            .collect()
+    }
+
+    /// Evaluates a single boolean predicate: which rows pass (NULL counts as false).
+    pub fn filter(&self, batch: &RecordBatch) -> DbResult<Vec<bool>> {
+        let arrays = self.evaluate(batch)?;
+        let a = arrays[0].as_any().downcast_ref::<BooleanArray>().ok_or_else(|| {
+            DbError::new(SqlState::DatatypeMismatch, "argument of WHERE must be type boolean")
+        })?;
+        Ok((0..a.len()).map(|i| a.is_valid(i) && a.value(i)).collect())
+    }
+}
+
+/// The column name Postgres gives an unaliased expression.
+pub fn output_name(e: &ast::Expr) -> String {
+    match e {
+        ast::Expr::Identifier(i) => i.value.clone(),
+        ast::Expr::CompoundIdentifier(parts) => parts.last().map(|i| i.value.clone()).unwrap_or_default(),
+        ast::Expr::Function(f) => f.name.0.last().map(|p| p.to_string().to_lowercase()).unwrap_or_default(),
+        ast::Expr::Cast { expr, .. } => output_name(expr),
+        _ => "?column?".to_string(),
+    }
+}
+
+/// A schema of the table's visible columns qualified by `alias`.
+pub fn table_df_schema(def: &TableDef, alias: &str) -> DbResult<(DFSchema, SchemaRef)> {
+    let visible = def.visible_columns();
+    let fields: Vec<Field> =
+        visible.iter().map(|&i| def.columns[i].ty.arrow_field(&def.columns[i].name, true)).collect();
+    let schema = Arc::new(Schema::new(fields));
+    let df = DFSchema::try_from_qualified_schema(alias, &schema).map_err(df_to_db)?;
+    Ok((df, schema))
+}
+
+/// Rows (full physical) as a batch of the visible columns.
+pub fn rows_to_batch(def: &TableDef, rows: &[Row]) -> DbResult<RecordBatch> {
+    let visible = def.visible_columns();
+    let mut b = BatchBuilder::new(def, &visible, rows.len());
+    for r in rows {
+        b.push(visible.iter().map(|&i| &r[i]))?;
+    }
+    b.finish()
+}
+
+/// A batch with no columns and `rows` rows, for evaluating constant expressions.
+pub fn empty_batch(rows: usize) -> RecordBatch {
+    RecordBatch::try_new_with_options(
+        Arc::new(Schema::empty()),
+        vec![],
+        &RecordBatchOptions::new().with_row_count(Some(rows)),
+    )
+    .expect("an empty batch is valid")
+}
+
+/// Concatenates two batches' columns (same row count) under `schema`.
+pub fn zip_batches(schema: SchemaRef, a: &RecordBatch, b: &RecordBatch) -> DbResult<RecordBatch> {
+    let mut cols = a.columns().to_vec();
+    cols.extend(b.columns().iter().cloned());
+    RecordBatch::try_new_with_options(schema, cols, &RecordBatchOptions::new().with_row_count(Some(a.num_rows())))
+        .map_err(|e| DbError::internal(format!("combining batches: {e}")))
+}
+
+/// A literal or parameter in a VALUES list converted straight to a column value, without
+/// planning; `None` when the expression needs evaluation.
+pub fn const_datum(e: &ast::Expr, ty: orochi_common::types::SqlType, params: &Params) -> Option<DbResult<Datum>> {
+    use ast::{Expr as E, Value as V};
+    match e {
+        E::Value(v) => match &v.value {
+            V::Number(n, _) => Some(Datum::parse(ty, n)),
+            V::SingleQuotedString(s) => Some(Datum::parse(ty, s)),
+            V::Boolean(b) => Some(Datum::Bool(*b).coerce_to(ty)),
+            V::Null => Some(Ok(Datum::Null)),
+            V::Placeholder(p) => {
+                let idx: usize = p.trim_start_matches('$').parse().ok()?;
+                let v = params.get(idx.checked_sub(1)?)?;
+                if v.is_null() {
+                    return Some(Ok(Datum::Null));
+                }
+                Some(scalar_datum(v, ty))
+            }
+            _ => None,
+        },
+        E::UnaryOp { op: ast::UnaryOperator::Minus, expr } => match expr.as_ref() {
+            E::Value(v) => match &v.value {
+                V::Number(n, _) => Some(Datum::parse(ty, &format!("-{n}"))),
+                _ => None,
+            },
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// A bound parameter value as a column value.
+pub fn scalar_datum(v: &ScalarValue, ty: orochi_common::types::SqlType) -> DbResult<Datum> {
+    let arr = v.to_array().map_err(df_to_db)?;
+    Datum::from_arrow(arr.as_ref(), 0, ty)
+}
+
+/// Whether `e` is the `DEFAULT` keyword in a VALUES list.
+pub fn is_default_keyword(e: &ast::Expr) -> bool {
+    matches!(e, ast::Expr::Identifier(i) if i.quote_style.is_none() && i.value.eq_ignore_ascii_case("default"))
+}

@@ -1,0 +1,524 @@
+//! pgwire's handler traits, implemented per connection on top of [`Session`]. No planning
+//! here: statements are parsed, then handed to the session; results are encoded.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use async_trait::async_trait;
+use datafusion::common::DFSchema;
+use datafusion::common::tree_node::TreeNode;
+use datafusion::logical_expr::{Expr, ExprSchemable};
+use datafusion::sql::sqlparser::ast::{self, Statement};
+use futures::{Sink, StreamExt, stream};
+use orochi_common::error::{DbError, DbResult};
+use pgwire::api::auth::{DefaultServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation, save_startup_parameters_to_metadata};
+use pgwire::api::copy::CopyHandler;
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{CopyResponse, DescribePortalResponse, DescribeStatementResponse, FieldFormat, FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::stmt::{QueryParser, StoredStatement};
+use pgwire::api::store::PortalStore;
+use pgwire::api::{ClientInfo, ClientPortalStore, ConnectionManager, PgWireServerHandlers, Type, METADATA_DATABASE, METADATA_USER};
+use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
+use pgwire::messages::data::DataRow;
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use tokio::sync::Mutex;
+
+use crate::error::df_to_db;
+use crate::handler::dml::resolve_table;
+use crate::handler::eval::table_df_schema;
+use crate::pgwire::encode::{decode_param, encode_batch, field_infos, pg_type_of_arrow};
+use crate::pgwire::error::{error_info, to_pgwire};
+use crate::pgwire::parse::parse_statements;
+use crate::session::{Session, StatementResult};
+
+/// The per-connection handler set.
+pub struct Connection {
+    session: Arc<Mutex<Session>>,
+    parser: Arc<OrochiQueryParser>,
+    connections: Arc<ConnectionManager>,
+}
+
+impl Connection {
+    pub fn new(session: Session, connections: Arc<ConnectionManager>) -> Arc<Connection> {
+        let session = Arc::new(Mutex::new(session));
+        Arc::new(Connection { parser: Arc::new(OrochiQueryParser { session: session.clone() }), session, connections })
+    }
+
+    pub fn session(&self) -> Arc<Mutex<Session>> {
+        self.session.clone()
+    }
+}
+
+impl PgWireServerHandlers for Connection {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        Arc::new(Handler { session: self.session.clone(), parser: self.parser.clone(), connections: self.connections.clone() })
+    }
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        Arc::new(Handler { session: self.session.clone(), parser: self.parser.clone(), connections: self.connections.clone() })
+    }
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        Arc::new(Handler { session: self.session.clone(), parser: self.parser.clone(), connections: self.connections.clone() })
+    }
+    fn copy_handler(&self) -> Arc<impl CopyHandler> {
+        Arc::new(Handler { session: self.session.clone(), parser: self.parser.clone(), connections: self.connections.clone() })
+    }
+}
+
+pub struct Handler {
+    session: Arc<Mutex<Session>>,
+    parser: Arc<OrochiQueryParser>,
+    connections: Arc<ConnectionManager>,
+}
+
+/// A parsed statement with its parameter types and result schema (for Describe).
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    pub stmt: Statement,
+    pub param_types: Vec<Type>,
+    pub schema: Option<SchemaRef>,
+}
+
+pub struct OrochiQueryParser {
+    session: Arc<Mutex<Session>>,
+}
+
+#[async_trait]
+impl QueryParser for OrochiQueryParser {
+    type Statement = Prepared;
+
+    async fn parse_sql<C>(&self, _client: &C, sql: &str, types: &[Option<Type>]) -> PgWireResult<Option<Prepared>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let mut stmts = parse_statements(sql).map_err(|e| to_pgwire(&e.error, e.position))?;
+        if stmts.len() > 1 {
+            return Err(to_pgwire(
+                &DbError::new(orochi_common::error::SqlState::SyntaxError, "cannot insert multiple commands into a prepared statement"),
+                None,
+            ));
+        }
+        let Some(stmt) = stmts.pop() else { return Ok(None) };
+        let session = self.session.lock().await;
+        let (inferred, schema) = describe(&session, &stmt).map_err(|e| to_pgwire(&e, None))?;
+        let n = inferred.len().max(types.len());
+        let param_types = (0..n)
+            .map(|i| types.get(i).cloned().flatten().or_else(|| inferred.get(i).cloned().flatten()).unwrap_or(Type::TEXT))
+            .collect();
+        Ok(Some(Prepared { stmt, param_types, schema }))
+    }
+
+    fn get_parameter_types(&self, stmt: &Prepared) -> PgWireResult<Vec<Type>> {
+        Ok(stmt.param_types.clone())
+    }
+
+    fn get_result_schema(&self, stmt: &Prepared, format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
+        Ok(match &stmt.schema {
+            Some(s) => field_infos(s, |i| format.map(|f| f.format_for(i)).unwrap_or(FieldFormat::Text)),
+            None => vec![],
+        })
+    }
+}
+
+/// Parameter types (`$1` first) and result schema of a statement, without executing it.
+fn describe(s: &Session, stmt: &Statement) -> DbResult<(Vec<Option<Type>>, Option<SchemaRef>)> {
+    let mut params: Vec<Option<Type>> = Vec::new();
+    let mut set_param = |id: &str, t: Option<Type>| {
+        if let Ok(i) = id.trim_start_matches('$').parse::<usize>() {
+            if i >= 1 {
+                if params.len() < i {
+                    params.resize(i, None);
+                }
+                if params[i - 1].is_none() {
+                    params[i - 1] = t;
+                }
+            }
+        }
+    };
+    match stmt {
+        Statement::Query(q) => {
+            let plan = s.planner().plan_query((**q).clone()).map_err(df_to_db)?;
+            for (id, t) in plan.get_parameter_types().map_err(df_to_db)? {
+                set_param(&id, t.as_ref().map(pg_type_of_arrow));
+            }
+            return Ok((params, Some(plan.schema().inner().clone())));
+        }
+        Statement::Insert(ins) => {
+            let ast::TableObject::TableName(name) = &ins.table else { return Ok((params, None)) };
+            let def = resolve_table(s, name)?;
+            let targets: Vec<usize> = if ins.columns.is_empty() {
+                def.visible_columns()
+            } else {
+                ins.columns
+                    .iter()
+                    .filter_map(|c| c.0.last().and_then(|p| p.as_ident()).map(crate::handler::dml::normalize_ident))
+                    .filter_map(|n| def.column_index(&n))
+                    .collect()
+            };
+            if let Some(q) = &ins.source {
+                if let ast::SetExpr::Values(v) = q.body.as_ref() {
+                    for row in &v.rows {
+                        for (k, e) in row.iter().enumerate() {
+                            if let ast::Expr::Value(val) = e {
+                                if let ast::Value::Placeholder(p) = &val.value {
+                                    if let Some(&col) = targets.get(k) {
+                                        set_param(p, Type::from_oid(def.columns[col].ty.pg_oid()));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                // anything else (expressions, INSERT ... SELECT): ask the planner
+                if let Ok(plan) = s.planner().plan_query((**q).clone()) {
+                    for (id, t) in plan.get_parameter_types().unwrap_or_default() {
+                        set_param(&id, t.as_ref().map(pg_type_of_arrow));
+                    }
+                }
+            }
+            let alias = def.name.clone();
+            let schema = match &ins.returning {
+                Some(items) => Some(returning_schema(s, &def, &alias, items, &mut set_param)?),
+                None => None,
+            };
+            return Ok((params, schema));
+        }
+        Statement::Update(u) => {
+            if let ast::TableFactor::Table { name, alias, .. } = &u.table.relation {
+                let def = resolve_table(s, name)?;
+                let alias = alias.as_ref().map(|a| crate::handler::dml::normalize_ident(&a.name)).unwrap_or_else(|| def.name.clone());
+                let (df, _) = table_df_schema(&def, &alias)?;
+                for a in &u.assignments {
+                    if let ast::AssignmentTarget::ColumnName(n) = &a.target {
+                        let col = n.0.last().and_then(|p| p.as_ident()).map(crate::handler::dml::normalize_ident).unwrap_or_default();
+                        if let (ast::Expr::Value(v), Some(ci)) = (&a.value, def.column_index(&col)) {
+                            if let ast::Value::Placeholder(p) = &v.value {
+                                set_param(p, Type::from_oid(def.columns[ci].ty.pg_oid()));
+                            }
+                        }
+                    }
+                    infer_expr_params(s, &a.value, &df, &mut set_param);
+                }
+                if let Some(w) = &u.selection {
+                    infer_expr_params(s, w, &df, &mut set_param);
+                }
+                let schema = match &u.returning {
+                    Some(items) => Some(returning_schema(s, &def, &alias, items, &mut set_param)?),
+                    None => None,
+                };
+                return Ok((params, schema));
+            }
+        }
+        Statement::Delete(d) => {
+            let tables = match &d.from {
+                ast::FromTable::WithFromKeyword(t) | ast::FromTable::WithoutKeyword(t) => t,
+            };
+            if let Some(ast::TableWithJoins { relation: ast::TableFactor::Table { name, alias, .. }, .. }) = tables.first() {
+                let def = resolve_table(s, name)?;
+                let alias = alias.as_ref().map(|a| crate::handler::dml::normalize_ident(&a.name)).unwrap_or_else(|| def.name.clone());
+                let (df, _) = table_df_schema(&def, &alias)?;
+                if let Some(w) = &d.selection {
+                    infer_expr_params(s, w, &df, &mut set_param);
+                }
+                let schema = match &d.returning {
+                    Some(items) => Some(returning_schema(s, &def, &alias, items, &mut set_param)?),
+                    None => None,
+                };
+                return Ok((params, schema));
+            }
+        }
+        Statement::ShowVariable { variable } => {
+            let name = variable.iter().map(|i| i.value.to_lowercase()).collect::<Vec<_>>().join(".");
+            if name == "all" {
+                return Ok((params, Some(Arc::new(Schema::new(vec![
+                    Field::new("name", DataType::Utf8, false),
+                    Field::new("setting", DataType::Utf8, false),
+                    Field::new("description", DataType::Utf8, false),
+                ])))));
+            }
+            return Ok((params, Some(Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, false)])))));
+        }
+        Statement::Explain { .. } => {
+            return Ok((params, Some(Arc::new(Schema::new(vec![Field::new("QUERY PLAN", DataType::Utf8, false)])))));
+        }
+        _ => {}
+    }
+    Ok((params, None))
+}
+
+fn infer_expr_params(s: &Session, e: &ast::Expr, df: &DFSchema, set_param: &mut impl FnMut(&str, Option<Type>)) {
+    let Ok(expr) = s.planner().plan_expr(e.clone(), df) else { return };
+    let Ok((expr, _)) = expr.infer_placeholder_types(df) else { return };
+    let _ = expr.apply(|x| {
+        if let Expr::Placeholder(p) = x {
+            set_param(&p.id, p.field.as_ref().map(|f| pg_type_of_arrow(f.data_type())));
+        }
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    });
+}
+
+fn returning_schema(
+    s: &Session,
+    def: &orochi_common::schema::TableDef,
+    alias: &str,
+    items: &[ast::SelectItem],
+    set_param: &mut impl FnMut(&str, Option<Type>),
+) -> DbResult<SchemaRef> {
+    let (df, arrow_schema) = table_df_schema(def, alias)?;
+    let mut fields = Vec::new();
+    for item in items {
+        let (e, name) = match item {
+            ast::SelectItem::Wildcard(_) | ast::SelectItem::QualifiedWildcard(..) => {
+                fields.extend(arrow_schema.fields().iter().map(|f| f.as_ref().clone()));
+                continue;
+            }
+            ast::SelectItem::UnnamedExpr(e) => (e, crate::handler::eval::output_name(e)),
+            ast::SelectItem::ExprWithAlias { expr, alias } => (expr, crate::handler::dml::normalize_ident(alias)),
+            _ => continue,
+        };
+        infer_expr_params(s, e, &df, set_param);
+        let expr = s.planner().plan_expr(e.clone(), &df).map_err(df_to_db)?;
+        let dt = expr.get_type(&df).map_err(df_to_db)?;
+        let field = match e {
+            ast::Expr::Identifier(id) => match def.column_index(&crate::handler::dml::normalize_ident(id)) {
+                Some(ci) => def.columns[ci].ty.arrow_field(&name, true),
+                None => Field::new(name, dt, true),
+            },
+            _ => Field::new(name, dt, true),
+        };
+        fields.push(field);
+    }
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+/// Turns a session result into a pgwire response. `materialize` collects rows up front (needed
+/// when later statements of the same message could change what a lazy scan would read).
+async fn to_response(result: StatementResult, formats: impl Fn(usize) -> FieldFormat, materialize: bool) -> PgWireResult<Response> {
+    Ok(match result {
+        StatementResult::Command(tag) => Response::Execution(Tag::new(&tag)),
+        StatementResult::Begin => Response::TransactionStart(Tag::new("BEGIN")),
+        StatementResult::End(tag) => Response::TransactionEnd(Tag::new(tag)),
+        StatementResult::CopyIn { columns } => {
+            Response::CopyIn(CopyResponse::new(0, columns, stream::empty()))
+        }
+        StatementResult::Rows { schema, stream, tag } => {
+            let fields = Arc::new(field_infos(&schema, formats));
+            let f2 = fields.clone();
+            let rows = stream.map(move |batch| -> Vec<PgWireResult<DataRow>> {
+                match batch {
+                    Ok(b) => {
+                        let mut out = Vec::with_capacity(b.num_rows());
+                        match encode_batch(&b, &f2, &schema, &mut out) {
+                            Ok(()) => out.into_iter().map(Ok).collect(),
+                            Err(e) => vec![Err(to_pgwire(&e, None))],
+                        }
+                    }
+                    Err(e) => vec![Err(to_pgwire(&df_to_db(e), None))],
+                }
+            });
+            let rows = rows.flat_map(stream::iter);
+            let mut resp = if materialize {
+                let collected: Vec<PgWireResult<DataRow>> = rows.collect().await;
+                if let Some(Err(_)) = collected.iter().find(|r| r.is_err()) {
+                    let e = collected.into_iter().find_map(|r| r.err()).expect("found above");
+                    return Err(e);
+                }
+                QueryResponse::new(fields, stream::iter(collected))
+            } else {
+                QueryResponse::new(fields, rows)
+            };
+            resp.set_command_tag(&tag);
+            Response::Query(resp)
+        }
+    })
+}
+
+#[async_trait]
+impl SimpleQueryHandler for Handler {
+    async fn do_query<C>(&self, _client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let stmts = match parse_statements(query) {
+            Ok(s) => s,
+            Err(e) => return Ok(vec![Response::Error(Box::new(error_info(&e.error, e.position)))]),
+        };
+        let many = stmts.len() > 1;
+        let mut session = self.session.lock().await;
+        let mut out = Vec::with_capacity(stmts.len());
+        for stmt in &stmts {
+            match session.execute(stmt, &vec![]).await {
+                Ok(r) => {
+                    let copy = matches!(r, StatementResult::CopyIn { .. });
+                    match to_response(r, |_| FieldFormat::Text, many).await {
+                        Ok(resp) => out.push(resp),
+                        Err(PgWireError::UserError(info)) => {
+                            out.push(Response::Error(info));
+                            break;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    if copy {
+                        break; // the COPY sub-protocol takes over
+                    }
+                }
+                Err(e) => {
+                    out.push(Response::Error(Box::new(error_info(&e, None))));
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for Handler {
+    type Statement = Prepared;
+    type QueryParser = OrochiQueryParser;
+
+    fn query_parser(&self) -> Arc<Self::QueryParser> {
+        self.parser.clone()
+    }
+
+    async fn do_describe_statement<C>(&self, _client: &mut C, target: &StoredStatement<Prepared>) -> PgWireResult<DescribeStatementResponse>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let p = &target.statement;
+        let fields = self.parser.get_result_schema(p, None)?;
+        Ok(DescribeStatementResponse::new(p.param_types.clone(), fields))
+    }
+
+    async fn do_describe_portal<C>(&self, _client: &mut C, target: &Portal<Prepared>) -> PgWireResult<DescribePortalResponse>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let fields = self.parser.get_result_schema(&target.statement.statement, Some(&target.result_column_format))?;
+        Ok(DescribePortalResponse::new(fields))
+    }
+
+    async fn do_query<C>(&self, _client: &mut C, portal: &Portal<Prepared>, _max_rows: usize) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let prepared = &portal.statement.statement;
+        let mut params = Vec::with_capacity(portal.parameters.len());
+        for (i, p) in portal.parameters.iter().enumerate() {
+            let t = prepared.param_types.get(i).cloned().unwrap_or(Type::TEXT);
+            let v = decode_param(p.as_deref(), portal.parameter_format.is_binary(i), &t).map_err(|e| to_pgwire(&e, None))?;
+            params.push(v);
+        }
+        let mut session = self.session.lock().await;
+        let result = session.execute(&prepared.stmt, &params).await.map_err(|e| to_pgwire(&e, None))?;
+        let fmt = portal.result_column_format.clone();
+        to_response(result, move |i| fmt.format_for(i), false).await
+    }
+}
+
+#[async_trait]
+impl StartupHandler for Handler {
+    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if let PgWireFrontendMessage::Startup(ref startup) = message {
+            protocol_negotiation(client, startup).await?;
+            save_startup_parameters_to_metadata(client, startup);
+            let pid = next_backend_pid();
+            let secret = pgwire::messages::startup::SecretKey::I32(rand_secret());
+            client.set_pid_and_secret_key(pid, secret.clone());
+            let (handle, guard) = self.connections.register(pid, secret);
+            client.session_extensions().insert::<Arc<pgwire::api::ConnectionHandle>>(handle);
+            client.session_extensions().insert::<pgwire::api::ConnectionGuard>(guard);
+            {
+                let mut s = self.session.lock().await;
+                s.user = client.metadata().get(METADATA_USER).cloned().unwrap_or_else(|| "postgres".into());
+                s.database = client.metadata().get(METADATA_DATABASE).cloned().unwrap_or_else(|| s.user.clone());
+                if let Some(app) = client.metadata().get("application_name").cloned() {
+                    let _ = s.settings.set("application_name", &app);
+                }
+            }
+            let mut params = DefaultServerParameterProvider::default();
+            params.server_version = format!("{} (OrochiDB {})", crate::handler::utility::SERVER_VERSION, env!("CARGO_PKG_VERSION"));
+            params.time_zone = "UTC".into();
+            params.date_style = "ISO, MDY".into();
+            finish_authentication(client, &params).await?;
+        }
+        Ok(())
+    }
+}
+
+fn next_backend_pid() -> i32 {
+    static NEXT: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(10_000);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+fn rand_secret() -> i32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0));
+    h.finish() as i32
+}
+
+#[async_trait]
+impl CopyHandler for Handler {
+    async fn on_copy_data<C>(&self, _client: &mut C, copy_data: CopyData) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let mut s = self.session.lock().await;
+        crate::handler::copy::copy_data(&mut s, &copy_data.data).await.map_err(|e| to_pgwire(&e, None))
+    }
+
+    async fn on_copy_done<C>(&self, client: &mut C, _done: CopyDone) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        use futures::SinkExt;
+        let mut s = self.session.lock().await;
+        match crate::handler::copy::copy_done(&mut s).await {
+            Ok(tag) => {
+                client.send(PgWireBackendMessage::CommandComplete(Tag::new(&tag).into())).await?;
+                Ok(())
+            }
+            Err(e) => {
+                if let crate::session::TxnStatus::Failed(_) = s.txn {
+                    client.set_transaction_status(pgwire::messages::response::TransactionStatus::Error);
+                }
+                Err(to_pgwire(&e, None))
+            }
+        }
+    }
+
+    async fn on_copy_fail<C>(&self, _client: &mut C, fail: CopyFail) -> PgWireError
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let mut s = self.session.lock().await;
+        let e = crate::handler::copy::copy_fail(&mut s, &fail.message).await;
+        to_pgwire(&e, None)
+    }
+}

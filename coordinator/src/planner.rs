@@ -1,0 +1,160 @@
+//! Plans sqlparser ASTs with DataFusion's SQL planner against our catalog.
+//!
+//! [`Planner`] is the [`ContextProvider`] DataFusion's `SqlToRel` asks for tables and
+//! functions: tables come from [`Catalog`] (resolved through the session's `search_path`), plus
+//! per-statement in-memory tables (RETURNING rows, ON CONFLICT's `excluded`), functions from the
+//! DataFusion session. The AST is planned directly; it is never turned back into a string.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, SchemaRef};
+use datafusion::catalog::TableFunctionArgs;
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::{DFSchema, TableReference};
+use datafusion::datasource::{TableProvider, provider_as_source};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::SessionState;
+use datafusion::logical_expr::planner::{ContextProvider, ExprPlanner, RelationPlanner};
+use datafusion::logical_expr::{
+    AggregateUDF, Expr, HigherOrderUDF, LogicalPlan, ScalarUDF, TableSource, WindowUDF,
+};
+use datafusion::sql::planner::{PlannerContext, SqlToRel};
+use datafusion::sql::sqlparser::ast;
+use orochi_common::error::{DbError, SqlState};
+use orochi_common::schema::TableDef;
+use orochi_common::service::ShardService;
+
+use crate::catalog::Catalog;
+use crate::error::db_to_df;
+use crate::provider::OrochiTable;
+
+pub struct Planner<'a> {
+    pub state: &'a SessionState,
+    pub catalog: &'a Catalog,
+    pub service: &'a Arc<dyn ShardService>,
+    pub search_path: &'a [String],
+    /// Statement-local tables, by bare name (checked before the catalog).
+    pub extra: HashMap<String, Arc<dyn TableProvider>>,
+}
+
+impl<'a> Planner<'a> {
+    pub fn new(
+        state: &'a SessionState,
+        catalog: &'a Catalog,
+        service: &'a Arc<dyn ShardService>,
+        search_path: &'a [String],
+    ) -> Self {
+        Planner { state, catalog, service, search_path, extra: HashMap::new() }
+    }
+
+    /// Resolves a (possibly qualified) table name through the search path.
+    pub fn resolve_table(&self, schema: Option<&str>, name: &str) -> Option<Arc<TableDef>> {
+        match schema {
+            Some(s) => self.catalog.table(s, name),
+            None => self.search_path.iter().find_map(|s| self.catalog.table(s, name)),
+        }
+    }
+
+    pub fn plan_statement(&self, stmt: ast::Statement) -> Result<LogicalPlan> {
+        SqlToRel::new(self).sql_statement_to_plan(stmt)
+    }
+
+    pub fn plan_query(&self, query: ast::Query) -> Result<LogicalPlan> {
+        SqlToRel::new(self).sql_statement_to_plan(ast::Statement::Query(Box::new(query)))
+    }
+
+    /// Plans a scalar expression over `schema` (columns may be qualified by `schema`'s tables).
+    pub fn plan_expr(&self, expr: ast::Expr, schema: &DFSchema) -> Result<Expr> {
+        SqlToRel::new(self).sql_to_expr(expr, schema, &mut PlannerContext::new())
+    }
+}
+
+impl ContextProvider for Planner<'_> {
+    fn get_table_source(&self, name: TableReference) -> Result<Arc<dyn TableSource>> {
+        let (schema, table) = match &name {
+            TableReference::Bare { table } => {
+                if let Some(t) = self.extra.get(table.as_ref()) {
+                    return Ok(provider_as_source(t.clone()));
+                }
+                (None, table.as_ref())
+            }
+            TableReference::Partial { schema, table } => (Some(schema.as_ref()), table.as_ref()),
+            TableReference::Full { schema, table, .. } => (Some(schema.as_ref()), table.as_ref()),
+        };
+        match self.resolve_table(schema, table) {
+            Some(def) => Ok(provider_as_source(Arc::new(OrochiTable::new(def, self.service.clone())))),
+            None => Err(db_to_df(DbError::new(
+                SqlState::UndefinedTable,
+                format!("relation \"{}\" does not exist", name.to_string()),
+            ))),
+        }
+    }
+
+    fn get_table_function_source(&self, name: &str, args: Vec<Expr>) -> Result<Arc<dyn TableSource>> {
+        let f = self.state.table_functions().get(name).cloned().ok_or_else(|| {
+            db_to_df(DbError::new(SqlState::UndefinedFunction, format!("function {name} does not exist")))
+        })?;
+        let provider = f.create_table_provider_with_args(TableFunctionArgs::new(&args, self.state))?;
+        Ok(provider_as_source(provider))
+    }
+
+    fn create_cte_work_table(&self, name: &str, schema: SchemaRef) -> Result<Arc<dyn TableSource>> {
+        Ok(provider_as_source(Arc::new(
+            datafusion::datasource::cte_worktable::CteWorkTable::new(name, schema),
+        )))
+    }
+
+    fn get_expr_planners(&self) -> &[Arc<dyn ExprPlanner>] {
+        self.state.expr_planners()
+    }
+
+    fn get_relation_planners(&self) -> &[Arc<dyn RelationPlanner>] {
+        self.state.relation_planners()
+    }
+
+    fn get_function_meta(&self, name: &str) -> Option<Arc<ScalarUDF>> {
+        self.state.scalar_functions().get(name).cloned()
+    }
+
+    fn get_higher_order_meta(&self, name: &str) -> Option<Arc<HigherOrderUDF>> {
+        self.state.higher_order_functions().get(name).cloned()
+    }
+
+    fn get_aggregate_meta(&self, name: &str) -> Option<Arc<AggregateUDF>> {
+        self.state.aggregate_functions().get(name).cloned()
+    }
+
+    fn get_window_meta(&self, name: &str) -> Option<Arc<WindowUDF>> {
+        self.state.window_functions().get(name).cloned()
+    }
+
+    fn get_variable_type(&self, _variable_names: &[String]) -> Option<DataType> {
+        None
+    }
+
+    fn options(&self) -> &ConfigOptions {
+        self.state.config_options()
+    }
+
+    fn udf_names(&self) -> Vec<String> {
+        self.state.scalar_functions().keys().cloned().collect()
+    }
+
+    fn higher_order_function_names(&self) -> Vec<String> {
+        self.state.higher_order_functions().keys().cloned().collect()
+    }
+
+    fn udaf_names(&self) -> Vec<String> {
+        self.state.aggregate_functions().keys().cloned().collect()
+    }
+
+    fn udwf_names(&self) -> Vec<String> {
+        self.state.window_functions().keys().cloned().collect()
+    }
+}
+
+/// Unused-import guard for error conversions used by callers.
+pub fn internal(msg: impl Into<String>) -> DataFusionError {
+    DataFusionError::Internal(msg.into())
+}

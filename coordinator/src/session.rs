@@ -1,0 +1,251 @@
+//! A client session: transaction state, settings, and [`Session::execute`], which holds the
+//! single `match` over statement kinds and dispatches to `handler::*`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arrow::datatypes::SchemaRef;
+use datafusion::common::ScalarValue;
+use datafusion::execution::SessionState;
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::physical_plan::SendableRecordBatchStream;
+use datafusion::prelude::SessionConfig;
+use datafusion::sql::sqlparser::ast::Statement;
+use orochi_common::error::{DbError, DbResult, SqlState};
+use orochi_common::service::{ShardService, TxnId};
+
+use crate::catalog::Catalog;
+use crate::config::CoordinatorOptions;
+use crate::handler;
+use crate::planner::Planner;
+use crate::provider::TxnContext;
+
+/// State shared by every session of one coordinator.
+pub struct Instance {
+    pub catalog: Arc<Catalog>,
+    pub service: Arc<dyn ShardService>,
+    pub options: Arc<CoordinatorOptions>,
+    pub runtime: Arc<RuntimeEnv>,
+    next_txn: AtomicU64,
+}
+
+impl Instance {
+    pub fn new(
+        catalog: Arc<Catalog>,
+        service: Arc<dyn ShardService>,
+        options: Arc<CoordinatorOptions>,
+        runtime: Arc<RuntimeEnv>,
+    ) -> Self {
+        // txn ids only need to be unique among live transactions; start from the clock so a
+        // restarted coordinator never reuses an id a worker may still remember
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(1);
+        Instance { catalog, service, options, runtime, next_txn: AtomicU64::new(start) }
+    }
+
+    pub fn new_txn_id(&self) -> TxnId {
+        self.next_txn.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Transaction state of a session, as Postgres reports it in ReadyForQuery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnStatus {
+    Idle,
+    /// Inside `BEGIN … COMMIT`.
+    Block(TxnId),
+    /// A statement in the block failed: everything but ROLLBACK/COMMIT gets 25P02.
+    Failed(TxnId),
+}
+
+/// What a statement produced.
+pub enum StatementResult {
+    /// Rows, streamed; `tag` is the CommandComplete verb ("SELECT", "INSERT 0", ...), the row
+    /// count is appended when the stream ends.
+    Rows { schema: SchemaRef, stream: SendableRecordBatchStream, tag: String },
+    /// A command with its full tag ("CREATE TABLE", "UPDATE 3").
+    Command(String),
+    Begin,
+    /// End of a block with the tag to send ("COMMIT" or "ROLLBACK").
+    End(&'static str),
+    /// `COPY … FROM STDIN` is waiting for data.
+    CopyIn { columns: usize },
+}
+
+/// Bound parameter values of an extended-protocol statement, `$1` first.
+pub type Params = Vec<ScalarValue>;
+
+pub struct Session {
+    pub instance: Arc<Instance>,
+    pub state: SessionState,
+    pub txn: TxnStatus,
+    pub search_path: Vec<String>,
+    pub settings: handler::utility::Settings,
+    pub copy: Option<handler::copy::CopyIn>,
+    pub user: String,
+    pub database: String,
+}
+
+impl Session {
+    pub fn new(instance: Arc<Instance>, user: String, database: String) -> Session {
+        let mut config = SessionConfig::new()
+            .with_default_catalog_and_schema("postgres", "public")
+            .with_information_schema(false)
+            .with_target_partitions(instance.options.query_parallelism())
+            .with_batch_size(8192);
+        {
+            let opts = config.options_mut();
+            opts.sql_parser.dialect = datafusion::config::Dialect::PostgreSQL;
+            opts.sql_parser.enable_ident_normalization = true;
+            opts.sql_parser.map_string_types_to_utf8view = false;
+            opts.execution.time_zone = Some("+00:00".to_string());
+        }
+        let state = datafusion::execution::SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(instance.runtime.clone())
+            .with_default_features()
+            .build();
+        Session {
+            instance,
+            state,
+            txn: TxnStatus::Idle,
+            search_path: vec!["public".to_string()],
+            settings: handler::utility::Settings::default(),
+            copy: None,
+            user,
+            database,
+        }
+    }
+
+    pub fn planner(&self) -> Planner<'_> {
+        Planner::new(&self.state, &self.instance.catalog, &self.instance.service, &self.search_path)
+    }
+
+    fn set_txn_context(&mut self, txn: TxnId) {
+        self.state.config_mut().set_extension(Arc::new(TxnContext { txn }));
+    }
+
+    /// Executes one statement with Postgres' transaction semantics: outside a block each
+    /// statement is its own transaction (committed on success, rolled back on error); inside
+    /// a block an error fails the block until ROLLBACK.
+    pub async fn execute(&mut self, stmt: &Statement, params: &Params) -> DbResult<StatementResult> {
+        match stmt {
+            Statement::StartTransaction { .. } => return Ok(self.handle_begin()),
+            Statement::Commit { .. } => return self.handle_commit().await,
+            Statement::Rollback { savepoint: None, .. } => return Ok(self.handle_rollback().await),
+            _ => {}
+        }
+        if let TxnStatus::Failed(_) = self.txn {
+            return Err(DbError::new(
+                SqlState::InFailedSqlTransaction,
+                "current transaction is aborted, commands ignored until end of transaction block",
+            ));
+        }
+        let (txn, implicit) = match self.txn {
+            TxnStatus::Block(t) => (t, false),
+            _ => (self.instance.new_txn_id(), true),
+        };
+        self.set_txn_context(txn);
+        let result = self.dispatch(stmt, params, txn).await;
+        match (&result, implicit) {
+            (Ok(StatementResult::CopyIn { .. }), _) => {
+                // the COPY sub-protocol finishes the statement (and its implicit transaction)
+                if let Some(c) = self.copy.as_mut() {
+                    c.implicit = implicit;
+                    c.txn = txn;
+                }
+            }
+            (Ok(_), true) => self.instance.service.commit(txn).await?,
+            (Err(_), true) => self.instance.service.abort(txn).await,
+            (Err(_), false) => self.txn = TxnStatus::Failed(txn),
+            (Ok(_), false) => {}
+        }
+        result
+    }
+
+    /// The single match over statement kinds.
+    async fn dispatch(&mut self, stmt: &Statement, params: &Params, txn: TxnId) -> DbResult<StatementResult> {
+        use handler::*;
+        match stmt {
+            Statement::Query(q) => query::handle_query(self, q, params).await,
+            Statement::Insert(ins) => dml::handle_insert(self, ins, params, txn).await,
+            Statement::Update(upd) => dml::handle_update(self, upd, params, txn).await,
+            Statement::Delete(del) => dml::handle_delete(self, del, params, txn).await,
+            Statement::CreateTable(ct) => ddl::handle_create_table(self, ct).await,
+            Statement::Drop { object_type, if_exists, names, cascade, .. } => {
+                ddl::handle_drop(self, object_type, *if_exists, names, *cascade).await
+            }
+            Statement::Truncate(t) => ddl::handle_truncate(self, t).await,
+            Statement::CreateSchema { schema_name, if_not_exists, .. } => {
+                ddl::handle_create_schema(self, schema_name, *if_not_exists)
+            }
+            Statement::AlterTable(at) => ddl::handle_alter_table(self, at, txn).await,
+            Statement::Copy { source, to, target, options, legacy_options, .. } => {
+                copy::handle_copy(self, source, *to, target, options, legacy_options)
+            }
+            Statement::Explain { statement, analyze, verbose, .. } => {
+                explain::handle_explain(self, statement, *analyze, *verbose, params).await
+            }
+            Statement::Set(set) => utility::handle_set(self, set),
+            Statement::ShowVariable { variable } => utility::handle_show(self, variable),
+            Statement::Reset(r) => utility::handle_reset(self, r),
+            Statement::Vacuum(_) => Ok(StatementResult::Command("VACUUM".into())),
+            Statement::Analyze(_) => Ok(StatementResult::Command("ANALYZE".into())),
+            Statement::CreateExtension(ext) => utility::handle_create_extension(ext),
+            Statement::Discard { .. } => Ok(StatementResult::Command("DISCARD ALL".into())),
+            Statement::Savepoint { .. } | Statement::ReleaseSavepoint { .. } | Statement::Rollback { .. } => {
+                Err(DbError::new(SqlState::FeatureNotSupported, "SAVEPOINT is not supported yet"))
+            }
+            other => Err(DbError::new(
+                SqlState::FeatureNotSupported,
+                format!("statement not supported yet: {}", statement_kind(other)),
+            )),
+        }
+    }
+
+    fn handle_begin(&mut self) -> StatementResult {
+        if let TxnStatus::Idle = self.txn {
+            self.txn = TxnStatus::Block(self.instance.new_txn_id());
+        } else {
+            tracing::debug!("BEGIN inside a transaction block: there is already a transaction in progress");
+        }
+        StatementResult::Begin
+    }
+
+    async fn handle_commit(&mut self) -> DbResult<StatementResult> {
+        match std::mem::replace(&mut self.txn, TxnStatus::Idle) {
+            TxnStatus::Idle => Ok(StatementResult::End("COMMIT")),
+            TxnStatus::Block(t) => {
+                self.instance.service.commit(t).await?;
+                Ok(StatementResult::End("COMMIT"))
+            }
+            TxnStatus::Failed(t) => {
+                self.instance.service.abort(t).await;
+                Ok(StatementResult::End("ROLLBACK"))
+            }
+        }
+    }
+
+    async fn handle_rollback(&mut self) -> StatementResult {
+        if let TxnStatus::Block(t) | TxnStatus::Failed(t) = std::mem::replace(&mut self.txn, TxnStatus::Idle) {
+            self.instance.service.abort(t).await;
+        }
+        StatementResult::End("ROLLBACK")
+    }
+
+    /// Ends whatever transaction is open (connection closed).
+    pub async fn close(&mut self) {
+        if let Some(c) = self.copy.take() {
+            self.instance.service.abort(c.txn).await;
+        }
+        self.handle_rollback().await;
+    }
+}
+
+/// A short name for a statement kind, for "not supported" errors.
+pub fn statement_kind(stmt: &Statement) -> String {
+    let s = stmt.to_string();
+    s.split_whitespace().take(2).collect::<Vec<_>>().join(" ").to_uppercase()
+}
