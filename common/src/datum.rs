@@ -27,7 +27,10 @@ pub enum Datum {
     Int8(i64),
     Float4(f32),
     Float8(f64),
-    Numeric { unscaled: i128, scale: i8 },
+    Numeric {
+        unscaled: i128,
+        scale: i8,
+    },
     Text(String),
     Bytea(Vec<u8>),
     /// Days since 1970-01-01.
@@ -65,11 +68,15 @@ impl Datum {
             SqlType::Bool => parse_bool(s).map(Datum::Bool),
             SqlType::Int2 => {
                 let v = parse_int(s, "smallint")?;
-                i16::try_from(v).map(Datum::Int2).map_err(|_| out_of_range("smallint", s))
+                i16::try_from(v)
+                    .map(Datum::Int2)
+                    .map_err(|_| out_of_range("smallint", s))
             }
             SqlType::Int4 => {
                 let v = parse_int(s, "integer")?;
-                i32::try_from(v).map(Datum::Int4).map_err(|_| out_of_range("integer", s))
+                i32::try_from(v)
+                    .map(Datum::Int4)
+                    .map_err(|_| out_of_range("integer", s))
             }
             SqlType::Int8 => parse_int(s, "bigint").map(Datum::Int8),
             SqlType::Float4 => {
@@ -105,7 +112,11 @@ impl Datum {
                     )
                     .with_detail(format!("Token \"{s}\" is invalid."))
                 })?;
-                Ok(Datum::Json(if ty == SqlType::Jsonb { v.to_string() } else { s.to_string() }))
+                Ok(Datum::Json(if ty == SqlType::Jsonb {
+                    v.to_string()
+                } else {
+                    s.to_string()
+                }))
             }
         }
     }
@@ -135,7 +146,10 @@ impl Datum {
     pub fn coerce_to(self, ty: SqlType) -> DbResult<Datum> {
         let int_range = |v: i128, name: &str| -> DbError {
             let _ = v;
-            DbError::new(SqlState::NumericValueOutOfRange, format!("{name} out of range"))
+            DbError::new(
+                SqlState::NumericValueOutOfRange,
+                format!("{name} out of range"),
+            )
         };
         Ok(match (self, ty) {
             (Datum::Null, _) => Datum::Null,
@@ -173,13 +187,20 @@ impl Datum {
                 let (p, s) = numeric_spec(spec);
                 let v = rescale(unscaled, scale, s).ok_or_else(numeric_overflow)?;
                 check_precision(v, p, s)?;
-                Datum::Numeric { unscaled: v, scale: s }
+                Datum::Numeric {
+                    unscaled: v,
+                    scale: s,
+                }
             }
             (d, SqlType::Numeric(spec)) if d.as_i128().is_some() => {
                 let (p, s) = numeric_spec(spec);
-                let v = rescale(d.as_i128().expect("checked"), 0, s).ok_or_else(numeric_overflow)?;
+                let v =
+                    rescale(d.as_i128().expect("checked"), 0, s).ok_or_else(numeric_overflow)?;
                 check_precision(v, p, s)?;
-                Datum::Numeric { unscaled: v, scale: s }
+                Datum::Numeric {
+                    unscaled: v,
+                    scale: s,
+                }
             }
             (d, SqlType::Numeric(_)) if d.as_f64().is_some() => {
                 let f = d.as_f64().expect("checked");
@@ -193,9 +214,7 @@ impl Datum {
             }
             (Datum::Date(d), SqlType::Date) => Datum::Date(d),
             (Datum::Date(d), SqlType::Timestamp) => Datum::Timestamp(d as i64 * 86_400_000_000),
-            (Datum::Date(d), SqlType::Timestamptz) => {
-                Datum::Timestamptz(d as i64 * 86_400_000_000)
-            }
+            (Datum::Date(d), SqlType::Timestamptz) => Datum::Timestamptz(d as i64 * 86_400_000_000),
             (Datum::Timestamp(t), SqlType::Timestamp) => Datum::Timestamp(t),
             (Datum::Timestamp(t), SqlType::Timestamptz) => Datum::Timestamptz(t),
             (Datum::Timestamptz(t), SqlType::Timestamptz) => Datum::Timestamptz(t),
@@ -212,7 +231,10 @@ impl Datum {
             (d, ty) => {
                 return Err(DbError::new(
                     SqlState::DatatypeMismatch,
-                    format!("cannot assign a value of type {} to a column of type {ty}", d.type_name()),
+                    format!(
+                        "cannot assign a value of type {} to a column of type {ty}",
+                        d.type_name()
+                    ),
                 ));
             }
         })
@@ -234,7 +256,9 @@ impl Datum {
             Datum::Int8(v) => Some(*v as f64),
             Datum::Float4(v) => Some(*v as f64),
             Datum::Float8(v) => Some(*v),
-            Datum::Numeric { unscaled, scale } => Some(*unscaled as f64 / 10f64.powi(*scale as i32)),
+            Datum::Numeric { unscaled, scale } => {
+                Some(*unscaled as f64 / 10f64.powi(*scale as i32))
+            }
             _ => None,
         }
     }
@@ -267,21 +291,64 @@ impl Datum {
         let raw = match array.data_type() {
             DataType::Null => Datum::Null,
             DataType::Boolean => Datum::Bool(array.as_boolean().value(row)),
-            DataType::Int8 => Datum::Int2(array.as_primitive::<arrow::datatypes::Int8Type>().value(row) as i16),
-            DataType::Int16 => Datum::Int2(array.as_primitive::<arrow::datatypes::Int16Type>().value(row)),
-            DataType::Int32 => Datum::Int4(array.as_primitive::<arrow::datatypes::Int32Type>().value(row)),
-            DataType::Int64 => Datum::Int8(array.as_primitive::<arrow::datatypes::Int64Type>().value(row)),
-            DataType::UInt8 => Datum::Int2(array.as_primitive::<arrow::datatypes::UInt8Type>().value(row) as i16),
-            DataType::UInt16 => Datum::Int4(array.as_primitive::<arrow::datatypes::UInt16Type>().value(row) as i32),
-            DataType::UInt32 => Datum::Int8(array.as_primitive::<arrow::datatypes::UInt32Type>().value(row) as i64),
+            DataType::Int8 => Datum::Int2(
+                array
+                    .as_primitive::<arrow::datatypes::Int8Type>()
+                    .value(row) as i16,
+            ),
+            DataType::Int16 => Datum::Int2(
+                array
+                    .as_primitive::<arrow::datatypes::Int16Type>()
+                    .value(row),
+            ),
+            DataType::Int32 => Datum::Int4(
+                array
+                    .as_primitive::<arrow::datatypes::Int32Type>()
+                    .value(row),
+            ),
+            DataType::Int64 => Datum::Int8(
+                array
+                    .as_primitive::<arrow::datatypes::Int64Type>()
+                    .value(row),
+            ),
+            DataType::UInt8 => Datum::Int2(
+                array
+                    .as_primitive::<arrow::datatypes::UInt8Type>()
+                    .value(row) as i16,
+            ),
+            DataType::UInt16 => Datum::Int4(
+                array
+                    .as_primitive::<arrow::datatypes::UInt16Type>()
+                    .value(row) as i32,
+            ),
+            DataType::UInt32 => Datum::Int8(
+                array
+                    .as_primitive::<arrow::datatypes::UInt32Type>()
+                    .value(row) as i64,
+            ),
             DataType::UInt64 => {
-                let v = array.as_primitive::<arrow::datatypes::UInt64Type>().value(row);
-                Datum::Numeric { unscaled: v as i128, scale: 0 }
+                let v = array
+                    .as_primitive::<arrow::datatypes::UInt64Type>()
+                    .value(row);
+                Datum::Numeric {
+                    unscaled: v as i128,
+                    scale: 0,
+                }
             }
-            DataType::Float32 => Datum::Float4(array.as_primitive::<arrow::datatypes::Float32Type>().value(row)),
-            DataType::Float64 => Datum::Float8(array.as_primitive::<arrow::datatypes::Float64Type>().value(row)),
+            DataType::Float32 => Datum::Float4(
+                array
+                    .as_primitive::<arrow::datatypes::Float32Type>()
+                    .value(row),
+            ),
+            DataType::Float64 => Datum::Float8(
+                array
+                    .as_primitive::<arrow::datatypes::Float64Type>()
+                    .value(row),
+            ),
             DataType::Decimal128(_, s) => Datum::Numeric {
-                unscaled: array.as_primitive::<arrow::datatypes::Decimal128Type>().value(row),
+                unscaled: array
+                    .as_primitive::<arrow::datatypes::Decimal128Type>()
+                    .value(row),
                 scale: *s,
             },
             DataType::Utf8 => Datum::Text(array.as_string::<i32>().value(row).to_string()),
@@ -290,15 +357,38 @@ impl Datum {
             DataType::Binary => Datum::Bytea(array.as_binary::<i32>().value(row).to_vec()),
             DataType::LargeBinary => Datum::Bytea(array.as_binary::<i64>().value(row).to_vec()),
             DataType::BinaryView => Datum::Bytea(array.as_binary_view().value(row).to_vec()),
-            DataType::Date32 => Datum::Date(array.as_primitive::<arrow::datatypes::Date32Type>().value(row)),
+            DataType::Date32 => Datum::Date(
+                array
+                    .as_primitive::<arrow::datatypes::Date32Type>()
+                    .value(row),
+            ),
             DataType::Timestamp(unit, tz) => {
                 let v = match unit {
-                    TimeUnit::Second => array.as_primitive::<arrow::datatypes::TimestampSecondType>().value(row) * 1_000_000,
-                    TimeUnit::Millisecond => array.as_primitive::<arrow::datatypes::TimestampMillisecondType>().value(row) * 1_000,
-                    TimeUnit::Microsecond => array.as_primitive::<arrow::datatypes::TimestampMicrosecondType>().value(row),
-                    TimeUnit::Nanosecond => array.as_primitive::<arrow::datatypes::TimestampNanosecondType>().value(row).div_euclid(1_000),
+                    TimeUnit::Second => {
+                        array
+                            .as_primitive::<arrow::datatypes::TimestampSecondType>()
+                            .value(row)
+                            * 1_000_000
+                    }
+                    TimeUnit::Millisecond => {
+                        array
+                            .as_primitive::<arrow::datatypes::TimestampMillisecondType>()
+                            .value(row)
+                            * 1_000
+                    }
+                    TimeUnit::Microsecond => array
+                        .as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
+                        .value(row),
+                    TimeUnit::Nanosecond => array
+                        .as_primitive::<arrow::datatypes::TimestampNanosecondType>()
+                        .value(row)
+                        .div_euclid(1_000),
                 };
-                if tz.is_some() { Datum::Timestamptz(v) } else { Datum::Timestamp(v) }
+                if tz.is_some() {
+                    Datum::Timestamptz(v)
+                } else {
+                    Datum::Timestamp(v)
+                }
             }
             other => {
                 return Err(DbError::new(
@@ -323,14 +413,20 @@ fn float_to_int(f: f64, ty: SqlType) -> DbResult<Datum> {
         _ => (i64::MIN as f64, i64::MAX as f64, "bigint"),
     };
     if !r.is_finite() || r < lo || r > hi {
-        return Err(DbError::new(SqlState::NumericValueOutOfRange, format!("{name} out of range")));
+        return Err(DbError::new(
+            SqlState::NumericValueOutOfRange,
+            format!("{name} out of range"),
+        ));
     }
     Datum::Int8(r as i64).coerce_to(ty)
 }
 
 /// Resolves an optional `numeric(p, s)` spec to the stored precision and scale.
 pub fn numeric_spec(spec: Option<(u8, i8)>) -> (u8, i8) {
-    spec.unwrap_or((crate::types::MAX_NUMERIC_PRECISION, UNCONSTRAINED_NUMERIC_SCALE))
+    spec.unwrap_or((
+        crate::types::MAX_NUMERIC_PRECISION,
+        UNCONSTRAINED_NUMERIC_SCALE,
+    ))
 }
 
 fn numeric_overflow() -> DbError {
@@ -351,7 +447,9 @@ fn check_precision(unscaled: i128, precision: u8, scale: i8) -> DbResult<()> {
 /// Changes the scale of an unscaled decimal, rounding half away from zero like Postgres.
 pub fn rescale(unscaled: i128, from: i8, to: i8) -> Option<i128> {
     if to >= from {
-        10i128.checked_pow((to - from) as u32)?.checked_mul(unscaled)
+        10i128
+            .checked_pow((to - from) as u32)?
+            .checked_mul(unscaled)
     } else {
         let div = 10i128.checked_pow((from - to) as u32)?;
         let q = unscaled / div;
@@ -511,7 +609,11 @@ fn parse_bytea(s: &str) -> DbResult<Vec<u8>> {
                         SqlState::InvalidTextRepresentation,
                         format!(
                             "invalid hexadecimal digit: \"{}\"",
-                            if hi.is_none() { pair[0] as char } else { pair[1] as char }
+                            if hi.is_none() {
+                                pair[0] as char
+                            } else {
+                                pair[1] as char
+                            }
                         ),
                     )),
                 }
@@ -552,11 +654,9 @@ fn parse_bytea(s: &str) -> DbResult<Vec<u8>> {
 
 fn parse_date(s: &str) -> DbResult<i32> {
     let t = s.trim();
-    let d = NaiveDate::parse_from_str(t, "%Y-%m-%d")
-        .map_err(|e| datetime_error("date", s, e))?;
+    let d = NaiveDate::parse_from_str(t, "%Y-%m-%d").map_err(|e| datetime_error("date", s, e))?;
     Ok(d.num_days_from_ce() - UNIX_EPOCH_CE_DAYS)
 }
-
 
 fn datetime_error(ty: &str, s: &str, e: chrono::ParseError) -> DbError {
     use chrono::format::ParseErrorKind;
@@ -574,7 +674,11 @@ fn datetime_error(ty: &str, s: &str, e: chrono::ParseError) -> DbError {
 
 /// Parses `YYYY-MM-DD[ T]HH:MM:SS[.ffffff][zone]`; a bare date means midnight.
 fn parse_timestamp(s: &str, with_zone: bool) -> DbResult<i64> {
-    let ty = if with_zone { "timestamp with time zone" } else { "timestamp" };
+    let ty = if with_zone {
+        "timestamp with time zone"
+    } else {
+        "timestamp"
+    };
     let t = s.trim();
     let lower = t.to_ascii_lowercase();
     if lower == "epoch" {
@@ -624,8 +728,16 @@ fn split_zone(t: &str) -> (&str, Option<i32>) {
                 let (h, rest) = digits.split_at(digits.len().min(2));
                 let (m, sec) = rest.split_at(rest.len().min(2));
                 let h: i32 = h.parse().unwrap_or(0);
-                let m: i32 = if m.is_empty() { 0 } else { m.parse().unwrap_or(0) };
-                let sec: i32 = if sec.is_empty() { 0 } else { sec.parse().unwrap_or(0) };
+                let m: i32 = if m.is_empty() {
+                    0
+                } else {
+                    m.parse().unwrap_or(0)
+                };
+                let sec: i32 = if sec.is_empty() {
+                    0
+                } else {
+                    sec.parse().unwrap_or(0)
+                };
                 return (&t[..pos], Some(sign * (h * 3600 + m * 60 + sec)));
             }
         }
@@ -635,15 +747,22 @@ fn split_zone(t: &str) -> (&str, Option<i32>) {
 
 fn parse_uuid(s: &str) -> DbResult<[u8; 16]> {
     let t = s.trim();
-    let t = t.strip_prefix('{').and_then(|x| x.strip_suffix('}')).unwrap_or(t);
+    let t = t
+        .strip_prefix('{')
+        .and_then(|x| x.strip_suffix('}'))
+        .unwrap_or(t);
     let hex: Vec<u8> = t.bytes().filter(|b| *b != b'-').collect();
     if hex.len() != 32 {
         return Err(invalid("uuid", s));
     }
     let mut out = [0u8; 16];
     for (i, pair) in hex.chunks(2).enumerate() {
-        let h = (pair[0] as char).to_digit(16).ok_or_else(|| invalid("uuid", s))?;
-        let l = (pair[1] as char).to_digit(16).ok_or_else(|| invalid("uuid", s))?;
+        let h = (pair[0] as char)
+            .to_digit(16)
+            .ok_or_else(|| invalid("uuid", s))?;
+        let l = (pair[1] as char)
+            .to_digit(16)
+            .ok_or_else(|| invalid("uuid", s))?;
         out[i] = (h * 16 + l) as u8;
     }
     Ok(out)
@@ -686,7 +805,11 @@ fn shortest_to_pg(sci: &str, max_exp: i32) -> String {
     };
     let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
     if digits == "0" {
-        return if neg { "-0".to_string() } else { "0".to_string() };
+        return if neg {
+            "-0".to_string()
+        } else {
+            "0".to_string()
+        };
     }
     let mut out = String::new();
     if neg {
@@ -733,11 +856,21 @@ pub fn format_numeric(unscaled: i128, scale: i8, trim: bool) -> String {
     }
     let scale = scale as usize;
     let (int_part, frac_part) = if abs.len() > scale {
-        (abs[..abs.len() - scale].to_string(), abs[abs.len() - scale..].to_string())
+        (
+            abs[..abs.len() - scale].to_string(),
+            abs[abs.len() - scale..].to_string(),
+        )
     } else {
-        ("0".to_string(), format!("{}{}", "0".repeat(scale - abs.len()), abs))
+        (
+            "0".to_string(),
+            format!("{}{}", "0".repeat(scale - abs.len()), abs),
+        )
     };
-    let frac = if trim { frac_part.trim_end_matches('0') } else { frac_part.as_str() };
+    let frac = if trim {
+        frac_part.trim_end_matches('0')
+    } else {
+        frac_part.as_str()
+    };
     out.push_str(&int_part);
     if !frac.is_empty() {
         out.push('.');
@@ -815,7 +948,12 @@ pub fn format_timestamptz_offset(micros: i64, offset_secs: i32) -> String {
     if abs % 3600 != 0 {
         let _ = write!(zone, ":{:02}", (abs % 3600) / 60);
     }
-    format!("{} {}{}", format_date_naive(local.date()), format_time_part(local), zone)
+    format!(
+        "{} {}{}",
+        format_date_naive(local.date()),
+        format_time_part(local),
+        zone
+    )
 }
 
 pub fn format_uuid(u: &[u8; 16]) -> String {
@@ -869,7 +1007,10 @@ mod tests {
     #[test]
     fn ints_fail_with_postgres_codes() {
         assert_eq!(Datum::parse(SqlType::Int4, "12").unwrap(), Datum::Int4(12));
-        assert_eq!(Datum::parse(SqlType::Int4, " 12 ").unwrap(), Datum::Int4(12));
+        assert_eq!(
+            Datum::parse(SqlType::Int4, " 12 ").unwrap(),
+            Datum::Int4(12)
+        );
         assert_eq!(
             Datum::parse(SqlType::Int4, "abc").unwrap_err().state,
             SqlState::InvalidTextRepresentation
@@ -879,7 +1020,10 @@ mod tests {
             SqlState::NumericValueOutOfRange
         );
         assert_eq!(
-            Datum::Int8(1 << 40).coerce_to(SqlType::Int4).unwrap_err().state,
+            Datum::Int8(1 << 40)
+                .coerce_to(SqlType::Int4)
+                .unwrap_err()
+                .state,
             SqlState::NumericValueOutOfRange
         );
     }
@@ -900,9 +1044,14 @@ mod tests {
 
     #[test]
     fn text_types() {
-        assert_eq!(Datum::parse(SqlType::Char(4), "ab").unwrap(), Datum::Text("ab  ".into()));
         assert_eq!(
-            Datum::parse(SqlType::Varchar(Some(2)), "abc").unwrap_err().state,
+            Datum::parse(SqlType::Char(4), "ab").unwrap(),
+            Datum::Text("ab  ".into())
+        );
+        assert_eq!(
+            Datum::parse(SqlType::Varchar(Some(2)), "abc")
+                .unwrap_err()
+                .state,
             SqlState::StringDataRightTruncation
         );
         let u = Datum::parse(SqlType::Uuid, "A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11").unwrap();

@@ -162,7 +162,11 @@ pub struct DbError {
 
 impl DbError {
     pub fn new(state: SqlState, message: impl Into<String>) -> Self {
-        DbError { state, message: message.into(), detail: None }
+        DbError {
+            state,
+            message: message.into(),
+            detail: None,
+        }
     }
 
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {

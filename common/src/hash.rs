@@ -61,7 +61,12 @@ mod tests {
     #[test]
     fn hash_is_stable() {
         assert_eq!(hash_key(b""), 4_023_394_144);
-        assert_eq!(hash_key(&crate::keycodec::encode_key(&[&crate::datum::Datum::Int8(1)])), 1_213_494_190);
+        assert_eq!(
+            hash_key(&crate::keycodec::encode_key(&[&crate::datum::Datum::Int8(
+                1
+            )])),
+            1_213_494_190
+        );
     }
 
     #[test]

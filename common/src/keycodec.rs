@@ -49,9 +49,19 @@ pub fn encode_datum(d: &Datum, out: &mut Vec<u8>) {
 fn encode_f64(v: f64, out: &mut Vec<u8>) {
     out.push(1);
     // normalise -0.0 to 0.0 and all NaNs to one NaN so equal values encode equally
-    let v = if v == 0.0 { 0.0 } else if v.is_nan() { f64::NAN } else { v };
+    let v = if v == 0.0 {
+        0.0
+    } else if v.is_nan() {
+        f64::NAN
+    } else {
+        v
+    };
     let bits = v.to_bits();
-    let bits = if bits >> 63 == 0 { bits ^ (1 << 63) } else { !bits };
+    let bits = if bits >> 63 == 0 {
+        bits ^ (1 << 63)
+    } else {
+        !bits
+    };
     out.extend_from_slice(&bits.to_be_bytes());
 }
 
@@ -83,7 +93,11 @@ pub fn decode_datum<'a>(ty: SqlType, buf: &'a [u8]) -> DbResult<(Datum, &'a [u8]
         return Ok((Datum::Null, rest));
     }
     let take = |n: usize| -> DbResult<(&'a [u8], &'a [u8])> {
-        if rest.len() < n { Err(corrupt()) } else { Ok(rest.split_at(n)) }
+        if rest.len() < n {
+            Err(corrupt())
+        } else {
+            Ok(rest.split_at(n))
+        }
     };
     let int = || -> DbResult<(i64, &'a [u8])> {
         let (b, r) = take(8)?;
@@ -122,15 +136,32 @@ pub fn decode_datum<'a>(ty: SqlType, buf: &'a [u8]) -> DbResult<(Datum, &'a [u8]
         SqlType::Float4 | SqlType::Float8 => {
             let (b, r) = take(8)?;
             let bits = u64::from_be_bytes(b.try_into().expect("8 bytes"));
-            let bits = if bits >> 63 == 1 { bits ^ (1 << 63) } else { !bits };
+            let bits = if bits >> 63 == 1 {
+                bits ^ (1 << 63)
+            } else {
+                !bits
+            };
             let v = f64::from_bits(bits);
-            (if ty == SqlType::Float4 { Datum::Float4(v as f32) } else { Datum::Float8(v) }, r)
+            (
+                if ty == SqlType::Float4 {
+                    Datum::Float4(v as f32)
+                } else {
+                    Datum::Float8(v)
+                },
+                r,
+            )
         }
         SqlType::Numeric(spec) => {
             let (b, r) = take(16)?;
             let u = u128::from_be_bytes(b.try_into().expect("16 bytes"));
             let (_, scale) = crate::datum::numeric_spec(spec);
-            (Datum::Numeric { unscaled: (u ^ (1 << 127)) as i128, scale }, r)
+            (
+                Datum::Numeric {
+                    unscaled: (u ^ (1 << 127)) as i128,
+                    scale,
+                },
+                r,
+            )
         }
         SqlType::Uuid => {
             let (b, r) = take(16)?;
@@ -202,7 +233,10 @@ mod tests {
         }
         let texts = ["", "a", "a\0", "a\0b", "ab", "b"];
         for w in texts.windows(2) {
-            assert!(enc(Datum::Text(w[0].into())) < enc(Datum::Text(w[1].into())), "{w:?}");
+            assert!(
+                enc(Datum::Text(w[0].into())) < enc(Datum::Text(w[1].into())),
+                "{w:?}"
+            );
         }
         // composite keys: first column dominates, prefix-free text encoding keeps it so
         let k1 = encode_key(&[&Datum::Text("a".into()), &Datum::Int4(9)]);
@@ -212,11 +246,19 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let types = [SqlType::Int4, SqlType::Text, SqlType::Numeric(Some((10, 2))), SqlType::Uuid];
+        let types = [
+            SqlType::Int4,
+            SqlType::Text,
+            SqlType::Numeric(Some((10, 2))),
+            SqlType::Uuid,
+        ];
         let vals = vec![
             Datum::Int4(-3),
             Datum::Text("x\0y".into()),
-            Datum::Numeric { unscaled: -1234, scale: 2 },
+            Datum::Numeric {
+                unscaled: -1234,
+                scale: 2,
+            },
             Datum::Uuid([7; 16]),
         ];
         let refs: Vec<&Datum> = vals.iter().collect();

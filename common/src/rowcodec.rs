@@ -97,10 +97,18 @@ pub fn decode_row(
                 let len = u32::from_le_bytes(take(4)?.try_into().expect("4")) as usize;
                 Datum::Bytea(take(len)?.to_vec())
             }
-            SqlType::Text | SqlType::Varchar(_) | SqlType::Char(_) | SqlType::Json | SqlType::Jsonb => {
+            SqlType::Text
+            | SqlType::Varchar(_)
+            | SqlType::Char(_)
+            | SqlType::Json
+            | SqlType::Jsonb => {
                 let len = u32::from_le_bytes(take(4)?.try_into().expect("4")) as usize;
                 let s = String::from_utf8(take(len)?.to_vec()).map_err(|_| corrupt())?;
-                if matches!(ty, SqlType::Json | SqlType::Jsonb) { Datum::Json(s) } else { Datum::Text(s) }
+                if matches!(ty, SqlType::Json | SqlType::Jsonb) {
+                    Datum::Json(s)
+                } else {
+                    Datum::Text(s)
+                }
             }
         };
         out.push(d);
@@ -119,7 +127,15 @@ mod tests {
         let mut buf = Vec::new();
         encode_row(&vals, &mut buf);
         let back = decode_row(&types, |_| Datum::Bool(true), &buf).unwrap();
-        assert_eq!(back, vec![Datum::Int4(5), Datum::Null, Datum::Float8(2.5), Datum::Bool(true)]);
+        assert_eq!(
+            back,
+            vec![
+                Datum::Int4(5),
+                Datum::Null,
+                Datum::Float8(2.5),
+                Datum::Bool(true)
+            ]
+        );
     }
 
     #[test]

@@ -85,17 +85,24 @@ impl TableDef {
     }
 
     pub fn key_types(&self) -> Vec<SqlType> {
-        self.primary_key.iter().map(|&i| self.columns[i].ty).collect()
+        self.primary_key
+            .iter()
+            .map(|&i| self.columns[i].ty)
+            .collect()
     }
 
     /// Physical indexes of the visible columns, in order.
     pub fn visible_columns(&self) -> Vec<usize> {
-        (0..self.columns.len()).filter(|&i| self.columns[i].is_visible()).collect()
+        (0..self.columns.len())
+            .filter(|&i| self.columns[i].is_visible())
+            .collect()
     }
 
     /// Physical index of a visible column by (already case-folded) name.
     pub fn column_index(&self, name: &str) -> Option<usize> {
-        self.columns.iter().position(|c| c.is_visible() && c.name == name)
+        self.columns
+            .iter()
+            .position(|c| c.is_visible() && c.name == name)
     }
 
     /// Position of the distribution column inside the primary key.

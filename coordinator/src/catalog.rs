@@ -59,9 +59,16 @@ fn corrupt(what: &str, e: serde_json::Error) -> DbError {
 
 impl Catalog {
     pub fn open(dir: &Path) -> DbResult<Catalog> {
-        let db = sled::Config::new().path(dir).cache_capacity(16 << 20).open().map_err(io)?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(16 << 20)
+            .open()
+            .map_err(io)?;
         let tree = db.open_tree("catalog").map_err(io)?;
-        let mut inner = Inner { next_table_id: 16384, ..Default::default() };
+        let mut inner = Inner {
+            next_table_id: 16384,
+            ..Default::default()
+        };
         let mut sequences = BTreeMap::new();
         for item in tree.iter() {
             let (k, v) = item.map_err(io)?;
@@ -71,17 +78,27 @@ impl Catalog {
             } else if key.starts_with("table/") {
                 let def: TableDef = serde_json::from_slice(&v).map_err(|e| corrupt(&key, e))?;
                 inner.next_table_id = inner.next_table_id.max(def.id + 1);
-                inner.tables.insert((def.schema.clone(), def.name.clone()), Arc::new(def));
+                inner
+                    .tables
+                    .insert((def.schema.clone(), def.name.clone()), Arc::new(def));
             } else if key.starts_with("seq/") {
                 let def: SequenceDef = serde_json::from_slice(&v).map_err(|e| corrupt(&key, e))?;
                 let next = def.reserved + def.increment;
-                sequences.insert((def.schema.clone(), def.name.clone()), SeqRuntime { def, next });
+                sequences.insert(
+                    (def.schema.clone(), def.name.clone()),
+                    SeqRuntime { def, next },
+                );
             } else if key == "next_table_id" {
                 let id = u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]));
                 inner.next_table_id = inner.next_table_id.max(id);
             }
         }
-        let catalog = Catalog { db, tree, inner: RwLock::new(inner), sequences: Mutex::new(sequences) };
+        let catalog = Catalog {
+            db,
+            tree,
+            inner: RwLock::new(inner),
+            sequences: Mutex::new(sequences),
+        };
         if !catalog.schema_exists("public") {
             catalog.create_schema("public")?;
         }
@@ -104,9 +121,14 @@ impl Catalog {
     pub fn create_schema(&self, name: &str) -> DbResult<()> {
         let mut inner = self.inner.write();
         if !inner.schemas.insert(name.to_string()) {
-            return Err(DbError::new(SqlState::DuplicateSchema, format!("schema \"{name}\" already exists")));
+            return Err(DbError::new(
+                SqlState::DuplicateSchema,
+                format!("schema \"{name}\" already exists"),
+            ));
         }
-        self.tree.insert(format!("schema/{name}"), b"".as_slice()).map_err(io)?;
+        self.tree
+            .insert(format!("schema/{name}"), b"".as_slice())
+            .map_err(io)?;
         drop(inner);
         self.flush()
     }
@@ -126,11 +148,21 @@ impl Catalog {
     }
 
     pub fn table(&self, schema: &str, name: &str) -> Option<Arc<TableDef>> {
-        self.inner.read().tables.get(&(schema.to_string(), name.to_string())).cloned()
+        self.inner
+            .read()
+            .tables
+            .get(&(schema.to_string(), name.to_string()))
+            .cloned()
     }
 
     pub fn tables_in(&self, schema: &str) -> Vec<Arc<TableDef>> {
-        self.inner.read().tables.values().filter(|t| t.schema == schema).cloned().collect()
+        self.inner
+            .read()
+            .tables
+            .values()
+            .filter(|t| t.schema == schema)
+            .cloned()
+            .collect()
     }
 
     pub fn all_tables(&self) -> Vec<Arc<TableDef>> {
@@ -141,7 +173,9 @@ impl Catalog {
         let mut inner = self.inner.write();
         let id = inner.next_table_id;
         inner.next_table_id += 1;
-        self.tree.insert("next_table_id", &(id + 1).to_be_bytes()).map_err(io)?;
+        self.tree
+            .insert("next_table_id", &(id + 1).to_be_bytes())
+            .map_err(io)?;
         Ok(id)
     }
 
@@ -151,8 +185,12 @@ impl Catalog {
         let mut inner = self.inner.write();
         // a rename would leave the old key behind
         inner.tables.retain(|_, t| t.id != def.id);
-        self.tree.insert(format!("table/{}", def.id), bytes).map_err(io)?;
-        inner.tables.insert((def.schema.clone(), def.name.clone()), Arc::new(def));
+        self.tree
+            .insert(format!("table/{}", def.id), bytes)
+            .map_err(io)?;
+        inner
+            .tables
+            .insert((def.schema.clone(), def.name.clone()), Arc::new(def));
         drop(inner);
         self.flush()
     }
@@ -170,7 +208,9 @@ impl Catalog {
             .collect();
         for k in owned {
             seqs.remove(&k);
-            self.tree.remove(format!("seq/{}.{}", k.0, k.1)).map_err(io)?;
+            self.tree
+                .remove(format!("seq/{}.{}", k.0, k.1))
+                .map_err(io)?;
         }
         drop(seqs);
         self.flush()
@@ -186,7 +226,10 @@ impl Catalog {
             ));
         }
         self.tree
-            .insert(format!("seq/{}.{}", def.schema, def.name), serde_json::to_vec(&def).expect("serializes"))
+            .insert(
+                format!("seq/{}.{}", def.schema, def.name),
+                serde_json::to_vec(&def).expect("serializes"),
+            )
             .map_err(io)?;
         let next = def.reserved + def.increment;
         seqs.insert(key, SeqRuntime { def, next });
@@ -195,26 +238,39 @@ impl Catalog {
     }
 
     pub fn sequence_exists(&self, schema: &str, name: &str) -> bool {
-        self.sequences.lock().contains_key(&(schema.to_string(), name.to_string()))
+        self.sequences
+            .lock()
+            .contains_key(&(schema.to_string(), name.to_string()))
     }
 
     /// `nextval`: the next value of a sequence, reserving a new block durably when needed.
     pub fn nextval(&self, schema: &str, name: &str) -> DbResult<i64> {
         let mut seqs = self.sequences.lock();
-        let seq = seqs.get_mut(&(schema.to_string(), name.to_string())).ok_or_else(|| {
-            DbError::new(SqlState::UndefinedTable, format!("relation \"{name}\" does not exist"))
-        })?;
+        let seq = seqs
+            .get_mut(&(schema.to_string(), name.to_string()))
+            .ok_or_else(|| {
+                DbError::new(
+                    SqlState::UndefinedTable,
+                    format!("relation \"{name}\" does not exist"),
+                )
+            })?;
         let value = seq.next;
         if value > seq.def.max_value {
             return Err(DbError::new(
                 SqlState::ObjectNotInPrerequisiteState,
-                format!("nextval: reached maximum value of sequence \"{name}\" ({})", seq.def.max_value),
+                format!(
+                    "nextval: reached maximum value of sequence \"{name}\" ({})",
+                    seq.def.max_value
+                ),
             ));
         }
         if value > seq.def.reserved {
             seq.def.reserved = value + (SEQUENCE_BLOCK - 1) * seq.def.increment;
             self.tree
-                .insert(format!("seq/{schema}.{name}"), serde_json::to_vec(&seq.def).expect("serializes"))
+                .insert(
+                    format!("seq/{schema}.{name}"),
+                    serde_json::to_vec(&seq.def).expect("serializes"),
+                )
                 .map_err(io)?;
             self.db.flush().map_err(io)?;
         }

@@ -37,7 +37,9 @@ impl CoordinatorOptions {
         if self.query_parallelism > 0 {
             self.query_parallelism
         } else {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
         }
     }
 

@@ -18,10 +18,13 @@ pub fn df_to_db(e: DataFusionError) -> DbError {
     }
     let root = e.find_root();
     match root {
-        DataFusionError::SQL(err, _) => DbError::new(SqlState::SyntaxError, format!("syntax error: {err}")),
-        DataFusionError::NotImplemented(msg) => {
-            DbError::new(SqlState::FeatureNotSupported, format!("not supported yet: {msg}"))
+        DataFusionError::SQL(err, _) => {
+            DbError::new(SqlState::SyntaxError, format!("syntax error: {err}"))
         }
+        DataFusionError::NotImplemented(msg) => DbError::new(
+            SqlState::FeatureNotSupported,
+            format!("not supported yet: {msg}"),
+        ),
         DataFusionError::ResourcesExhausted(msg) => {
             DbError::new(SqlState::OutOfMemory, format!("out of memory: {msg}"))
         }
@@ -69,24 +72,35 @@ fn find_db_error(e: &DataFusionError) -> Option<DbError> {
 pub fn arrow_to_db(e: &ArrowError) -> DbError {
     match e {
         ArrowError::DivideByZero => DbError::new(SqlState::DivisionByZero, "division by zero"),
-        ArrowError::ArithmeticOverflow(msg) => {
-            DbError::new(SqlState::NumericValueOutOfRange, format!("value out of range: {msg}"))
-        }
+        ArrowError::ArithmeticOverflow(msg) => DbError::new(
+            SqlState::NumericValueOutOfRange,
+            format!("value out of range: {msg}"),
+        ),
         ArrowError::CastError(msg) | ArrowError::ParseError(msg) => cast_error(msg),
         ArrowError::ExternalError(b) => match b.downcast_ref::<DbError>() {
             Some(db) => db.clone(),
             None => DbError::internal(b.to_string()),
         },
         ArrowError::ComputeError(msg) if msg.contains("Overflow") || msg.contains("overflow") => {
-            DbError::new(SqlState::NumericValueOutOfRange, format!("value out of range: {msg}"))
+            DbError::new(
+                SqlState::NumericValueOutOfRange,
+                format!("value out of range: {msg}"),
+            )
         }
         other => DbError::internal(other.to_string()),
     }
 }
 
 fn cast_error(msg: &str) -> DbError {
-    if msg.contains("overflow") || msg.contains("Overflow") || msg.contains("too large") || msg.contains("out of range") {
-        return DbError::new(SqlState::NumericValueOutOfRange, format!("value out of range: {msg}"));
+    if msg.contains("overflow")
+        || msg.contains("Overflow")
+        || msg.contains("too large")
+        || msg.contains("out of range")
+    {
+        return DbError::new(
+            SqlState::NumericValueOutOfRange,
+            format!("value out of range: {msg}"),
+        );
     }
     // "Cannot cast string 'abc' to value of Int32 type"
     if let Some(rest) = msg.strip_prefix("Cannot cast string '") {
@@ -110,7 +124,10 @@ fn cast_error(msg: &str) -> DbError {
             );
         }
     }
-    DbError::new(SqlState::InvalidTextRepresentation, format!("invalid input syntax: {msg}"))
+    DbError::new(
+        SqlState::InvalidTextRepresentation,
+        format!("invalid input syntax: {msg}"),
+    )
 }
 
 fn plan_error(msg: &str) -> DbError {
@@ -118,7 +135,10 @@ fn plan_error(msg: &str) -> DbError {
         // "table 'postgres.public.t' not found"
         let name = msg.split('\'').nth(1).unwrap_or(msg);
         let short = name.rsplit('.').next().unwrap_or(name);
-        return DbError::new(SqlState::UndefinedTable, format!("relation \"{short}\" does not exist"));
+        return DbError::new(
+            SqlState::UndefinedTable,
+            format!("relation \"{short}\" does not exist"),
+        );
     }
     if msg.contains("Invalid function") || msg.contains("No function matches") {
         return DbError::new(SqlState::UndefinedFunction, msg.to_string());
@@ -126,7 +146,10 @@ fn plan_error(msg: &str) -> DbError {
     if msg.contains("Placeholder") || msg.contains("placeholder") {
         return DbError::new(SqlState::UndefinedParameter, msg.to_string());
     }
-    if msg.contains("Cannot infer common") || msg.contains("Cannot coerce") || msg.contains("does not support") {
+    if msg.contains("Cannot infer common")
+        || msg.contains("Cannot coerce")
+        || msg.contains("does not support")
+    {
         return DbError::new(SqlState::DatatypeMismatch, msg.to_string());
     }
     DbError::new(SqlState::SyntaxError, msg.to_string())
@@ -140,7 +163,10 @@ fn schema_error(msg: &str) -> DbError {
             .nth(1)
             .map(|r| r.split(['.', ' ']).next().unwrap_or(r).trim_matches('"'))
             .unwrap_or("?");
-        return DbError::new(SqlState::UndefinedColumn, format!("column \"{name}\" does not exist"));
+        return DbError::new(
+            SqlState::UndefinedColumn,
+            format!("column \"{name}\" does not exist"),
+        );
     }
     if msg.contains("Ambiguous") || msg.contains("ambiguous") {
         return DbError::new(SqlState::AmbiguousColumn, msg.to_string());
@@ -156,7 +182,10 @@ fn execution_error(msg: &str) -> DbError {
         return DbError::new(SqlState::DivisionByZero, "division by zero");
     }
     if msg.contains("Overflow") || msg.contains("overflow") {
-        return DbError::new(SqlState::NumericValueOutOfRange, format!("value out of range: {msg}"));
+        return DbError::new(
+            SqlState::NumericValueOutOfRange,
+            format!("value out of range: {msg}"),
+        );
     }
     if msg.contains("Cannot cast") {
         return cast_error(msg);

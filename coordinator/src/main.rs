@@ -9,7 +9,11 @@ use orochi_coordinator::config::CoordinatorOptions;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
-#[command(name = "orochi-coordinator", version, about = "OrochiDB coordinator (Postgres wire protocol, standalone by default)")]
+#[command(
+    name = "orochi-coordinator",
+    version,
+    about = "OrochiDB coordinator (Postgres wire protocol, standalone by default)"
+)]
 struct Args {
     /// Address to listen on for Postgres clients [default: 127.0.0.1:5432]
     #[arg(long, env = "OROCHI_LISTEN")]
@@ -29,13 +33,16 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
     let mut options = match &args.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            CoordinatorOptions::from_toml(&text).with_context(|| format!("parsing {}", path.display()))?
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            CoordinatorOptions::from_toml(&text)
+                .with_context(|| format!("parsing {}", path.display()))?
         }
         None => CoordinatorOptions::default(),
     };
@@ -48,26 +55,33 @@ fn main() -> anyhow::Result<()> {
     if let Some(m) = args.max_connections {
         options.max_connections = m;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("orochi").build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("orochi")
+        .build()?;
     runtime.block_on(run(options))
 }
 
 async fn run(options: CoordinatorOptions) -> anyhow::Result<()> {
     let listen = options.listen.clone();
     let standalone = orochi_coordinator::standalone::open(options)?;
-    let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listening on {listen}"))?;
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
     tracing::info!(address = %listener.local_addr()?, version = env!("CARGO_PKG_VERSION"), "OrochiDB standalone coordinator ready");
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     let signals = tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
             _ = term.recv() => tracing::info!("SIGTERM received"),
         }
         signal.cancel();
     });
-    orochi_coordinator::pgwire::server::serve(listener, standalone.instance.clone(), shutdown).await?;
+    orochi_coordinator::pgwire::server::serve(listener, standalone.instance.clone(), shutdown)
+        .await?;
     signals.abort();
     drop(standalone);
     tracing::info!("shut down cleanly");

@@ -45,14 +45,23 @@ impl<'a> Planner<'a> {
         service: &'a Arc<dyn ShardService>,
         search_path: &'a [String],
     ) -> Self {
-        Planner { state, catalog, service, search_path, extra: HashMap::new() }
+        Planner {
+            state,
+            catalog,
+            service,
+            search_path,
+            extra: HashMap::new(),
+        }
     }
 
     /// Resolves a (possibly qualified) table name through the search path.
     pub fn resolve_table(&self, schema: Option<&str>, name: &str) -> Option<Arc<TableDef>> {
         match schema {
             Some(s) => self.catalog.table(s, name),
-            None => self.search_path.iter().find_map(|s| self.catalog.table(s, name)),
+            None => self
+                .search_path
+                .iter()
+                .find_map(|s| self.catalog.table(s, name)),
         }
     }
 
@@ -83,7 +92,10 @@ impl ContextProvider for Planner<'_> {
             TableReference::Full { schema, table, .. } => (Some(schema.as_ref()), table.as_ref()),
         };
         match self.resolve_table(schema, table) {
-            Some(def) => Ok(provider_as_source(Arc::new(OrochiTable::new(def, self.service.clone())))),
+            Some(def) => Ok(provider_as_source(Arc::new(OrochiTable::new(
+                def,
+                self.service.clone(),
+            )))),
             None => Err(db_to_df(DbError::new(
                 SqlState::UndefinedTable,
                 format!("relation \"{}\" does not exist", name.to_string()),
@@ -91,11 +103,24 @@ impl ContextProvider for Planner<'_> {
         }
     }
 
-    fn get_table_function_source(&self, name: &str, args: Vec<Expr>) -> Result<Arc<dyn TableSource>> {
-        let f = self.state.table_functions().get(name).cloned().ok_or_else(|| {
-            db_to_df(DbError::new(SqlState::UndefinedFunction, format!("function {name} does not exist")))
-        })?;
-        let provider = f.create_table_provider_with_args(TableFunctionArgs::new(&args, self.state))?;
+    fn get_table_function_source(
+        &self,
+        name: &str,
+        args: Vec<Expr>,
+    ) -> Result<Arc<dyn TableSource>> {
+        let f = self
+            .state
+            .table_functions()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| {
+                db_to_df(DbError::new(
+                    SqlState::UndefinedFunction,
+                    format!("function {name} does not exist"),
+                ))
+            })?;
+        let provider =
+            f.create_table_provider_with_args(TableFunctionArgs::new(&args, self.state))?;
         Ok(provider_as_source(provider))
     }
 
@@ -142,7 +167,11 @@ impl ContextProvider for Planner<'_> {
     }
 
     fn higher_order_function_names(&self) -> Vec<String> {
-        self.state.higher_order_functions().keys().cloned().collect()
+        self.state
+            .higher_order_functions()
+            .keys()
+            .cloned()
+            .collect()
     }
 
     fn udaf_names(&self) -> Vec<String> {

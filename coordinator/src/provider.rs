@@ -41,7 +41,12 @@ impl OrochiTable {
             .iter()
             .map(|&i| def.columns[i].ty.arrow_field(&def.columns[i].name, true))
             .collect();
-        OrochiTable { def, service, visible, schema: Arc::new(Schema::new(fields)) }
+        OrochiTable {
+            def,
+            service,
+            visible,
+            schema: Arc::new(Schema::new(fields)),
+        }
     }
 
     /// Name of the primary-key column `i` if it is visible, with its key position.
@@ -104,10 +109,16 @@ impl OrochiTable {
                 Some((pos, vec![v]))
             }
             Expr::InList(l) if !l.negated => {
-                let Expr::Column(col) = l.expr.as_ref() else { return None };
+                let Expr::Column(col) = l.expr.as_ref() else {
+                    return None;
+                };
                 let pos = self.key_position(&col.name)?;
                 let ty = self.def.columns[self.def.primary_key[pos]].ty;
-                let values = l.list.iter().map(|v| literal_datum(v, ty)).collect::<Option<Vec<_>>>()?;
+                let values = l
+                    .list
+                    .iter()
+                    .map(|v| literal_datum(v, ty))
+                    .collect::<Option<Vec<_>>>()?;
                 Some((pos, values))
             }
             _ => None,

@@ -42,7 +42,13 @@ impl Instance {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_micros() as u64)
             .unwrap_or(1);
-        Instance { catalog, service, options, runtime, next_txn: AtomicU64::new(start) }
+        Instance {
+            catalog,
+            service,
+            options,
+            runtime,
+            next_txn: AtomicU64::new(start),
+        }
     }
 
     pub fn new_txn_id(&self) -> TxnId {
@@ -64,14 +70,20 @@ pub enum TxnStatus {
 pub enum StatementResult {
     /// Rows, streamed; `tag` is the CommandComplete verb ("SELECT", "INSERT 0", ...), the row
     /// count is appended when the stream ends.
-    Rows { schema: SchemaRef, stream: SendableRecordBatchStream, tag: String },
+    Rows {
+        schema: SchemaRef,
+        stream: SendableRecordBatchStream,
+        tag: String,
+    },
     /// A command with its full tag ("CREATE TABLE", "UPDATE 3").
     Command(String),
     Begin,
     /// End of a block with the tag to send ("COMMIT" or "ROLLBACK").
     End(&'static str),
     /// `COPY … FROM STDIN` is waiting for data.
-    CopyIn { columns: usize },
+    CopyIn {
+        columns: usize,
+    },
 }
 
 /// Bound parameter values of an extended-protocol statement, `$1` first.
@@ -120,21 +132,34 @@ impl Session {
     }
 
     pub fn planner(&self) -> Planner<'_> {
-        Planner::new(&self.state, &self.instance.catalog, &self.instance.service, &self.search_path)
+        Planner::new(
+            &self.state,
+            &self.instance.catalog,
+            &self.instance.service,
+            &self.search_path,
+        )
     }
 
     fn set_txn_context(&mut self, txn: TxnId) {
-        self.state.config_mut().set_extension(Arc::new(TxnContext { txn }));
+        self.state
+            .config_mut()
+            .set_extension(Arc::new(TxnContext { txn }));
     }
 
     /// Executes one statement with Postgres' transaction semantics: outside a block each
     /// statement is its own transaction (committed on success, rolled back on error); inside
     /// a block an error fails the block until ROLLBACK.
-    pub async fn execute(&mut self, stmt: &Statement, params: &Params) -> DbResult<StatementResult> {
+    pub async fn execute(
+        &mut self,
+        stmt: &Statement,
+        params: &Params,
+    ) -> DbResult<StatementResult> {
         match stmt {
             Statement::StartTransaction { .. } => return Ok(self.handle_begin()),
             Statement::Commit { .. } => return self.handle_commit().await,
-            Statement::Rollback { savepoint: None, .. } => return Ok(self.handle_rollback().await),
+            Statement::Rollback {
+                savepoint: None, ..
+            } => return Ok(self.handle_rollback().await),
             _ => {}
         }
         if let TxnStatus::Failed(_) = self.txn {
@@ -166,7 +191,12 @@ impl Session {
     }
 
     /// The single match over statement kinds.
-    async fn dispatch(&mut self, stmt: &Statement, params: &Params, txn: TxnId) -> DbResult<StatementResult> {
+    async fn dispatch(
+        &mut self,
+        stmt: &Statement,
+        params: &Params,
+        txn: TxnId,
+    ) -> DbResult<StatementResult> {
         use handler::*;
         match stmt {
             Statement::Query(q) => query::handle_query(self, q, params).await,
@@ -174,20 +204,34 @@ impl Session {
             Statement::Update(upd) => dml::handle_update(self, upd, params, txn).await,
             Statement::Delete(del) => dml::handle_delete(self, del, params, txn).await,
             Statement::CreateTable(ct) => ddl::handle_create_table(self, ct).await,
-            Statement::Drop { object_type, if_exists, names, cascade, .. } => {
-                ddl::handle_drop(self, object_type, *if_exists, names, *cascade).await
-            }
+            Statement::Drop {
+                object_type,
+                if_exists,
+                names,
+                cascade,
+                ..
+            } => ddl::handle_drop(self, object_type, *if_exists, names, *cascade).await,
             Statement::Truncate(t) => ddl::handle_truncate(self, t).await,
-            Statement::CreateSchema { schema_name, if_not_exists, .. } => {
-                ddl::handle_create_schema(self, schema_name, *if_not_exists)
-            }
+            Statement::CreateSchema {
+                schema_name,
+                if_not_exists,
+                ..
+            } => ddl::handle_create_schema(self, schema_name, *if_not_exists),
             Statement::AlterTable(at) => ddl::handle_alter_table(self, at, txn).await,
-            Statement::Copy { source, to, target, options, legacy_options, .. } => {
-                copy::handle_copy(self, source, *to, target, options, legacy_options)
-            }
-            Statement::Explain { statement, analyze, verbose, .. } => {
-                explain::handle_explain(self, statement, *analyze, *verbose, params).await
-            }
+            Statement::Copy {
+                source,
+                to,
+                target,
+                options,
+                legacy_options,
+                ..
+            } => copy::handle_copy(self, source, *to, target, options, legacy_options),
+            Statement::Explain {
+                statement,
+                analyze,
+                verbose,
+                ..
+            } => explain::handle_explain(self, statement, *analyze, *verbose, params).await,
             Statement::Set(set) => utility::handle_set(self, set),
             Statement::ShowVariable { variable } => utility::handle_show(self, variable),
             Statement::Reset(r) => utility::handle_reset(self, r),
@@ -195,9 +239,12 @@ impl Session {
             Statement::Analyze(_) => Ok(StatementResult::Command("ANALYZE".into())),
             Statement::CreateExtension(ext) => utility::handle_create_extension(ext),
             Statement::Discard { .. } => Ok(StatementResult::Command("DISCARD ALL".into())),
-            Statement::Savepoint { .. } | Statement::ReleaseSavepoint { .. } | Statement::Rollback { .. } => {
-                Err(DbError::new(SqlState::FeatureNotSupported, "SAVEPOINT is not supported yet"))
-            }
+            Statement::Savepoint { .. }
+            | Statement::ReleaseSavepoint { .. }
+            | Statement::Rollback { .. } => Err(DbError::new(
+                SqlState::FeatureNotSupported,
+                "SAVEPOINT is not supported yet",
+            )),
             other => Err(DbError::new(
                 SqlState::FeatureNotSupported,
                 format!("statement not supported yet: {}", statement_kind(other)),
@@ -209,7 +256,9 @@ impl Session {
         if let TxnStatus::Idle = self.txn {
             self.txn = TxnStatus::Block(self.instance.new_txn_id());
         } else {
-            tracing::debug!("BEGIN inside a transaction block: there is already a transaction in progress");
+            tracing::debug!(
+                "BEGIN inside a transaction block: there is already a transaction in progress"
+            );
         }
         StatementResult::Begin
     }
@@ -229,7 +278,9 @@ impl Session {
     }
 
     async fn handle_rollback(&mut self) -> StatementResult {
-        if let TxnStatus::Block(t) | TxnStatus::Failed(t) = std::mem::replace(&mut self.txn, TxnStatus::Idle) {
+        if let TxnStatus::Block(t) | TxnStatus::Failed(t) =
+            std::mem::replace(&mut self.txn, TxnStatus::Idle)
+        {
             self.instance.service.abort(t).await;
         }
         StatementResult::End("ROLLBACK")
@@ -247,5 +298,9 @@ impl Session {
 /// A short name for a statement kind, for "not supported" errors.
 pub fn statement_kind(stmt: &Statement) -> String {
     let s = stmt.to_string();
-    s.split_whitespace().take(2).collect::<Vec<_>>().join(" ").to_uppercase()
+    s.split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_uppercase()
 }

@@ -21,7 +21,8 @@ pub struct Standalone {
 
 pub fn open(options: CoordinatorOptions) -> anyhow::Result<Standalone> {
     let dir = options.data_dir.clone();
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating data directory {}", dir.display()))?;
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("creating data directory {}", dir.display()))?;
     let lock_path = dir.join("orochi.lock");
     let lock = File::options()
         .create(true)
@@ -36,15 +37,34 @@ pub fn open(options: CoordinatorOptions) -> anyhow::Result<Standalone> {
             dir.display(),
             lock_path.display()
         ),
-        Err(TryLockError::Error(e)) => return Err(e).with_context(|| format!("locking {}", lock_path.display())),
+        Err(TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("locking {}", lock_path.display()));
+        }
     }
-    let catalog = Arc::new(Catalog::open(&dir.join("catalog")).map_err(|e| anyhow::anyhow!("{}", e.message))?);
-    let service = LocalShardService::open(&dir.join("worker"), &StoreOptions { cache_bytes: options.row_cache_bytes })
-        .map_err(|e| anyhow::anyhow!("opening row store: {}", e.message))?;
+    let catalog = Arc::new(
+        Catalog::open(&dir.join("catalog")).map_err(|e| anyhow::anyhow!("{}", e.message))?,
+    );
+    let service = LocalShardService::open(
+        &dir.join("worker"),
+        &StoreOptions {
+            cache_bytes: options.row_cache_bytes,
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("opening row store: {}", e.message))?;
     let runtime = RuntimeEnvBuilder::new()
-        .with_memory_pool(Arc::new(FairSpillPool::new(options.query_memory_limit_bytes)))
+        .with_memory_pool(Arc::new(FairSpillPool::new(
+            options.query_memory_limit_bytes,
+        )))
         .build_arc()
         .context("building the query runtime")?;
-    let instance = Arc::new(Instance::new(catalog, Arc::new(service), Arc::new(options), runtime));
-    Ok(Standalone { instance, _lock: lock })
+    let instance = Arc::new(Instance::new(
+        catalog,
+        Arc::new(service),
+        Arc::new(options),
+        runtime,
+    ));
+    Ok(Standalone {
+        instance,
+        _lock: lock,
+    })
 }

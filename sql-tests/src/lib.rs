@@ -1,1 +1,206 @@
-//! placeholder
+//! Test harness for the `.slt` suites: a [`sqllogictest::AsyncDB`] over tokio-postgres
+//! ([`PgDb`]), and [`Server`], which starts a real `orochi-coordinator` binary on a free
+//! loopback port with a temporary data directory.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use sqllogictest::{AsyncDB, DBOutput, DefaultColumnType};
+use tokio_postgres::{NoTls, SimpleQueryMessage};
+
+/// An error from the server, displayed with its SQLSTATE so `.slt` files can assert on it:
+/// `statement error 23505` matches `... (SQLSTATE 23505)`.
+#[derive(Debug)]
+pub struct DbError(pub String);
+
+impl std::fmt::Display for DbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for DbError {}
+
+fn describe(e: tokio_postgres::Error) -> DbError {
+    match e.as_db_error() {
+        Some(db) => DbError(format!(
+            "{}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        )),
+        None => DbError(format!("{e:#}")),
+    }
+}
+
+pub struct PgDb {
+    client: tokio_postgres::Client,
+    conn: tokio::task::JoinHandle<()>,
+    name: String,
+}
+
+impl PgDb {
+    pub async fn connect(url: &str, name: &str) -> anyhow::Result<PgDb> {
+        let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+        let conn = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(PgDb {
+            client,
+            conn,
+            name: name.to_string(),
+        })
+    }
+}
+
+#[async_trait]
+impl AsyncDB for PgDb {
+    type Error = DbError;
+    type ColumnType = DefaultColumnType;
+
+    async fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, DbError> {
+        let msgs = self.client.simple_query(sql).await.map_err(describe)?;
+        let mut rows = Vec::new();
+        let mut columns = None;
+        let mut count = 0;
+        for m in msgs {
+            match m {
+                SimpleQueryMessage::RowDescription(cols) => columns = Some(cols.len()),
+                SimpleQueryMessage::Row(r) => {
+                    columns = Some(r.len());
+                    rows.push(
+                        (0..r.len())
+                            .map(|i| match r.get(i) {
+                                None => "NULL".to_string(),
+                                Some("") => "(empty)".to_string(),
+                                Some(v) => v.to_string(),
+                            })
+                            .collect(),
+                    );
+                }
+                SimpleQueryMessage::CommandComplete(n) => count = n,
+                _ => {}
+            }
+        }
+        match columns {
+            Some(n) => Ok(DBOutput::Rows {
+                types: vec![DefaultColumnType::Any; n],
+                rows,
+            }),
+            None => Ok(DBOutput::StatementComplete(count)),
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        self.conn.abort();
+    }
+
+    fn engine_name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// A running `orochi-coordinator` process, killed on drop.
+pub struct Server {
+    pub port: u16,
+    pub data_dir: PathBuf,
+    child: Option<Child>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding a free port")
+}
+
+/// Path of a binary built in the same target directory as the running test.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/slt-xxxx -> target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    dir.join(name)
+}
+
+impl Server {
+    /// Starts a standalone coordinator on a fresh temp data directory.
+    pub fn start() -> anyhow::Result<Server> {
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path().join("data");
+        let mut s = Server::start_on(free_port(), &dir)?;
+        s._tmp = Some(tmp);
+        Ok(s)
+    }
+
+    /// Starts a coordinator on `port` over `data_dir` (kept after the server stops).
+    pub fn start_on(port: u16, data_dir: &Path) -> anyhow::Result<Server> {
+        let bin = binary("orochi-coordinator");
+        anyhow::ensure!(
+            bin.exists(),
+            "{} not built (run `cargo build -p orochi-coordinator`)",
+            bin.display()
+        );
+        let child = Command::new(&bin)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(data_dir)
+            .env(
+                "RUST_LOG",
+                std::env::var("OROCHI_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let server = Server {
+            port,
+            data_dir: data_dir.to_path_buf(),
+            child: Some(child),
+            _tmp: None,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "server did not start listening on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(server)
+    }
+
+    pub fn url(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            self.port
+        )
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns whether it exited successfully.
+    pub fn terminate(&mut self) -> bool {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            return c.wait().map(|s| s.success()).unwrap_or(false);
+        }
+        false
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -38,7 +38,12 @@ impl BatchBuilder {
     pub fn new(table: &TableDef, projection: &[usize], capacity: usize) -> Self {
         let types: Vec<SqlType> = projection.iter().map(|&i| table.columns[i].ty).collect();
         let builders = types.iter().map(|t| new_builder(*t, capacity)).collect();
-        BatchBuilder { schema: projected_schema(table, projection), types, builders, rows: 0 }
+        BatchBuilder {
+            schema: projected_schema(table, projection),
+            types,
+            builders,
+            rows: 0,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -98,18 +103,22 @@ fn new_builder(ty: SqlType, cap: usize) -> Box<dyn ArrayBuilder> {
         SqlType::Bytea => Box::new(BinaryBuilder::with_capacity(cap, cap * 16)),
         SqlType::Date => Box::new(Date32Builder::with_capacity(cap)),
         SqlType::Timestamp => Box::new(TimestampMicrosecondBuilder::with_capacity(cap)),
-        SqlType::Timestamptz => Box::new(
-            TimestampMicrosecondBuilder::with_capacity(cap).with_timezone("+00:00"),
-        ),
+        SqlType::Timestamptz => {
+            Box::new(TimestampMicrosecondBuilder::with_capacity(cap).with_timezone("+00:00"))
+        }
     }
 }
 
 fn mismatch(ty: SqlType, v: &Datum) -> DbError {
-    DbError::internal(format!("stored value {v:?} does not match column type {ty}"))
+    DbError::internal(format!(
+        "stored value {v:?} does not match column type {ty}"
+    ))
 }
 
 fn downcast<T: 'static>(b: &mut dyn ArrayBuilder) -> &mut T {
-    b.as_any_mut().downcast_mut::<T>().expect("builder matches its column type")
+    b.as_any_mut()
+        .downcast_mut::<T>()
+        .expect("builder matches its column type")
 }
 
 fn append(b: &mut dyn ArrayBuilder, ty: SqlType, v: &Datum) -> DbResult<()> {
@@ -130,7 +139,9 @@ fn append(b: &mut dyn ArrayBuilder, ty: SqlType, v: &Datum) -> DbResult<()> {
         SqlType::Int8 => put!(Int64Builder, Datum::Int8(x) => *x),
         SqlType::Float4 => put!(Float32Builder, Datum::Float4(x) => *x),
         SqlType::Float8 => put!(Float64Builder, Datum::Float8(x) => *x),
-        SqlType::Numeric(_) => put!(Decimal128Builder, Datum::Numeric { unscaled, .. } => *unscaled),
+        SqlType::Numeric(_) => {
+            put!(Decimal128Builder, Datum::Numeric { unscaled, .. } => *unscaled)
+        }
         SqlType::Uuid => put!(StringBuilder, Datum::Uuid(u) => format_uuid(u)),
         SqlType::Text | SqlType::Varchar(_) | SqlType::Char(_) | SqlType::Json | SqlType::Jsonb => {
             put!(StringBuilder, Datum::Text(s) | Datum::Json(s) => s)

@@ -68,7 +68,11 @@ impl GroupCommit {
                 }
             })
             .expect("spawning the group-commit thread");
-        GroupCommit { shared, durable: rx, thread: Some(thread) }
+        GroupCommit {
+            shared,
+            durable: rx,
+            thread: Some(thread),
+        }
     }
 
     /// Call after applying a commit's changes; returns once they are durable.
@@ -87,7 +91,10 @@ impl GroupCommit {
             .await;
         match result.as_deref() {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(msg)) => Err(DbError::new(SqlState::IoError, format!("could not flush row store: {msg}"))),
+            Ok(Err(msg)) => Err(DbError::new(
+                SqlState::IoError,
+                format!("could not flush row store: {msg}"),
+            )),
             Err(_) => Err(DbError::new(SqlState::IoError, "row store flusher stopped")),
         }
     }

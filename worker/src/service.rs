@@ -29,7 +29,9 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { cache_bytes: 256 << 20 }
+        StoreOptions {
+            cache_bytes: 256 << 20,
+        }
     }
 }
 
@@ -74,7 +76,13 @@ impl LocalShardService {
     }
 
     /// Whether `key` exists as seen by `txn` (own writes first, then committed data).
-    fn exists(&self, entry: &TableEntry, state: &TxnState, shard: ShardIndex, key: &[u8]) -> DbResult<bool> {
+    fn exists(
+        &self,
+        entry: &TableEntry,
+        state: &TxnState,
+        shard: ShardIndex,
+        key: &[u8],
+    ) -> DbResult<bool> {
         if let Some(v) = state.lookup(&(entry.def.id, key.to_vec())) {
             return Ok(v.is_some());
         }
@@ -84,7 +92,12 @@ impl LocalShardService {
             .map_err(|e| DbError::new(SqlState::IoError, format!("row store read: {e}")))
     }
 
-    fn read(&self, entry: &TableEntry, state: Option<&TxnState>, key: &[u8]) -> DbResult<Option<Row>> {
+    fn read(
+        &self,
+        entry: &TableEntry,
+        state: Option<&TxnState>,
+        key: &[u8],
+    ) -> DbResult<Option<Row>> {
         if let Some(state) = state {
             if let Some(v) = state.lookup(&(entry.def.id, key.to_vec())) {
                 return v.map(|b| entry.decode_row(b)).transpose();
@@ -100,7 +113,11 @@ impl LocalShardService {
 }
 
 fn duplicate_key(def: &TableDef, row: &[Datum]) -> DbError {
-    let cols: Vec<&str> = def.primary_key.iter().map(|&i| def.columns[i].name.as_str()).collect();
+    let cols: Vec<&str> = def
+        .primary_key
+        .iter()
+        .map(|&i| def.columns[i].name.as_str())
+        .collect();
     let vals: Vec<String> = def
         .primary_key
         .iter()
@@ -108,9 +125,16 @@ fn duplicate_key(def: &TableDef, row: &[Datum]) -> DbError {
         .collect();
     DbError::new(
         SqlState::UniqueViolation,
-        format!("duplicate key value violates unique constraint \"{}_pkey\"", def.name),
+        format!(
+            "duplicate key value violates unique constraint \"{}_pkey\"",
+            def.name
+        ),
     )
-    .with_detail(format!("Key ({})=({}) already exists.", cols.join(", "), vals.join(", ")))
+    .with_detail(format!(
+        "Key ({})=({}) already exists.",
+        cols.join(", "),
+        vals.join(", ")
+    ))
 }
 
 #[async_trait]
@@ -153,7 +177,11 @@ impl ShardService for LocalShardService {
         lock: bool,
     ) -> DbResult<Vec<Option<Row>>> {
         let entry = self.store.table(table)?;
-        let state = if lock { Some(self.txn_state(txn)) } else { self.existing_txn_state(txn) };
+        let state = if lock {
+            Some(self.txn_state(txn))
+        } else {
+            self.existing_txn_state(txn)
+        };
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
             if lock {
@@ -171,15 +199,24 @@ impl ShardService for LocalShardService {
         for &s in &req.shards {
             entry.tree(s)?;
         }
-        if let Some(&bad) = req.projection.iter().find(|&&i| i >= entry.def.columns.len()) {
-            return Err(DbError::internal(format!("projection column {bad} out of range")));
+        if let Some(&bad) = req
+            .projection
+            .iter()
+            .find(|&&i| i >= entry.def.columns.len())
+        {
+            return Err(DbError::internal(format!(
+                "projection column {bad} out of range"
+            )));
         }
         // the transaction's own writes to this table, per shard
         let mut overlay: HashMap<ShardIndex, HashMap<Vec<u8>, Option<Vec<u8>>>> = HashMap::new();
         if let Some(state) = self.existing_txn_state(txn) {
             for ((t, key), w) in state.lock().writes.iter() {
                 if *t == req.table {
-                    overlay.entry(w.shard).or_default().insert(key.clone(), w.value.clone());
+                    overlay
+                        .entry(w.shard)
+                        .or_default()
+                        .insert(key.clone(), w.value.clone());
                 }
             }
         }
@@ -208,7 +245,13 @@ impl ShardService for LocalShardService {
                     if self.exists(&entry, &st, shard, &lk.1)? {
                         return Err(duplicate_key(def, &row));
                     }
-                    st.put(lk, PendingWrite { shard, value: Some(entry.encode_row(&row)) });
+                    st.put(
+                        lk,
+                        PendingWrite {
+                            shard,
+                            value: Some(entry.encode_row(&row)),
+                        },
+                    );
                     applied.push(true);
                 }
                 WriteOp::InsertIgnore { row } => {
@@ -220,7 +263,13 @@ impl ShardService for LocalShardService {
                     if self.exists(&entry, &st, shard, &lk.1)? {
                         applied.push(false);
                     } else {
-                        st.put(lk, PendingWrite { shard, value: Some(entry.encode_row(&row)) });
+                        st.put(
+                            lk,
+                            PendingWrite {
+                                shard,
+                                value: Some(entry.encode_row(&row)),
+                            },
+                        );
                         applied.push(true);
                     }
                 }
@@ -237,12 +286,27 @@ impl ShardService for LocalShardService {
                         if self.exists(&entry, &st, new_shard, &new.1)? {
                             return Err(duplicate_key(def, &row));
                         }
-                        st.put(old, PendingWrite { shard: old_shard, value: None });
-                        st.put(new, PendingWrite { shard: new_shard, value: Some(entry.encode_row(&row)) });
+                        st.put(
+                            old,
+                            PendingWrite {
+                                shard: old_shard,
+                                value: None,
+                            },
+                        );
+                        st.put(
+                            new,
+                            PendingWrite {
+                                shard: new_shard,
+                                value: Some(entry.encode_row(&row)),
+                            },
+                        );
                     } else {
                         state.lock().put(
                             old,
-                            PendingWrite { shard: new_shard, value: Some(entry.encode_row(&row)) },
+                            PendingWrite {
+                                shard: new_shard,
+                                value: Some(entry.encode_row(&row)),
+                            },
                         );
                     }
                     applied.push(true);
@@ -267,7 +331,12 @@ impl ShardService for LocalShardService {
         let changes: Vec<Change> = state
             .writes
             .into_iter()
-            .map(|((table, key), w)| Change { table, shard: w.shard, key, value: w.value })
+            .map(|((table, key), w)| Change {
+                table,
+                shard: w.shard,
+                key,
+                value: w.value,
+            })
             .collect();
         let result = if changes.is_empty() {
             Ok(())
@@ -300,7 +369,10 @@ impl ShardService for LocalShardService {
     }
 
     async fn savepoint(&self, txn: TxnId) -> DbResult<u64> {
-        Ok(self.existing_txn_state(txn).map(|s| s.lock().savepoint()).unwrap_or(0))
+        Ok(self
+            .existing_txn_state(txn)
+            .map(|s| s.lock().savepoint())
+            .unwrap_or(0))
     }
 
     async fn rollback_to(&self, txn: TxnId, savepoint: u64) -> DbResult<()> {
@@ -318,7 +390,9 @@ impl ShardService for LocalShardService {
                 let mut rows = 0u64;
                 let mut bytes = 0u64;
                 for item in t.iter() {
-                    let (k, v) = item.map_err(|e| DbError::new(SqlState::IoError, format!("row store read: {e}")))?;
+                    let (k, v) = item.map_err(|e| {
+                        DbError::new(SqlState::IoError, format!("row store read: {e}"))
+                    })?;
                     rows += 1;
                     bytes += (k.len() + v.len()) as u64;
                 }
@@ -367,7 +441,9 @@ fn produce_scan(
                     None => entry
                         .tree(shard)?
                         .get(key)
-                        .map_err(|e| DbError::new(SqlState::IoError, format!("row store read: {e}")))?
+                        .map_err(|e| {
+                            DbError::new(SqlState::IoError, format!("row store read: {e}"))
+                        })?
                         .map(|v| v.to_vec()),
                 };
                 if let Some(v) = value {
@@ -381,7 +457,8 @@ fn produce_scan(
         for &shard in &req.shards {
             let own = overlay.get(&shard).unwrap_or(&empty);
             for item in entry.tree(shard)?.iter() {
-                let (k, v) = item.map_err(|e| DbError::new(SqlState::IoError, format!("row store read: {e}")))?;
+                let (k, v) = item
+                    .map_err(|e| DbError::new(SqlState::IoError, format!("row store read: {e}")))?;
                 if own.contains_key(k.as_ref()) {
                     continue;
                 }

@@ -19,11 +19,23 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("opening row store at {path}")]
-    Open { path: String, #[source] source: sled::Error },
+    Open {
+        path: String,
+        #[source]
+        source: sled::Error,
+    },
     #[error("row store I/O on table {table}")]
-    Io { table: TableId, #[source] source: sled::Error },
+    Io {
+        table: TableId,
+        #[source]
+        source: sled::Error,
+    },
     #[error("decoding stored definition of table {table}")]
-    Meta { table: TableId, #[source] source: serde_json::Error },
+    Meta {
+        table: TableId,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 impl StoreError {
@@ -60,7 +72,12 @@ impl TableEntry {
     fn new(def: TableDef, shards: Vec<sled::Tree>) -> Self {
         let types = def.column_types();
         let key_types = def.key_types();
-        TableEntry { def, shards, types, key_types }
+        TableEntry {
+            def,
+            shards,
+            types,
+            key_types,
+        }
     }
 
     pub fn decode_row(&self, bytes: &[u8]) -> DbResult<Row> {
@@ -76,13 +93,15 @@ impl TableEntry {
     /// The shard that owns an encoded primary key.
     pub fn shard_of_key(&self, key: &[u8]) -> DbResult<ShardIndex> {
         let values = keycodec::decode_key(&self.key_types, key)?;
-        Ok(self.def.shard_of_value(&values[self.def.distribution_key_position()]))
+        Ok(self
+            .def
+            .shard_of_value(&values[self.def.distribution_key_position()]))
     }
 
     pub fn tree(&self, shard: ShardIndex) -> DbResult<&sled::Tree> {
-        self.shards.get(shard as usize).ok_or_else(|| {
-            DbError::internal(format!("table {} has no shard {shard}", self.def.id))
-        })
+        self.shards
+            .get(shard as usize)
+            .ok_or_else(|| DbError::internal(format!("table {} has no shard {shard}", self.def.id)))
     }
 }
 
@@ -106,7 +125,10 @@ pub struct RowStore {
 
 impl RowStore {
     pub fn open(path: &Path, cache_bytes: u64) -> Result<RowStore, StoreError> {
-        let open_err = |source| StoreError::Open { path: path.display().to_string(), source };
+        let open_err = |source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(cache_bytes)
@@ -114,12 +136,16 @@ impl RowStore {
             .open()
             .map_err(open_err)?;
         let meta = db.open_tree("meta").map_err(open_err)?;
-        let store = RowStore { db, meta, tables: RwLock::new(HashMap::new()) };
+        let store = RowStore {
+            db,
+            meta,
+            tables: RwLock::new(HashMap::new()),
+        };
         for item in store.meta.iter() {
             let (k, v) = item.map_err(open_err)?;
             let id = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
-            let def: TableDef =
-                serde_json::from_slice(&v).map_err(|source| StoreError::Meta { table: id, source })?;
+            let def: TableDef = serde_json::from_slice(&v)
+                .map_err(|source| StoreError::Meta { table: id, source })?;
             let entry = store.open_entry(def)?;
             store.tables.write().insert(id, Arc::new(entry));
         }
@@ -134,7 +160,10 @@ impl RowStore {
         let shards = (0..def.shard_count)
             .map(|s| self.db.open_tree(tree_name(def.id, s)))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| StoreError::Io { table: def.id, source })?;
+            .map_err(|source| StoreError::Io {
+                table: def.id,
+                source,
+            })?;
         Ok(TableEntry::new(def, shards))
     }
 
@@ -142,7 +171,10 @@ impl RowStore {
         let bytes = serde_json::to_vec(def).expect("table definitions serialize");
         self.meta
             .insert(def.id.to_be_bytes(), bytes)
-            .map_err(|source| StoreError::Io { table: def.id, source })?;
+            .map_err(|source| StoreError::Io {
+                table: def.id,
+                source,
+            })?;
         Ok(())
     }
 
@@ -166,21 +198,27 @@ impl RowStore {
                 .drop_tree(tree_name(id, s))
                 .map_err(|source| StoreError::Io { table: id, source })?;
         }
-        self.meta.remove(id.to_be_bytes()).map_err(|source| StoreError::Io { table: id, source })?;
+        self.meta
+            .remove(id.to_be_bytes())
+            .map_err(|source| StoreError::Io { table: id, source })?;
         Ok(())
     }
 
     pub fn truncate(&self, id: TableId) -> DbResult<()> {
         let entry = self.table(id)?;
         for t in &entry.shards {
-            t.clear().map_err(|source| StoreError::Io { table: id, source })?;
+            t.clear()
+                .map_err(|source| StoreError::Io { table: id, source })?;
         }
         Ok(())
     }
 
     pub fn table(&self, id: TableId) -> DbResult<Arc<TableEntry>> {
         self.tables.read().get(&id).cloned().ok_or_else(|| {
-            DbError::new(SqlState::UndefinedTable, format!("table {id} does not exist on this worker"))
+            DbError::new(
+                SqlState::UndefinedTable,
+                format!("table {id} does not exist on this worker"),
+            )
         })
     }
 
@@ -221,9 +259,13 @@ impl RowStore {
                     None => batch.remove(c.key.as_slice()),
                 }
             }
-            return trees[0]
-                .apply_batch(batch)
-                .map_err(|source| StoreError::Io { table: changes[0].table, source }.into());
+            return trees[0].apply_batch(batch).map_err(|source| {
+                StoreError::Io {
+                    table: changes[0].table,
+                    source,
+                }
+                .into()
+            });
         }
         use sled::Transactional;
         let result: Result<(), TransactionError<()>> = trees.as_slice().transaction(|txs| {
@@ -240,16 +282,20 @@ impl RowStore {
             Ok::<(), ConflictableTransactionError<()>>(())
         });
         result.map_err(|e| match e {
-            TransactionError::Storage(source) => {
-                StoreError::Io { table: changes[0].table, source }.into()
+            TransactionError::Storage(source) => StoreError::Io {
+                table: changes[0].table,
+                source,
             }
+            .into(),
             TransactionError::Abort(()) => DbError::internal("row store transaction aborted"),
         })
     }
 
     /// Makes every applied change durable (fsync).
     pub fn flush(&self) -> DbResult<()> {
-        self.db.flush().map_err(|source| StoreError::Io { table: 0, source })?;
+        self.db
+            .flush()
+            .map_err(|source| StoreError::Io { table: 0, source })?;
         Ok(())
     }
 }

@@ -89,7 +89,10 @@ impl LockTable {
                     None => {
                         inner.locks.insert(
                             key.clone(),
-                            LockEntry { owner: txn, released: Arc::new(Notify::new()) },
+                            LockEntry {
+                                owner: txn,
+                                released: Arc::new(Notify::new()),
+                            },
                         );
                         inner.waits_for.remove(&txn);
                         return Ok(true);
@@ -114,7 +117,10 @@ impl LockTable {
                 }
                 if cur == txn {
                     inner.waits_for.remove(&txn);
-                    return Err(DbError::new(SqlState::DeadlockDetected, "deadlock detected"));
+                    return Err(DbError::new(
+                        SqlState::DeadlockDetected,
+                        "deadlock detected",
+                    ));
                 }
                 inner.waits_for.insert(txn, owner.0);
                 owner.1
@@ -125,7 +131,10 @@ impl LockTable {
             // re-check after enabling: the owner may have released in between
             let still_held = {
                 let inner = self.inner.lock();
-                inner.locks.get(key).is_some_and(|e| e.owner != txn && Arc::ptr_eq(&e.released, &released))
+                inner
+                    .locks
+                    .get(key)
+                    .is_some_and(|e| e.owner != txn && Arc::ptr_eq(&e.released, &released))
             };
             if still_held {
                 notified.await;

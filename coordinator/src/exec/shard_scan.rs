@@ -52,19 +52,21 @@ impl ShardScanExec {
         batch_rows: usize,
         target_partitions: usize,
     ) -> Self {
-        let n = if keys.is_some() { 1 } else { target_partitions.clamp(1, shards.len().max(1)) };
+        let n = if keys.is_some() {
+            1
+        } else {
+            target_partitions.clamp(1, shards.len().max(1))
+        };
         let mut partitions = vec![Vec::new(); n];
         for (i, s) in shards.iter().enumerate() {
             partitions[i % n].push(*s);
         }
-        let properties = Arc::new(
-            PlanProperties::new(
-                EquivalenceProperties::new(schema.clone()),
-                Partitioning::UnknownPartitioning(n),
-                EmissionType::Incremental,
-                Boundedness::Bounded,
-            ),
-        );
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            Partitioning::UnknownPartitioning(n),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
         ShardScanExec {
             table,
             service,
@@ -135,15 +137,20 @@ impl ExecutionPlan for ShardScanExec {
         self: Arc<Self>,
         children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        self.replace_children(children, ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute))
+        self.replace_children(
+            children,
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+        )
     }
 
-    fn execute(&self, partition: usize, _context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
-        let shards = self
-            .partitions
-            .get(partition)
-            .cloned()
-            .ok_or_else(|| DataFusionError::Internal(format!("ShardScanExec has no partition {partition}")))?;
+    fn execute(
+        &self,
+        partition: usize,
+        _context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let shards = self.partitions.get(partition).cloned().ok_or_else(|| {
+            DataFusionError::Internal(format!("ShardScanExec has no partition {partition}"))
+        })?;
         let req = ScanRequest {
             table: self.table.id,
             shards,
@@ -167,7 +174,8 @@ impl ExecutionPlan for ShardScanExec {
                         arrow::record_batch::RecordBatch::try_new_with_options(
                             schema.clone(),
                             b.columns().to_vec(),
-                            &arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(b.num_rows())),
+                            &arrow::record_batch::RecordBatchOptions::new()
+                                .with_row_count(Some(b.num_rows())),
                         )
                         .map_err(DataFusionError::from)
                     })

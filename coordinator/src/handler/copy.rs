@@ -46,10 +46,20 @@ pub fn handle_copy(
     legacy: &[ast::CopyLegacyOption],
 ) -> DbResult<StatementResult> {
     if to || !matches!(target, ast::CopyTarget::Stdin) {
-        return Err(DbError::new(SqlState::FeatureNotSupported, "only COPY ... FROM STDIN is supported yet"));
+        return Err(DbError::new(
+            SqlState::FeatureNotSupported,
+            "only COPY ... FROM STDIN is supported yet",
+        ));
     }
-    let ast::CopySource::Table { table_name, columns } = source else {
-        return Err(DbError::new(SqlState::SyntaxError, "COPY FROM requires a table"));
+    let ast::CopySource::Table {
+        table_name,
+        columns,
+    } = source
+    else {
+        return Err(DbError::new(
+            SqlState::SyntaxError,
+            "COPY FROM requires a table",
+        ));
     };
     let def = resolve_table(s, table_name)?;
     let targets: Vec<usize> = if columns.is_empty() {
@@ -60,7 +70,10 @@ pub fn handle_copy(
             .map(|c| {
                 let n = normalize_ident(c);
                 def.column_index(&n).ok_or_else(|| {
-                    DbError::new(SqlState::UndefinedColumn, format!("column \"{n}\" of relation \"{}\" does not exist", def.name))
+                    DbError::new(
+                        SqlState::UndefinedColumn,
+                        format!("column \"{n}\" of relation \"{}\" does not exist", def.name),
+                    )
                 })
             })
             .collect::<DbResult<_>>()?
@@ -72,14 +85,26 @@ pub fn handle_copy(
     let mut quote = b'"';
     let mut escape: Option<u8> = None;
     let single_byte = |c: char, what: &str| -> DbResult<u8> {
-        if c.is_ascii() { Ok(c as u8) } else { Err(DbError::new(SqlState::FeatureNotSupported, format!("COPY {what} must be a single one-byte character"))) }
+        if c.is_ascii() {
+            Ok(c as u8)
+        } else {
+            Err(DbError::new(
+                SqlState::FeatureNotSupported,
+                format!("COPY {what} must be a single one-byte character"),
+            ))
+        }
     };
     for o in options {
         match o {
             ast::CopyOption::Format(f) => match f.value.to_lowercase().as_str() {
                 "csv" => csv = true,
                 "text" => csv = false,
-                other => return Err(DbError::new(SqlState::FeatureNotSupported, format!("COPY format \"{other}\" is not supported yet"))),
+                other => {
+                    return Err(DbError::new(
+                        SqlState::FeatureNotSupported,
+                        format!("COPY format \"{other}\" is not supported yet"),
+                    ));
+                }
             },
             ast::CopyOption::Delimiter(c) => delimiter = Some(single_byte(*c, "delimiter")?),
             ast::CopyOption::Null(n) => null = Some(n.clone()),
@@ -87,7 +112,12 @@ pub fn handle_copy(
             ast::CopyOption::Quote(c) => quote = single_byte(*c, "quote")?,
             ast::CopyOption::Escape(c) => escape = Some(single_byte(*c, "escape")?),
             ast::CopyOption::Freeze(_) => {}
-            other => return Err(DbError::new(SqlState::FeatureNotSupported, format!("COPY option {other} is not supported yet"))),
+            other => {
+                return Err(DbError::new(
+                    SqlState::FeatureNotSupported,
+                    format!("COPY option {other} is not supported yet"),
+                ));
+            }
         }
     }
     for o in legacy {
@@ -95,16 +125,34 @@ pub fn handle_copy(
             ast::CopyLegacyOption::Csv(_) => csv = true,
             ast::CopyLegacyOption::Delimiter(c) => delimiter = Some(single_byte(*c, "delimiter")?),
             ast::CopyLegacyOption::Null(n) => null = Some(n.clone()),
-            other => return Err(DbError::new(SqlState::FeatureNotSupported, format!("COPY option {other} is not supported yet"))),
+            other => {
+                return Err(DbError::new(
+                    SqlState::FeatureNotSupported,
+                    format!("COPY option {other} is not supported yet"),
+                ));
+            }
         }
     }
-    let format = if csv { CopyFormat::Csv { quote, escape: escape.unwrap_or(quote) } } else { CopyFormat::Text };
+    let format = if csv {
+        CopyFormat::Csv {
+            quote,
+            escape: escape.unwrap_or(quote),
+        }
+    } else {
+        CopyFormat::Text
+    };
     let columns = targets.len();
     s.copy = Some(CopyIn {
         def,
         targets,
         delimiter: delimiter.unwrap_or(if csv { b',' } else { b'\t' }),
-        null: null.unwrap_or_else(|| if csv { String::new() } else { "\\N".to_string() }),
+        null: null.unwrap_or_else(|| {
+            if csv {
+                String::new()
+            } else {
+                "\\N".to_string()
+            }
+        }),
         header,
         format,
         buffer: Vec::new(),
@@ -129,7 +177,8 @@ fn next_record(buf: &[u8], format: &CopyFormat) -> Option<usize> {
             while i < buf.len() {
                 let b = buf[i];
                 if in_quotes {
-                    if b == *escape && escape != quote && i + 1 < buf.len() && buf[i + 1] == *quote {
+                    if b == *escape && escape != quote && i + 1 < buf.len() && buf[i + 1] == *quote
+                    {
                         i += 2;
                         continue;
                     }
@@ -191,14 +240,23 @@ fn split_text(line: &[u8], delim: u8, null: &str) -> DbResult<Vec<Option<String>
             }
         }
         fields.push(Some(String::from_utf8(out).map_err(|_| {
-            DbError::new(SqlState::CharacterNotInRepertoire, "invalid byte sequence for encoding \"UTF8\"")
+            DbError::new(
+                SqlState::CharacterNotInRepertoire,
+                "invalid byte sequence for encoding \"UTF8\"",
+            )
         })?));
     }
     Ok(fields)
 }
 
 /// Fields of a CSV record (`None` = NULL: an unquoted field equal to the NULL string).
-fn split_csv(rec: &[u8], delim: u8, quote: u8, escape: u8, null: &str) -> DbResult<Vec<Option<String>>> {
+fn split_csv(
+    rec: &[u8],
+    delim: u8,
+    quote: u8,
+    escape: u8,
+    null: &str,
+) -> DbResult<Vec<Option<String>>> {
     let mut fields = Vec::new();
     let mut i = 0;
     loop {
@@ -235,7 +293,10 @@ fn split_csv(rec: &[u8], delim: u8, quote: u8, escape: u8, null: &str) -> DbResu
             return Err(bad_format("unterminated CSV quoted field"));
         }
         let s = String::from_utf8(out).map_err(|_| {
-            DbError::new(SqlState::CharacterNotInRepertoire, "invalid byte sequence for encoding \"UTF8\"")
+            DbError::new(
+                SqlState::CharacterNotInRepertoire,
+                "invalid byte sequence for encoding \"UTF8\"",
+            )
         })?;
         fields.push(if !quoted && s == null { None } else { Some(s) });
         if i >= rec.len() {
@@ -276,7 +337,11 @@ impl CopyIn {
             }
         }
         self.buffer.drain(..consumed);
-        Ok(if self.pending.len() >= COPY_CHUNK_ROWS { Some(std::mem::take(&mut self.pending)) } else { None })
+        Ok(if self.pending.len() >= COPY_CHUNK_ROWS {
+            Some(std::mem::take(&mut self.pending))
+        } else {
+            None
+        })
     }
 
     pub fn with_context(&self, e: DbError) -> DbError {
@@ -285,13 +350,19 @@ impl CopyIn {
             Some(d) => format!("{d}\n{ctx}"),
             None => ctx,
         };
-        DbError { state: e.state, message: e.message, detail: Some(detail) }
+        DbError {
+            state: e.state,
+            message: e.message,
+            detail: Some(detail),
+        }
     }
 
     fn parse_record(&mut self, rec: &[u8], s: &Session) -> DbResult<()> {
         let fields = match &self.format {
             CopyFormat::Text => split_text(rec, self.delimiter, &self.null)?,
-            CopyFormat::Csv { quote, escape } => split_csv(rec, self.delimiter, *quote, *escape, &self.null)?,
+            CopyFormat::Csv { quote, escape } => {
+                split_csv(rec, self.delimiter, *quote, *escape, &self.null)?
+            }
         };
         if fields.len() < self.targets.len() {
             let missing = &self.def.columns[self.targets[fields.len()]].name;
@@ -317,7 +388,10 @@ impl CopyIn {
             if row[i].is_null() && !c.nullable && !c.dropped {
                 return Err(DbError::new(
                     SqlState::NotNullViolation,
-                    format!("null value in column \"{}\" of relation \"{}\" violates not-null constraint", c.name, def.name),
+                    format!(
+                        "null value in column \"{}\" of relation \"{}\" violates not-null constraint",
+                        c.name, def.name
+                    ),
                 ));
             }
         }
@@ -330,13 +404,22 @@ impl CopyIn {
 /// Handles a chunk of COPY data for the session.
 pub async fn copy_data(s: &mut Session, data: &[u8]) -> DbResult<()> {
     let Some(mut c) = s.copy.take() else {
-        return Err(DbError::new(SqlState::ProtocolViolation, "unexpected COPY data"));
+        return Err(DbError::new(
+            SqlState::ProtocolViolation,
+            "unexpected COPY data",
+        ));
     };
     let result = match c.feed(data, s) {
         Ok(Some(ops)) => s
             .instance
             .service
-            .write(c.txn, WriteRequest { table: c.def.id, ops })
+            .write(
+                c.txn,
+                WriteRequest {
+                    table: c.def.id,
+                    ops,
+                },
+            )
             .await
             .map(|_| ())
             .map_err(|e| c.with_context(e)),
@@ -355,7 +438,10 @@ pub async fn copy_data(s: &mut Session, data: &[u8]) -> DbResult<()> {
 /// Finishes COPY: writes the rest, commits an implicit transaction, returns the tag.
 pub async fn copy_done(s: &mut Session) -> DbResult<String> {
     let Some(mut c) = s.copy.take() else {
-        return Err(DbError::new(SqlState::ProtocolViolation, "unexpected COPY done"));
+        return Err(DbError::new(
+            SqlState::ProtocolViolation,
+            "unexpected COPY done",
+        ));
     };
     let mut result = match c.error.take() {
         Some(e) => Err(e),
@@ -373,14 +459,31 @@ pub async fn copy_done(s: &mut Session) -> DbResult<String> {
     }
     if result.is_ok() && !c.pending.is_empty() {
         let ops = std::mem::take(&mut c.pending);
-        result = s.instance.service.write(c.txn, WriteRequest { table: c.def.id, ops }).await.map(|_| ()).map_err(|e| c.with_context(e));
+        result = s
+            .instance
+            .service
+            .write(
+                c.txn,
+                WriteRequest {
+                    table: c.def.id,
+                    ops,
+                },
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| c.with_context(e));
     }
-    finish(s, &c, result).await.map(|_| format!("COPY {}", c.rows))
+    finish(s, &c, result)
+        .await
+        .map(|_| format!("COPY {}", c.rows))
 }
 
 /// Client aborted the COPY (CopyFail) or it failed.
 pub async fn copy_fail(s: &mut Session, message: &str) -> DbError {
-    let err = DbError::new(SqlState::QueryCanceled, format!("COPY from stdin failed: {message}"));
+    let err = DbError::new(
+        SqlState::QueryCanceled,
+        format!("COPY from stdin failed: {message}"),
+    );
     if let Some(c) = s.copy.take() {
         let _ = finish(s, &c, Err(err.clone())).await;
     }
@@ -409,8 +512,22 @@ mod tests {
         );
         assert_eq!(
             split_csv(b"1,,\"a,\"\"b\"\"\",\"\"", b',', b'"', b'"', "").unwrap(),
-            vec![Some("1".into()), None, Some("a,\"b\"".into()), Some("".into())]
+            vec![
+                Some("1".into()),
+                None,
+                Some("a,\"b\"".into()),
+                Some("".into())
+            ]
         );
-        assert_eq!(next_record(b"\"a\nb\",1\nrest", &CopyFormat::Csv { quote: b'"', escape: b'"' }), Some(7));
+        assert_eq!(
+            next_record(
+                b"\"a\nb\",1\nrest",
+                &CopyFormat::Csv {
+                    quote: b'"',
+                    escape: b'"'
+                }
+            ),
+            Some(7)
+        );
     }
 }

@@ -2,12 +2,12 @@
 
 use datafusion::common::DFSchema;
 use datafusion::sql::sqlparser::ast;
+use futures::TryStreamExt;
 use orochi_common::datum::Datum;
 use orochi_common::error::{DbError, DbResult, SqlState};
 use orochi_common::schema::{ColumnDef, ColumnDefault, ROWID_COLUMN, TableDef};
 use orochi_common::service::{ScanRequest, TxnId, WriteOp, WriteRequest};
 use orochi_common::types::SqlType;
-use futures::TryStreamExt;
 
 use crate::catalog::SequenceDef;
 use crate::handler::dml::{ROWID_SEQUENCE, normalize_ident, object_name_parts, resolve_table};
@@ -69,7 +69,10 @@ pub fn sql_type(dt: &ast::DataType) -> DbResult<(SqlType, bool)> {
                 "float4" => Ok((SqlType::Float4, false)),
                 "float8" => Ok((SqlType::Float8, false)),
                 "bool" => Ok((SqlType::Bool, false)),
-                other => Err(DbError::new(SqlState::UndefinedObject, format!("type \"{other}\" does not exist"))),
+                other => Err(DbError::new(
+                    SqlState::UndefinedObject,
+                    format!("type \"{other}\" does not exist"),
+                )),
             };
         }
         other => return Err(not_supported(format!("type {other} is not supported yet"))),
@@ -81,11 +84,17 @@ fn numeric_spec(p: u64, s: i64) -> DbResult<SqlType> {
     if p == 0 || p > orochi_common::types::MAX_NUMERIC_PRECISION as u64 {
         return Err(DbError::new(
             SqlState::InvalidParameterValue,
-            format!("NUMERIC precision {p} must be between 1 and {}", orochi_common::types::MAX_NUMERIC_PRECISION),
+            format!(
+                "NUMERIC precision {p} must be between 1 and {}",
+                orochi_common::types::MAX_NUMERIC_PRECISION
+            ),
         ));
     }
     if s < 0 || s as u64 > p {
-        return Err(DbError::new(SqlState::InvalidParameterValue, format!("NUMERIC scale {s} must be between 0 and precision {p}")));
+        return Err(DbError::new(
+            SqlState::InvalidParameterValue,
+            format!("NUMERIC scale {s} must be between 0 and precision {p}"),
+        ));
     }
     Ok(SqlType::Numeric(Some((p as u8, s as i8))))
 }
@@ -95,7 +104,16 @@ fn numeric_spec(p: u64, s: i64) -> DbResult<SqlType> {
 fn column_default(s: &Session, e: &ast::Expr, ty: SqlType) -> DbResult<ColumnDefault> {
     let text = e.to_string();
     let lower = text.to_lowercase();
-    if matches!(lower.as_str(), "now()" | "current_timestamp" | "current_timestamp()" | "localtimestamp" | "current_date" | "transaction_timestamp()" | "statement_timestamp()") {
+    if matches!(
+        lower.as_str(),
+        "now()"
+            | "current_timestamp"
+            | "current_timestamp()"
+            | "localtimestamp"
+            | "current_date"
+            | "transaction_timestamp()"
+            | "statement_timestamp()"
+    ) {
         return Ok(ColumnDefault::Now);
     }
     if let Some(v) = crate::handler::eval::const_datum(e, ty, &vec![]) {
@@ -107,30 +125,50 @@ fn column_default(s: &Session, e: &ast::Expr, ty: SqlType) -> DbResult<ColumnDef
         return Ok(ColumnDefault::Expr(text));
     }
     let arrays = ev.evaluate(&empty_batch(1))?;
-    Ok(ColumnDefault::Const(Datum::from_arrow(arrays[0].as_ref(), 0, ty)?))
+    Ok(ColumnDefault::Const(Datum::from_arrow(
+        arrays[0].as_ref(),
+        0,
+        ty,
+    )?))
 }
 
 fn index_column_name(c: &ast::IndexColumn) -> DbResult<String> {
     match &c.column.expr {
         ast::Expr::Identifier(i) => Ok(normalize_ident(i)),
-        other => Err(not_supported(format!("key on expression {other} is not supported"))),
+        other => Err(not_supported(format!(
+            "key on expression {other} is not supported"
+        ))),
     }
 }
 
-pub async fn handle_create_table(s: &mut Session, ct: &ast::CreateTable) -> DbResult<StatementResult> {
+pub async fn handle_create_table(
+    s: &mut Session,
+    ct: &ast::CreateTable,
+) -> DbResult<StatementResult> {
     if ct.query.is_some() {
         return Err(not_supported("CREATE TABLE AS is not supported yet"));
     }
     let (schema, name) = object_name_parts(&ct.name)?;
-    let schema = schema.unwrap_or_else(|| s.search_path.first().cloned().unwrap_or_else(|| "public".into()));
+    let schema = schema.unwrap_or_else(|| {
+        s.search_path
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "public".into())
+    });
     if !s.instance.catalog.schema_exists(&schema) {
-        return Err(DbError::new(SqlState::InvalidSchemaName, format!("schema \"{schema}\" does not exist")));
+        return Err(DbError::new(
+            SqlState::InvalidSchemaName,
+            format!("schema \"{schema}\" does not exist"),
+        ));
     }
     if s.instance.catalog.table(&schema, &name).is_some() {
         if ct.if_not_exists {
             return Ok(StatementResult::Command("CREATE TABLE".into()));
         }
-        return Err(DbError::new(SqlState::DuplicateTable, format!("relation \"{name}\" already exists")));
+        return Err(DbError::new(
+            SqlState::DuplicateTable,
+            format!("relation \"{name}\" already exists"),
+        ));
     }
     let id = s.instance.catalog.allocate_table_id()?;
     let mut columns: Vec<ColumnDef> = Vec::new();
@@ -139,7 +177,10 @@ pub async fn handle_create_table(s: &mut Session, ct: &ast::CreateTable) -> DbRe
     for c in &ct.columns {
         let cname = normalize_ident(&c.name);
         if columns.iter().any(|x| x.name == cname) {
-            return Err(DbError::new(SqlState::DuplicateColumn, format!("column \"{cname}\" specified more than once")));
+            return Err(DbError::new(
+                SqlState::DuplicateColumn,
+                format!("column \"{cname}\" specified more than once"),
+            ));
         }
         let (ty, serial) = sql_type(&c.data_type)?;
         let mut col = ColumnDef::new(cname.clone(), ty);
@@ -172,11 +213,18 @@ pub async fn handle_create_table(s: &mut Session, ct: &ast::CreateTable) -> DbRe
                 }
                 ast::ColumnOption::PrimaryKey(_) => {
                     if !primary_key.is_empty() {
-                        return Err(DbError::new(SqlState::InvalidTableDefinition, format!("multiple primary keys for table \"{name}\" are not allowed")));
+                        return Err(DbError::new(
+                            SqlState::InvalidTableDefinition,
+                            format!("multiple primary keys for table \"{name}\" are not allowed"),
+                        ));
                     }
                     primary_key.push(cname.clone());
                 }
-                other => return Err(not_supported(format!("column constraint {other} is not supported yet"))),
+                other => {
+                    return Err(not_supported(format!(
+                        "column constraint {other} is not supported yet"
+                    )));
+                }
             }
         }
         columns.push(col);
@@ -185,26 +233,43 @@ pub async fn handle_create_table(s: &mut Session, ct: &ast::CreateTable) -> DbRe
         match tc {
             ast::TableConstraint::PrimaryKey(pk) => {
                 if !primary_key.is_empty() {
-                    return Err(DbError::new(SqlState::InvalidTableDefinition, format!("multiple primary keys for table \"{name}\" are not allowed")));
+                    return Err(DbError::new(
+                        SqlState::InvalidTableDefinition,
+                        format!("multiple primary keys for table \"{name}\" are not allowed"),
+                    ));
                 }
                 for c in &pk.columns {
                     primary_key.push(index_column_name(c)?);
                 }
             }
-            other => return Err(not_supported(format!("table constraint {other} is not supported yet"))),
+            other => {
+                return Err(not_supported(format!(
+                    "table constraint {other} is not supported yet"
+                )));
+            }
         }
     }
     let mut distribution: Option<String> = None;
     let options = match &ct.table_options {
-        ast::CreateTableOptions::With(o) | ast::CreateTableOptions::Options(o) | ast::CreateTableOptions::Plain(o) | ast::CreateTableOptions::TableProperties(o) => o.clone(),
+        ast::CreateTableOptions::With(o)
+        | ast::CreateTableOptions::Options(o)
+        | ast::CreateTableOptions::Plain(o)
+        | ast::CreateTableOptions::TableProperties(o) => o.clone(),
         ast::CreateTableOptions::None => vec![],
     };
     for o in &options {
         if let ast::SqlOption::KeyValue { key, value } = o {
             match normalize_ident(key).as_str() {
-                "distribution_column" => distribution = Some(value.to_string().trim_matches('\'').to_lowercase()),
+                "distribution_column" => {
+                    distribution = Some(value.to_string().trim_matches('\'').to_lowercase())
+                }
                 "fillfactor" | "autovacuum_enabled" => {}
-                other => return Err(DbError::new(SqlState::InvalidParameterValue, format!("unrecognized parameter \"{other}\""))),
+                other => {
+                    return Err(DbError::new(
+                        SqlState::InvalidParameterValue,
+                        format!("unrecognized parameter \"{other}\""),
+                    ));
+                }
             }
         }
     }
@@ -212,10 +277,16 @@ pub async fn handle_create_table(s: &mut Session, ct: &ast::CreateTable) -> DbRe
     let mut pk_idx = Vec::new();
     for k in &primary_key {
         let i = columns.iter().position(|c| &c.name == k).ok_or_else(|| {
-            DbError::new(SqlState::UndefinedColumn, format!("column \"{k}\" named in key does not exist"))
+            DbError::new(
+                SqlState::UndefinedColumn,
+                format!("column \"{k}\" named in key does not exist"),
+            )
         })?;
         if pk_idx.contains(&i) {
-            return Err(DbError::new(SqlState::DuplicateColumn, format!("column \"{k}\" appears twice in primary key constraint")));
+            return Err(DbError::new(
+                SqlState::DuplicateColumn,
+                format!("column \"{k}\" appears twice in primary key constraint"),
+            ));
         }
         columns[i].nullable = false;
         pk_idx.push(i);
@@ -232,10 +303,16 @@ pub async fn handle_create_table(s: &mut Session, ct: &ast::CreateTable) -> DbRe
         None => pk_idx[0],
         Some(d) => {
             let i = columns.iter().position(|c| c.name == d).ok_or_else(|| {
-                DbError::new(SqlState::UndefinedColumn, format!("column \"{d}\" does not exist"))
+                DbError::new(
+                    SqlState::UndefinedColumn,
+                    format!("column \"{d}\" does not exist"),
+                )
             })?;
             if !pk_idx.contains(&i) {
-                return Err(DbError::new(SqlState::InvalidTableDefinition, format!("distribution column \"{d}\" must be part of the primary key")));
+                return Err(DbError::new(
+                    SqlState::InvalidTableDefinition,
+                    format!("distribution column \"{d}\" must be part of the primary key"),
+                ));
             }
             i
         }
@@ -260,7 +337,11 @@ pub async fn handle_create_table(s: &mut Session, ct: &ast::CreateTable) -> DbRe
 }
 
 fn ensure_rowid_sequence(s: &Session) -> DbResult<()> {
-    if !s.instance.catalog.sequence_exists("pg_catalog", ROWID_SEQUENCE) {
+    if !s
+        .instance
+        .catalog
+        .sequence_exists("pg_catalog", ROWID_SEQUENCE)
+    {
         s.instance.catalog.create_sequence(SequenceDef {
             name: ROWID_SEQUENCE.into(),
             schema: "pg_catalog".into(),
@@ -304,7 +385,10 @@ pub async fn handle_drop(
                     if if_exists {
                         continue;
                     }
-                    return Err(DbError::new(SqlState::InvalidSchemaName, format!("schema \"{name}\" does not exist")));
+                    return Err(DbError::new(
+                        SqlState::InvalidSchemaName,
+                        format!("schema \"{name}\" does not exist"),
+                    ));
                 }
                 if cascade {
                     for t in s.instance.catalog.tables_in(&name) {
@@ -331,22 +415,35 @@ pub async fn handle_truncate(s: &mut Session, t: &ast::Truncate) -> DbResult<Sta
     Ok(StatementResult::Command("TRUNCATE TABLE".into()))
 }
 
-pub fn handle_create_schema(s: &mut Session, name: &ast::SchemaName, if_not_exists: bool) -> DbResult<StatementResult> {
+pub fn handle_create_schema(
+    s: &mut Session,
+    name: &ast::SchemaName,
+    if_not_exists: bool,
+) -> DbResult<StatementResult> {
     let n = match name {
-        ast::SchemaName::Simple(n) | ast::SchemaName::NamedAuthorization(n, _) => object_name_parts(n)?.1,
+        ast::SchemaName::Simple(n) | ast::SchemaName::NamedAuthorization(n, _) => {
+            object_name_parts(n)?.1
+        }
         ast::SchemaName::UnnamedAuthorization(i) => normalize_ident(i),
     };
     if s.instance.catalog.schema_exists(&n) {
         if if_not_exists {
             return Ok(StatementResult::Command("CREATE SCHEMA".into()));
         }
-        return Err(DbError::new(SqlState::DuplicateSchema, format!("schema \"{n}\" already exists")));
+        return Err(DbError::new(
+            SqlState::DuplicateSchema,
+            format!("schema \"{n}\" already exists"),
+        ));
     }
     s.instance.catalog.create_schema(&n)?;
     Ok(StatementResult::Command("CREATE SCHEMA".into()))
 }
 
-pub async fn handle_alter_table(s: &mut Session, at: &ast::AlterTable, txn: TxnId) -> DbResult<StatementResult> {
+pub async fn handle_alter_table(
+    s: &mut Session,
+    at: &ast::AlterTable,
+    txn: TxnId,
+) -> DbResult<StatementResult> {
     let def = match resolve_table(s, &at.name) {
         Ok(d) => d,
         Err(_) if at.if_exists => return Ok(StatementResult::Command("ALTER TABLE".into())),
@@ -355,17 +452,29 @@ pub async fn handle_alter_table(s: &mut Session, at: &ast::AlterTable, txn: TxnI
     let mut def = (*def).clone();
     for op in &at.operations {
         match op {
-            ast::AlterTableOperation::AddColumn { column_def, if_not_exists, .. } => {
+            ast::AlterTableOperation::AddColumn {
+                column_def,
+                if_not_exists,
+                ..
+            } => {
                 let cname = normalize_ident(&column_def.name);
                 if def.column_index(&cname).is_some() {
                     if *if_not_exists {
                         continue;
                     }
-                    return Err(DbError::new(SqlState::DuplicateColumn, format!("column \"{cname}\" of relation \"{}\" already exists", def.name)));
+                    return Err(DbError::new(
+                        SqlState::DuplicateColumn,
+                        format!(
+                            "column \"{cname}\" of relation \"{}\" already exists",
+                            def.name
+                        ),
+                    ));
                 }
                 let (ty, serial) = sql_type(&column_def.data_type)?;
                 if serial {
-                    return Err(not_supported("ADD COLUMN of a serial type is not supported yet"));
+                    return Err(not_supported(
+                        "ADD COLUMN of a serial type is not supported yet",
+                    ));
                 }
                 let mut col = ColumnDef::new(cname, ty);
                 for opt in &column_def.options {
@@ -376,42 +485,81 @@ pub async fn handle_alter_table(s: &mut Session, at: &ast::AlterTable, txn: TxnI
                             col.default = Some(column_default(s, e, ty)?);
                             col.default_sql = Some(e.to_string());
                         }
-                        other => return Err(not_supported(format!("column constraint {other} in ADD COLUMN is not supported yet"))),
+                        other => {
+                            return Err(not_supported(format!(
+                                "column constraint {other} in ADD COLUMN is not supported yet"
+                            )));
+                        }
                     }
                 }
                 // existing rows get the default as their value (Postgres' attmissingval)
                 col.missing = match &col.default {
                     Some(ColumnDefault::Const(d)) => d.clone(),
-                    Some(ColumnDefault::Now) => Datum::Timestamptz(chrono::Utc::now().timestamp_micros()).coerce_to(ty)?,
-                    Some(_) => return Err(not_supported("ADD COLUMN with a volatile default is not supported yet")),
+                    Some(ColumnDefault::Now) => {
+                        Datum::Timestamptz(chrono::Utc::now().timestamp_micros()).coerce_to(ty)?
+                    }
+                    Some(_) => {
+                        return Err(not_supported(
+                            "ADD COLUMN with a volatile default is not supported yet",
+                        ));
+                    }
                     None => Datum::Null,
                 };
                 if !col.nullable && col.missing.is_null() && table_has_rows(s, &def, txn).await? {
-                    return Err(DbError::new(SqlState::NotNullViolation, format!("column \"{}\" of relation \"{}\" contains null values", col.name, def.name)));
+                    return Err(DbError::new(
+                        SqlState::NotNullViolation,
+                        format!(
+                            "column \"{}\" of relation \"{}\" contains null values",
+                            col.name, def.name
+                        ),
+                    ));
                 }
                 def.columns.push(col);
             }
-            ast::AlterTableOperation::DropColumn { column_names, if_exists, .. } => {
+            ast::AlterTableOperation::DropColumn {
+                column_names,
+                if_exists,
+                ..
+            } => {
                 for cn in column_names {
                     let cname = normalize_ident(cn);
                     let Some(i) = def.column_index(&cname) else {
                         if *if_exists {
                             continue;
                         }
-                        return Err(DbError::new(SqlState::UndefinedColumn, format!("column \"{cname}\" of relation \"{}\" does not exist", def.name)));
+                        return Err(DbError::new(
+                            SqlState::UndefinedColumn,
+                            format!(
+                                "column \"{cname}\" of relation \"{}\" does not exist",
+                                def.name
+                            ),
+                        ));
                     };
                     if def.primary_key.contains(&i) {
-                        return Err(not_supported(format!("dropping primary-key column \"{cname}\" is not supported yet")));
+                        return Err(not_supported(format!(
+                            "dropping primary-key column \"{cname}\" is not supported yet"
+                        )));
                     }
                     def.columns[i].dropped = true;
                 }
             }
-            ast::AlterTableOperation::AddConstraint { constraint: ast::TableConstraint::PrimaryKey(pk), .. } => {
-                let cols: Vec<String> = pk.columns.iter().map(index_column_name).collect::<DbResult<_>>()?;
+            ast::AlterTableOperation::AddConstraint {
+                constraint: ast::TableConstraint::PrimaryKey(pk),
+                ..
+            } => {
+                let cols: Vec<String> = pk
+                    .columns
+                    .iter()
+                    .map(index_column_name)
+                    .collect::<DbResult<_>>()?;
                 def = add_primary_key(s, def, &cols, txn).await?;
                 continue;
             }
-            other => return Err(not_supported(format!("ALTER TABLE {other} is not supported yet"))),
+            other => {
+                return Err(not_supported(format!(
+                    "ALTER TABLE {other} is not supported yet"
+                )));
+            }
         }
     }
     def.version += 1;
@@ -424,7 +572,17 @@ async fn table_has_rows(s: &Session, def: &TableDef, txn: TxnId) -> DbResult<boo
     let mut stream = s
         .instance
         .service
-        .scan(txn, ScanRequest { table: def.id, shards: (0..def.shard_count).collect(), projection: vec![], keys: None, batch_rows: 1, limit: Some(1) })
+        .scan(
+            txn,
+            ScanRequest {
+                table: def.id,
+                shards: (0..def.shard_count).collect(),
+                projection: vec![],
+                keys: None,
+                batch_rows: 1,
+                limit: Some(1),
+            },
+        )
         .await?;
     while let Some(b) = stream.try_next().await? {
         if b.num_rows() > 0 {
@@ -436,16 +594,30 @@ async fn table_has_rows(s: &Session, def: &TableDef, txn: TxnId) -> DbResult<boo
 
 /// `ALTER TABLE … ADD PRIMARY KEY`: the table's rows are re-keyed into a new table id (so a
 /// unique violation leaves the old table untouched), then the catalog switches to it.
-async fn add_primary_key(s: &Session, old: TableDef, cols: &[String], _txn: TxnId) -> DbResult<TableDef> {
+async fn add_primary_key(
+    s: &Session,
+    old: TableDef,
+    cols: &[String],
+    _txn: TxnId,
+) -> DbResult<TableDef> {
     if !old.hidden_rowid {
-        return Err(DbError::new(SqlState::InvalidTableDefinition, format!("multiple primary keys for table \"{}\" are not allowed", old.name)));
+        return Err(DbError::new(
+            SqlState::InvalidTableDefinition,
+            format!(
+                "multiple primary keys for table \"{}\" are not allowed",
+                old.name
+            ),
+        ));
     }
     let mut new = old.clone();
     new.id = s.instance.catalog.allocate_table_id()?;
     let mut pk = Vec::new();
     for c in cols {
         let i = new.column_index(c).ok_or_else(|| {
-            DbError::new(SqlState::UndefinedColumn, format!("column \"{c}\" of relation \"{}\" does not exist", new.name))
+            DbError::new(
+                SqlState::UndefinedColumn,
+                format!("column \"{c}\" of relation \"{}\" does not exist", new.name),
+            )
         })?;
         new.columns[i].nullable = false;
         pk.push(i);
@@ -466,7 +638,17 @@ async fn add_primary_key(s: &Session, old: TableDef, cols: &[String], _txn: TxnI
         let mut stream = s
             .instance
             .service
-            .scan(copy_txn, ScanRequest { table: old.id, shards: (0..old.shard_count).collect(), projection: all, keys: None, batch_rows: 8192, limit: None })
+            .scan(
+                copy_txn,
+                ScanRequest {
+                    table: old.id,
+                    shards: (0..old.shard_count).collect(),
+                    projection: all,
+                    keys: None,
+                    batch_rows: 8192,
+                    limit: None,
+                },
+            )
             .await?;
         while let Some(b) = stream.try_next().await? {
             let mut ops = Vec::with_capacity(b.num_rows());
@@ -476,19 +658,36 @@ async fn add_primary_key(s: &Session, old: TableDef, cols: &[String], _txn: TxnI
                     .collect::<DbResult<_>>()?;
                 for &k in &new.primary_key {
                     if row[k].is_null() {
-                        return Err(DbError::new(SqlState::NotNullViolation, format!("column \"{}\" of relation \"{}\" contains null values", new.columns[k].name, new.name)));
+                        return Err(DbError::new(
+                            SqlState::NotNullViolation,
+                            format!(
+                                "column \"{}\" of relation \"{}\" contains null values",
+                                new.columns[k].name, new.name
+                            ),
+                        ));
                     }
                 }
                 ops.push(WriteOp::Insert { row });
             }
-            s.instance.service.write(copy_txn, WriteRequest { table: new.id, ops }).await.map_err(|e| {
-                if e.state == SqlState::UniqueViolation {
-                    DbError::new(SqlState::UniqueViolation, format!("could not create unique index \"{}_pkey\"", new.name))
-                        .with_detail(e.detail.unwrap_or_default().replace("already exists", "is duplicated"))
-                } else {
-                    e
-                }
-            })?;
+            s.instance
+                .service
+                .write(copy_txn, WriteRequest { table: new.id, ops })
+                .await
+                .map_err(|e| {
+                    if e.state == SqlState::UniqueViolation {
+                        DbError::new(
+                            SqlState::UniqueViolation,
+                            format!("could not create unique index \"{}_pkey\"", new.name),
+                        )
+                        .with_detail(
+                            e.detail
+                                .unwrap_or_default()
+                                .replace("already exists", "is duplicated"),
+                        )
+                    } else {
+                        e
+                    }
+                })?;
         }
         s.instance.service.commit(copy_txn).await
     }

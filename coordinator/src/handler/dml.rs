@@ -38,33 +38,51 @@ pub fn object_name_parts(name: &ast::ObjectName) -> DbResult<(Option<String>, St
         .iter()
         .map(|p| match p.as_ident() {
             Some(i) => Ok(normalize_ident(i)),
-            None => Err(DbError::new(SqlState::SyntaxError, format!("invalid name {p}"))),
+            None => Err(DbError::new(
+                SqlState::SyntaxError,
+                format!("invalid name {p}"),
+            )),
         })
         .collect::<DbResult<_>>()?;
     match parts.as_slice() {
         [n] => Ok((None, n.clone())),
         [s, n] => Ok((Some(s.clone()), n.clone())),
         [_db, s, n] => Ok((Some(s.clone()), n.clone())),
-        _ => Err(DbError::new(SqlState::SyntaxError, format!("improper qualified name: {name}"))),
+        _ => Err(DbError::new(
+            SqlState::SyntaxError,
+            format!("improper qualified name: {name}"),
+        )),
     }
 }
 
 pub fn normalize_ident(i: &ast::Ident) -> String {
-    if i.quote_style.is_some() { i.value.clone() } else { i.value.to_lowercase() }
+    if i.quote_style.is_some() {
+        i.value.clone()
+    } else {
+        i.value.to_lowercase()
+    }
 }
 
 pub fn resolve_table(s: &Session, name: &ast::ObjectName) -> DbResult<Arc<TableDef>> {
     let (schema, table) = object_name_parts(name)?;
-    s.planner().resolve_table(schema.as_deref(), &table).ok_or_else(|| {
-        DbError::new(SqlState::UndefinedTable, format!("relation \"{}\" does not exist", name))
-    })
+    s.planner()
+        .resolve_table(schema.as_deref(), &table)
+        .ok_or_else(|| {
+            DbError::new(
+                SqlState::UndefinedTable,
+                format!("relation \"{}\" does not exist", name),
+            )
+        })
 }
 
 fn column_index(def: &TableDef, name: &str) -> DbResult<usize> {
     def.column_index(name).ok_or_else(|| {
         DbError::new(
             SqlState::UndefinedColumn,
-            format!("column \"{name}\" of relation \"{}\" does not exist", def.name),
+            format!(
+                "column \"{name}\" of relation \"{}\" does not exist",
+                def.name
+            ),
         )
     })
 }
@@ -74,7 +92,10 @@ fn check_not_null(def: &TableDef, row: &[Datum]) -> DbResult<()> {
         if v.is_null() && !c.nullable && !c.dropped {
             return Err(DbError::new(
                 SqlState::NotNullViolation,
-                format!("null value in column \"{}\" of relation \"{}\" violates not-null constraint", c.name, def.name),
+                format!(
+                    "null value in column \"{}\" of relation \"{}\" violates not-null constraint",
+                    c.name, def.name
+                ),
             ));
         }
     }
@@ -85,7 +106,9 @@ fn check_not_null(def: &TableDef, row: &[Datum]) -> DbResult<()> {
 pub fn default_value(s: &Session, def: &TableDef, col: usize, now_micros: i64) -> DbResult<Datum> {
     let c = &def.columns[col];
     if c.hidden {
-        return Ok(Datum::Int8(s.instance.catalog.nextval("pg_catalog", ROWID_SEQUENCE)?));
+        return Ok(Datum::Int8(
+            s.instance.catalog.nextval("pg_catalog", ROWID_SEQUENCE)?,
+        ));
     }
     let v = match &c.default {
         None => Datum::Null,
@@ -139,7 +162,10 @@ fn returning(
             ast::SelectItem::Wildcard(_) | ast::SelectItem::QualifiedWildcard(..) => {
                 for i in def.visible_columns() {
                     let c = &def.columns[i];
-                    exprs.push(ast::Expr::Identifier(ast::Ident::with_quote('"', c.name.clone())));
+                    exprs.push(ast::Expr::Identifier(ast::Ident::with_quote(
+                        '"',
+                        c.name.clone(),
+                    )));
                     names.push(c.name.clone());
                 }
             }
@@ -152,7 +178,10 @@ fn returning(
                 names.push(normalize_ident(alias));
             }
             other => {
-                return Err(DbError::new(SqlState::FeatureNotSupported, format!("RETURNING {other} is not supported yet")));
+                return Err(DbError::new(
+                    SqlState::FeatureNotSupported,
+                    format!("RETURNING {other} is not supported yet"),
+                ));
             }
         }
     }
@@ -185,21 +214,42 @@ fn returning(
     Ok(rows_result(schema, vec![out], tag))
 }
 
-async fn write_ops(s: &Session, txn: TxnId, def: &TableDef, ops: Vec<WriteOp>) -> DbResult<Vec<bool>> {
+async fn write_ops(
+    s: &Session,
+    txn: TxnId,
+    def: &TableDef,
+    ops: Vec<WriteOp>,
+) -> DbResult<Vec<bool>> {
     let mut applied = Vec::with_capacity(ops.len());
     let mut ops = ops;
     while !ops.is_empty() {
-        let rest = if ops.len() > WRITE_CHUNK { ops.split_off(WRITE_CHUNK) } else { Vec::new() };
-        let resp = s.instance.service.write(txn, WriteRequest { table: def.id, ops }).await?;
+        let rest = if ops.len() > WRITE_CHUNK {
+            ops.split_off(WRITE_CHUNK)
+        } else {
+            Vec::new()
+        };
+        let resp = s
+            .instance
+            .service
+            .write(txn, WriteRequest { table: def.id, ops })
+            .await?;
         applied.extend(resp.applied);
         ops = rest;
     }
     Ok(applied)
 }
 
-pub async fn handle_insert(s: &mut Session, ins: &ast::Insert, params: &Params, txn: TxnId) -> DbResult<StatementResult> {
+pub async fn handle_insert(
+    s: &mut Session,
+    ins: &ast::Insert,
+    params: &Params,
+    txn: TxnId,
+) -> DbResult<StatementResult> {
     let ast::TableObject::TableName(name) = &ins.table else {
-        return Err(DbError::new(SqlState::FeatureNotSupported, "INSERT into a table function is not supported"));
+        return Err(DbError::new(
+            SqlState::FeatureNotSupported,
+            "INSERT into a table function is not supported",
+        ));
     };
     let def = resolve_table(s, name)?;
     let targets: Vec<usize> = if ins.columns.is_empty() {
@@ -208,12 +258,24 @@ pub async fn handle_insert(s: &mut Session, ins: &ast::Insert, params: &Params, 
         ins.columns
             .iter()
             .map(|c| {
-                let id = c.0.last().and_then(|p| p.as_ident()).map(normalize_ident).unwrap_or_default();
+                let id =
+                    c.0.last()
+                        .and_then(|p| p.as_ident())
+                        .map(normalize_ident)
+                        .unwrap_or_default();
                 column_index(&def, &id)
             })
             .collect::<DbResult<_>>()?
     };
-    let values = insert_source_rows(s, &def, &targets, ins.columns.is_empty(), ins.source.as_deref(), params).await?;
+    let values = insert_source_rows(
+        s,
+        &def,
+        &targets,
+        ins.columns.is_empty(),
+        ins.source.as_deref(),
+        params,
+    )
+    .await?;
     let now = now_micros();
     let mut rows: Vec<Row> = Vec::with_capacity(values.len());
     for v in values {
@@ -240,20 +302,38 @@ pub async fn handle_insert(s: &mut Session, ins: &ast::Insert, params: &Params, 
             Some(&oc.action)
         }
         Some(other) => {
-            return Err(DbError::new(SqlState::FeatureNotSupported, format!("{other} is not supported")));
+            return Err(DbError::new(
+                SqlState::FeatureNotSupported,
+                format!("{other} is not supported"),
+            ));
         }
     };
-    let alias = ins.table_alias.as_ref().map(|a| normalize_ident(&a.alias)).unwrap_or_else(|| def.name.clone());
+    let alias = ins
+        .table_alias
+        .as_ref()
+        .map(|a| normalize_ident(&a.alias))
+        .unwrap_or_else(|| def.name.clone());
     let (count, affected) = match on_conflict {
         None => {
-            let ops = rows.iter().map(|r| WriteOp::Insert { row: r.clone() }).collect();
+            let ops = rows
+                .iter()
+                .map(|r| WriteOp::Insert { row: r.clone() })
+                .collect();
             write_ops(s, txn, &def, ops).await?;
             (rows.len(), rows)
         }
         Some(ast::OnConflictAction::DoNothing) => {
-            let ops = rows.iter().map(|r| WriteOp::InsertIgnore { row: r.clone() }).collect();
+            let ops = rows
+                .iter()
+                .map(|r| WriteOp::InsertIgnore { row: r.clone() })
+                .collect();
             let applied = write_ops(s, txn, &def, ops).await?;
-            let affected: Vec<Row> = rows.into_iter().zip(applied).filter(|(_, a)| *a).map(|(r, _)| r).collect();
+            let affected: Vec<Row> = rows
+                .into_iter()
+                .zip(applied)
+                .filter(|(_, a)| *a)
+                .map(|(r, _)| r)
+                .collect();
             (affected.len(), affected)
         }
         Some(ast::OnConflictAction::DoUpdate(du)) => {
@@ -271,7 +351,11 @@ fn check_conflict_target(def: &TableDef, target: Option<&ast::ConflictTarget>) -
         None => true,
         Some(ast::ConflictTarget::Columns(cols)) => {
             let mut names: Vec<String> = cols.iter().map(normalize_ident).collect();
-            let mut pk: Vec<String> = def.primary_key.iter().map(|&i| def.columns[i].name.clone()).collect();
+            let mut pk: Vec<String> = def
+                .primary_key
+                .iter()
+                .map(|&i| def.columns[i].name.clone())
+                .collect();
             names.sort();
             pk.sort();
             names == pk && !def.hidden_rowid
@@ -299,12 +383,19 @@ async fn on_conflict_do_update(
     params: &Params,
     txn: TxnId,
 ) -> DbResult<(usize, Vec<Row>)> {
-    let ops = rows.iter().map(|r| WriteOp::InsertIgnore { row: r.clone() }).collect();
+    let ops = rows
+        .iter()
+        .map(|r| WriteOp::InsertIgnore { row: r.clone() })
+        .collect();
     let applied = write_ops(s, txn, def, ops).await?;
     let mut affected = Vec::new();
     let mut conflicting = Vec::new();
     for (r, a) in rows.into_iter().zip(applied) {
-        if a { affected.push(r) } else { conflicting.push(r) }
+        if a {
+            affected.push(r)
+        } else {
+            conflicting.push(r)
+        }
     }
     if conflicting.is_empty() {
         return Ok((affected.len(), affected));
@@ -319,7 +410,12 @@ async fn on_conflict_do_update(
     let (targets, exprs) = assignments(def, &du.assignments)?;
     let set_ev = Evaluator::plan(s, &exprs, &combined, params)?;
     let where_ev = match &du.selection {
-        Some(w) => Some(Evaluator::plan(s, std::slice::from_ref(w), &combined, params)?),
+        Some(w) => Some(Evaluator::plan(
+            s,
+            std::slice::from_ref(w),
+            &combined,
+            params,
+        )?),
         None => None,
     };
     let keys: Vec<Vec<u8>> = conflicting.iter().map(|r| def.encode_key(r)).collect();
@@ -331,7 +427,11 @@ async fn on_conflict_do_update(
         }
     }
     let (old_rows, proposed): (Vec<Row>, Vec<Row>) = pairs.into_iter().unzip();
-    let batch = zip_batches(combined_arrow, &rows_to_batch(def, &old_rows)?, &rows_to_batch(def, &proposed)?)?;
+    let batch = zip_batches(
+        combined_arrow,
+        &rows_to_batch(def, &old_rows)?,
+        &rows_to_batch(def, &proposed)?,
+    )?;
     let pass = match &where_ev {
         Some(ev) => ev.filter(&batch)?,
         None => vec![true; batch.num_rows()],
@@ -343,7 +443,10 @@ async fn on_conflict_do_update(
             continue;
         }
         let row = apply_assignments(def, old, &targets, &new_values, i)?;
-        ops.push(WriteOp::Update { old_key: def.encode_key(old), row: row.clone() });
+        ops.push(WriteOp::Update {
+            old_key: def.encode_key(old),
+            row: row.clone(),
+        });
         affected.push(row);
     }
     write_ops(s, txn, def, ops).await?;
@@ -357,19 +460,33 @@ fn assignments(def: &TableDef, list: &[ast::Assignment]) -> DbResult<(Vec<usize>
     for a in list {
         match &a.target {
             ast::AssignmentTarget::ColumnName(name) => {
-                let col = name.0.last().and_then(|p| p.as_ident()).map(normalize_ident).unwrap_or_default();
+                let col = name
+                    .0
+                    .last()
+                    .and_then(|p| p.as_ident())
+                    .map(normalize_ident)
+                    .unwrap_or_default();
                 targets.push(column_index(def, &col)?);
                 exprs.push(a.value.clone());
             }
             ast::AssignmentTarget::Tuple(_) => {
-                return Err(DbError::new(SqlState::FeatureNotSupported, "multi-column assignment is not supported yet"));
+                return Err(DbError::new(
+                    SqlState::FeatureNotSupported,
+                    "multi-column assignment is not supported yet",
+                ));
             }
         }
     }
     Ok((targets, exprs))
 }
 
-fn apply_assignments(def: &TableDef, old: &Row, targets: &[usize], values: &[ArrayRef], i: usize) -> DbResult<Row> {
+fn apply_assignments(
+    def: &TableDef,
+    old: &Row,
+    targets: &[usize],
+    values: &[ArrayRef],
+    i: usize,
+) -> DbResult<Row> {
     let mut row = old.clone();
     for (&col, arr) in targets.iter().zip(values) {
         row[col] = Datum::from_arrow(arr.as_ref(), i, def.columns[col].ty)?;
@@ -396,10 +513,16 @@ async fn insert_source_rows(
             let mut out = Vec::with_capacity(values.rows.len());
             for row in &values.rows {
                 if row.len() > targets.len() {
-                    return Err(DbError::new(SqlState::SyntaxError, "INSERT has more expressions than target columns"));
+                    return Err(DbError::new(
+                        SqlState::SyntaxError,
+                        "INSERT has more expressions than target columns",
+                    ));
                 }
                 if row.len() < targets.len() && !implicit_columns {
-                    return Err(DbError::new(SqlState::SyntaxError, "INSERT has more target columns than expressions"));
+                    return Err(DbError::new(
+                        SqlState::SyntaxError,
+                        "INSERT has more target columns than expressions",
+                    ));
                 }
                 let mut vals = Vec::with_capacity(row.len());
                 for (k, e) in row.iter().enumerate() {
@@ -410,7 +533,12 @@ async fn insert_source_rows(
                     let v = match const_datum(e, types[k], params) {
                         Some(v) => v?,
                         None => {
-                            let ev = Evaluator::plan(s, std::slice::from_ref(e), &DFSchema::empty(), params)?;
+                            let ev = Evaluator::plan(
+                                s,
+                                std::slice::from_ref(e),
+                                &DFSchema::empty(),
+                                params,
+                            )?;
                             let arrays = ev.evaluate(&empty_batch(1))?;
                             Datum::from_arrow(arrays[0].as_ref(), 0, types[k])?
                         }
@@ -436,8 +564,15 @@ async fn insert_source_rows(
             },
         ));
     }
-    let physical = s.state.create_physical_plan(&plan).await.map_err(df_to_db)?;
-    let batches: Vec<RecordBatch> = datafusion::physical_plan::collect(physical, s.state.task_ctx()).await.map_err(df_to_db)?;
+    let physical = s
+        .state
+        .create_physical_plan(&plan)
+        .await
+        .map_err(df_to_db)?;
+    let batches: Vec<RecordBatch> =
+        datafusion::physical_plan::collect(physical, s.state.task_ctx())
+            .await
+            .map_err(df_to_db)?;
     let mut out = Vec::new();
     for b in &batches {
         for r in 0..b.num_rows() {
@@ -454,13 +589,22 @@ async fn insert_source_rows(
 /// The table, alias and optional WHERE of an UPDATE/DELETE target.
 fn dml_target(s: &Session, twj: &ast::TableWithJoins) -> DbResult<(Arc<TableDef>, String)> {
     if !twj.joins.is_empty() {
-        return Err(DbError::new(SqlState::FeatureNotSupported, "UPDATE/DELETE with joins is not supported yet"));
+        return Err(DbError::new(
+            SqlState::FeatureNotSupported,
+            "UPDATE/DELETE with joins is not supported yet",
+        ));
     }
     let ast::TableFactor::Table { name, alias, .. } = &twj.relation else {
-        return Err(DbError::new(SqlState::SyntaxError, "UPDATE/DELETE target must be a table"));
+        return Err(DbError::new(
+            SqlState::SyntaxError,
+            "UPDATE/DELETE target must be a table",
+        ));
     };
     let def = resolve_table(s, name)?;
-    let alias = alias.as_ref().map(|a| normalize_ident(&a.name)).unwrap_or_else(|| def.name.clone());
+    let alias = alias
+        .as_ref()
+        .map(|a| normalize_ident(&a.name))
+        .unwrap_or_else(|| def.name.clone());
     Ok((def, alias))
 }
 
@@ -475,13 +619,21 @@ async fn locked_matches(
 ) -> DbResult<(Vec<Row>, DFSchema)> {
     let (df_schema, _) = table_df_schema(def, alias)?;
     let where_ev = match selection {
-        Some(w) => Some(Evaluator::plan(s, std::slice::from_ref(w), &df_schema, params)?),
+        Some(w) => Some(Evaluator::plan(
+            s,
+            std::slice::from_ref(w),
+            &df_schema,
+            params,
+        )?),
         None => None,
     };
     // a predicate pinning the whole key becomes key lookups
     let pinned = match selection {
         Some(w) => {
-            let logical = s.planner().plan_expr(w.clone(), &df_schema).map_err(df_to_db)?;
+            let logical = s
+                .planner()
+                .plan_expr(w.clone(), &df_schema)
+                .map_err(df_to_db)?;
             let logical = crate::handler::eval::bind_placeholders(logical, params)?;
             OrochiTable::new(def.clone(), s.instance.service.clone()).pinned_keys(&[&logical])
         }
@@ -509,7 +661,9 @@ async fn locked_matches(
                 .await?;
             let mut keys = Vec::new();
             while let Some(batch) = stream.try_next().await? {
-                let visible = batch.project(&visible_pos).map_err(|e| DbError::internal(e.to_string()))?;
+                let visible = batch
+                    .project(&visible_pos)
+                    .map_err(|e| DbError::internal(e.to_string()))?;
                 let pass = match &where_ev {
                     Some(ev) => ev.filter(&visible)?,
                     None => vec![true; batch.num_rows()],
@@ -519,7 +673,9 @@ async fn locked_matches(
                         let key_vals: Vec<Datum> = def
                             .primary_key
                             .iter()
-                            .map(|&c| Datum::from_arrow(batch.column(c).as_ref(), r, def.columns[c].ty))
+                            .map(|&c| {
+                                Datum::from_arrow(batch.column(c).as_ref(), r, def.columns[c].ty)
+                            })
                             .collect::<DbResult<_>>()?;
                         keys.push(orochi_worker::service::encode_key_values(&key_vals));
                     }
@@ -531,7 +687,14 @@ async fn locked_matches(
     // lock, re-read, re-check
     let mut out = Vec::new();
     for chunk in candidates.chunks(1000) {
-        let rows: Vec<Row> = s.instance.service.get(txn, def.id, chunk, true).await?.into_iter().flatten().collect();
+        let rows: Vec<Row> = s
+            .instance
+            .service
+            .get(txn, def.id, chunk, true)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
         if rows.is_empty() {
             continue;
         }
@@ -539,18 +702,32 @@ async fn locked_matches(
             Some(ev) => ev.filter(&rows_to_batch(def, &rows)?)?,
             None => vec![true; rows.len()],
         };
-        out.extend(rows.into_iter().zip(pass).filter(|(_, p)| *p).map(|(r, _)| r));
+        out.extend(
+            rows.into_iter()
+                .zip(pass)
+                .filter(|(_, p)| *p)
+                .map(|(r, _)| r),
+        );
     }
     Ok((out, df_schema))
 }
 
-pub async fn handle_update(s: &mut Session, upd: &ast::Update, params: &Params, txn: TxnId) -> DbResult<StatementResult> {
+pub async fn handle_update(
+    s: &mut Session,
+    upd: &ast::Update,
+    params: &Params,
+    txn: TxnId,
+) -> DbResult<StatementResult> {
     if upd.from.is_some() {
-        return Err(DbError::new(SqlState::FeatureNotSupported, "UPDATE ... FROM is not supported yet"));
+        return Err(DbError::new(
+            SqlState::FeatureNotSupported,
+            "UPDATE ... FROM is not supported yet",
+        ));
     }
     let (def, alias) = dml_target(s, &upd.table)?;
     let (targets, exprs) = assignments(&def, &upd.assignments)?;
-    let (old_rows, df_schema) = locked_matches(s, &def, &alias, upd.selection.as_ref(), params, txn).await?;
+    let (old_rows, df_schema) =
+        locked_matches(s, &def, &alias, upd.selection.as_ref(), params, txn).await?;
     let set_ev = Evaluator::plan(s, &exprs, &df_schema, params)?;
     let mut new_rows = Vec::with_capacity(old_rows.len());
     let mut ops = Vec::with_capacity(old_rows.len());
@@ -558,33 +735,59 @@ pub async fn handle_update(s: &mut Session, upd: &ast::Update, params: &Params, 
         let values = set_ev.evaluate(&rows_to_batch(&def, chunk)?)?;
         for (i, old) in chunk.iter().enumerate() {
             let row = apply_assignments(&def, old, &targets, &values, i)?;
-            ops.push(WriteOp::Update { old_key: def.encode_key(old), row: row.clone() });
+            ops.push(WriteOp::Update {
+                old_key: def.encode_key(old),
+                row: row.clone(),
+            });
             new_rows.push(row);
         }
     }
     write_ops(s, txn, &def, ops).await?;
     match &upd.returning {
         Some(items) => returning(s, &def, &alias, items, &new_rows, params, "UPDATE"),
-        None => Ok(StatementResult::Command(format!("UPDATE {}", new_rows.len()))),
+        None => Ok(StatementResult::Command(format!(
+            "UPDATE {}",
+            new_rows.len()
+        ))),
     }
 }
 
-pub async fn handle_delete(s: &mut Session, del: &ast::Delete, params: &Params, txn: TxnId) -> DbResult<StatementResult> {
+pub async fn handle_delete(
+    s: &mut Session,
+    del: &ast::Delete,
+    params: &Params,
+    txn: TxnId,
+) -> DbResult<StatementResult> {
     if del.using.is_some() {
-        return Err(DbError::new(SqlState::FeatureNotSupported, "DELETE ... USING is not supported yet"));
+        return Err(DbError::new(
+            SqlState::FeatureNotSupported,
+            "DELETE ... USING is not supported yet",
+        ));
     }
     let tables = match &del.from {
         ast::FromTable::WithFromKeyword(t) | ast::FromTable::WithoutKeyword(t) => t,
     };
     let [twj] = tables.as_slice() else {
-        return Err(DbError::new(SqlState::FeatureNotSupported, "DELETE from several tables is not supported"));
+        return Err(DbError::new(
+            SqlState::FeatureNotSupported,
+            "DELETE from several tables is not supported",
+        ));
     };
     let (def, alias) = dml_target(s, twj)?;
-    let (old_rows, _) = locked_matches(s, &def, &alias, del.selection.as_ref(), params, txn).await?;
-    let ops = old_rows.iter().map(|r| WriteOp::Delete { key: def.encode_key(r) }).collect();
+    let (old_rows, _) =
+        locked_matches(s, &def, &alias, del.selection.as_ref(), params, txn).await?;
+    let ops = old_rows
+        .iter()
+        .map(|r| WriteOp::Delete {
+            key: def.encode_key(r),
+        })
+        .collect();
     write_ops(s, txn, &def, ops).await?;
     match &del.returning {
         Some(items) => returning(s, &def, &alias, items, &old_rows, params, "DELETE"),
-        None => Ok(StatementResult::Command(format!("DELETE {}", old_rows.len()))),
+        None => Ok(StatementResult::Command(format!(
+            "DELETE {}",
+            old_rows.len()
+        ))),
     }
 }

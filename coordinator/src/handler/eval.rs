@@ -47,13 +47,23 @@ pub struct Evaluator {
 }
 
 impl Evaluator {
-    pub fn plan(session: &Session, exprs: &[ast::Expr], schema: &DFSchema, params: &Params) -> DbResult<Self> {
+    pub fn plan(
+        session: &Session,
+        exprs: &[ast::Expr],
+        schema: &DFSchema,
+        params: &Params,
+    ) -> DbResult<Self> {
         let planner = session.planner();
         let mut out = Vec::with_capacity(exprs.len());
         for e in exprs {
             let logical = planner.plan_expr(e.clone(), schema).map_err(df_to_db)?;
             let logical = bind_placeholders(logical, params)?;
-            out.push(session.state.create_physical_expr(logical, schema).map_err(df_to_db)?);
+            out.push(
+                session
+                    .state
+                    .create_physical_expr(logical, schema)
+                    .map_err(df_to_db)?,
+            );
         }
         let names = exprs.iter().map(output_name).collect();
         Ok(Evaluator { exprs: out, names })
@@ -73,9 +83,15 @@ impl Evaluator {
     /// Evaluates a single boolean predicate: which rows pass (NULL counts as false).
     pub fn filter(&self, batch: &RecordBatch) -> DbResult<Vec<bool>> {
         let arrays = self.evaluate(batch)?;
-        let a = arrays[0].as_any().downcast_ref::<BooleanArray>().ok_or_else(|| {
-            DbError::new(SqlState::DatatypeMismatch, "argument of WHERE must be type boolean")
-        })?;
+        let a = arrays[0]
+            .as_any()
+            .downcast_ref::<BooleanArray>()
+            .ok_or_else(|| {
+                DbError::new(
+                    SqlState::DatatypeMismatch,
+                    "argument of WHERE must be type boolean",
+                )
+            })?;
         Ok((0..a.len()).map(|i| a.is_valid(i) && a.value(i)).collect())
     }
 }
@@ -84,8 +100,15 @@ impl Evaluator {
 pub fn output_name(e: &ast::Expr) -> String {
     match e {
         ast::Expr::Identifier(i) => i.value.clone(),
-        ast::Expr::CompoundIdentifier(parts) => parts.last().map(|i| i.value.clone()).unwrap_or_default(),
-        ast::Expr::Function(f) => f.name.0.last().map(|p| p.to_string().to_lowercase()).unwrap_or_default(),
+        ast::Expr::CompoundIdentifier(parts) => {
+            parts.last().map(|i| i.value.clone()).unwrap_or_default()
+        }
+        ast::Expr::Function(f) => f
+            .name
+            .0
+            .last()
+            .map(|p| p.to_string().to_lowercase())
+            .unwrap_or_default(),
         ast::Expr::Cast { expr, .. } => output_name(expr),
         _ => "?column?".to_string(),
     }
@@ -94,8 +117,10 @@ pub fn output_name(e: &ast::Expr) -> String {
 /// A schema of the table's visible columns qualified by `alias`.
 pub fn table_df_schema(def: &TableDef, alias: &str) -> DbResult<(DFSchema, SchemaRef)> {
     let visible = def.visible_columns();
-    let fields: Vec<Field> =
-        visible.iter().map(|&i| def.columns[i].ty.arrow_field(&def.columns[i].name, true)).collect();
+    let fields: Vec<Field> = visible
+        .iter()
+        .map(|&i| def.columns[i].ty.arrow_field(&def.columns[i].name, true))
+        .collect();
     let schema = Arc::new(Schema::new(fields));
     let df = DFSchema::try_from_qualified_schema(alias, &schema).map_err(df_to_db)?;
     Ok((df, schema))
@@ -125,13 +150,21 @@ pub fn empty_batch(rows: usize) -> RecordBatch {
 pub fn zip_batches(schema: SchemaRef, a: &RecordBatch, b: &RecordBatch) -> DbResult<RecordBatch> {
     let mut cols = a.columns().to_vec();
     cols.extend(b.columns().iter().cloned());
-    RecordBatch::try_new_with_options(schema, cols, &RecordBatchOptions::new().with_row_count(Some(a.num_rows())))
-        .map_err(|e| DbError::internal(format!("combining batches: {e}")))
+    RecordBatch::try_new_with_options(
+        schema,
+        cols,
+        &RecordBatchOptions::new().with_row_count(Some(a.num_rows())),
+    )
+    .map_err(|e| DbError::internal(format!("combining batches: {e}")))
 }
 
 /// A literal or parameter in a VALUES list converted straight to a column value, without
 /// planning; `None` when the expression needs evaluation.
-pub fn const_datum(e: &ast::Expr, ty: orochi_common::types::SqlType, params: &Params) -> Option<DbResult<Datum>> {
+pub fn const_datum(
+    e: &ast::Expr,
+    ty: orochi_common::types::SqlType,
+    params: &Params,
+) -> Option<DbResult<Datum>> {
     use ast::{Expr as E, Value as V};
     match e {
         E::Value(v) => match &v.value {
@@ -149,7 +182,10 @@ pub fn const_datum(e: &ast::Expr, ty: orochi_common::types::SqlType, params: &Pa
             }
             _ => None,
         },
-        E::UnaryOp { op: ast::UnaryOperator::Minus, expr } => match expr.as_ref() {
+        E::UnaryOp {
+            op: ast::UnaryOperator::Minus,
+            expr,
+        } => match expr.as_ref() {
             E::Value(v) => match &v.value {
                 V::Number(n, _) => Some(Datum::parse(ty, &format!("-{n}"))),
                 _ => None,

@@ -31,9 +31,14 @@ pub async fn handle_explain(
         ast::Statement::Query(q) => {
             let plan = s.planner().plan_query((**q).clone()).map_err(df_to_db)?;
             let plan = bind_plan(plan, params)?;
-            let physical = s.state.create_physical_plan(&plan).await.map_err(df_to_db)?;
+            let physical = s
+                .state
+                .create_physical_plan(&plan)
+                .await
+                .map_err(df_to_db)?;
             if analyze {
-                let stream = execute_stream(physical.clone(), s.state.task_ctx()).map_err(df_to_db)?;
+                let stream =
+                    execute_stream(physical.clone(), s.state.task_ctx()).map_err(df_to_db)?;
                 let _: Vec<_> = stream.try_collect().await.map_err(df_to_db)?;
                 let text = displayable(physical.as_ref()).indent(verbose).to_string();
                 let mut out: Vec<String> = text.lines().map(str::to_string).collect();
@@ -42,56 +47,110 @@ pub async fn handle_explain(
                 }
                 out
             } else {
-                displayable(physical.as_ref()).indent(verbose).to_string().lines().map(str::to_string).collect()
+                displayable(physical.as_ref())
+                    .indent(verbose)
+                    .to_string()
+                    .lines()
+                    .map(str::to_string)
+                    .collect()
             }
         }
         ast::Statement::Update(u) => {
             let ast::TableFactor::Table { name, alias, .. } = &u.table.relation else {
-                return Err(DbError::new(SqlState::SyntaxError, "UPDATE target must be a table"));
+                return Err(DbError::new(
+                    SqlState::SyntaxError,
+                    "UPDATE target must be a table",
+                ));
             };
             let def = resolve_table(s, name)?;
-            let alias = alias.as_ref().map(|a| normalize_ident(&a.name)).unwrap_or_else(|| def.name.clone());
+            let alias = alias
+                .as_ref()
+                .map(|a| normalize_ident(&a.name))
+                .unwrap_or_else(|| def.name.clone());
             route(s, "Update", &def, &alias, u.selection.as_ref(), params)?
         }
         ast::Statement::Delete(d) => {
             let tables = match &d.from {
                 ast::FromTable::WithFromKeyword(t) | ast::FromTable::WithoutKeyword(t) => t,
             };
-            let Some(ast::TableWithJoins { relation: ast::TableFactor::Table { name, alias, .. }, .. }) = tables.first() else {
-                return Err(DbError::new(SqlState::SyntaxError, "DELETE target must be a table"));
+            let Some(ast::TableWithJoins {
+                relation: ast::TableFactor::Table { name, alias, .. },
+                ..
+            }) = tables.first()
+            else {
+                return Err(DbError::new(
+                    SqlState::SyntaxError,
+                    "DELETE target must be a table",
+                ));
             };
             let def = resolve_table(s, name)?;
-            let alias = alias.as_ref().map(|a| normalize_ident(&a.name)).unwrap_or_else(|| def.name.clone());
+            let alias = alias
+                .as_ref()
+                .map(|a| normalize_ident(&a.name))
+                .unwrap_or_else(|| def.name.clone());
             route(s, "Delete", &def, &alias, d.selection.as_ref(), params)?
         }
         ast::Statement::Insert(i) => {
             let ast::TableObject::TableName(name) = &i.table else {
-                return Err(DbError::new(SqlState::FeatureNotSupported, "EXPLAIN of this INSERT is not supported"));
+                return Err(DbError::new(
+                    SqlState::FeatureNotSupported,
+                    "EXPLAIN of this INSERT is not supported",
+                ));
             };
             let def = resolve_table(s, name)?;
-            vec![format!("Insert on {}: rows routed to their shards by hash of {}", def.qualified_name(), def.columns[def.distribution_column].name)]
+            vec![format!(
+                "Insert on {}: rows routed to their shards by hash of {}",
+                def.qualified_name(),
+                def.columns[def.distribution_column].name
+            )]
         }
         other => {
-            return Err(DbError::new(SqlState::FeatureNotSupported, format!("EXPLAIN {} is not supported", crate::session::statement_kind(other))));
+            return Err(DbError::new(
+                SqlState::FeatureNotSupported,
+                format!(
+                    "EXPLAIN {} is not supported",
+                    crate::session::statement_kind(other)
+                ),
+            ));
         }
     };
-    let schema = Arc::new(Schema::new(vec![Field::new("QUERY PLAN", DataType::Utf8, false)]));
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "QUERY PLAN",
+        DataType::Utf8,
+        false,
+    )]));
     let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(lines))])
         .map_err(|e| DbError::internal(e.to_string()))?;
     let stream = futures::stream::iter(vec![Ok(batch)]);
     Ok(StatementResult::Rows {
         schema: schema.clone(),
-        stream: Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, stream)),
+        stream: Box::pin(
+            datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, stream),
+        ),
         tag: "EXPLAIN".into(),
     })
 }
 
-fn route(s: &Session, verb: &str, def: &Arc<TableDef>, alias: &str, selection: Option<&ast::Expr>, params: &Params) -> DbResult<Vec<String>> {
+fn route(
+    s: &Session,
+    verb: &str,
+    def: &Arc<TableDef>,
+    alias: &str,
+    selection: Option<&ast::Expr>,
+    params: &Params,
+) -> DbResult<Vec<String>> {
     let (df_schema, _): (DFSchema, _) = crate::handler::eval::table_df_schema(def, alias)?;
     let pinned = match selection {
         Some(w) => {
-            let logical = s.planner().plan_expr(w.clone(), &df_schema).map_err(df_to_db)?;
-            let logical = if params.is_empty() { logical } else { bind_placeholders(logical, params)? };
+            let logical = s
+                .planner()
+                .plan_expr(w.clone(), &df_schema)
+                .map_err(df_to_db)?;
+            let logical = if params.is_empty() {
+                logical
+            } else {
+                bind_placeholders(logical, params)?
+            };
             OrochiTable::new(def.clone(), s.instance.service.clone()).pinned_keys(&[&logical])
         }
         None => None,
@@ -108,10 +167,19 @@ fn route(s: &Session, verb: &str, def: &Arc<TableDef>, alias: &str, selection: O
                 .collect();
             shards.sort();
             shards.dedup();
-            out.push(format!("  -> KeyLookup: shards={}/{} {:?}, keys={}", shards.len(), def.shard_count, shards, keys.len()));
+            out.push(format!(
+                "  -> KeyLookup: shards={}/{} {:?}, keys={}",
+                shards.len(),
+                def.shard_count,
+                shards,
+                keys.len()
+            ));
         }
         None => {
-            out.push(format!("  -> ShardScan: shards={}/{}", def.shard_count, def.shard_count));
+            out.push(format!(
+                "  -> ShardScan: shards={}/{}",
+                def.shard_count, def.shard_count
+            ));
             if let Some(w) = selection {
                 out.push(format!("        Filter: {w}"));
             }

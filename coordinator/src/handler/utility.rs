@@ -24,30 +24,101 @@ pub struct Settings {
 
 /// Settings every session starts with (name, default, description).
 pub const DEFAULTS: &[(&str, &str, &str)] = &[
-    ("application_name", "", "Sets the application name to be reported in statistics and logs."),
-    ("client_encoding", "UTF8", "Sets the client's character set encoding."),
-    ("DateStyle", "ISO, MDY", "Sets the display format for date and time values."),
-    ("default_transaction_isolation", "read committed", "Sets the transaction isolation level of each new transaction."),
-    ("extra_float_digits", "1", "Sets the number of digits displayed for floating-point values."),
-    ("integer_datetimes", "on", "Shows whether datetimes are integer based."),
-    ("IntervalStyle", "postgres", "Sets the display format for interval values."),
-    ("lock_timeout", "0", "Sets the maximum allowed duration of any wait for a lock."),
-    ("max_connections", "100", "Sets the maximum number of concurrent connections."),
-    ("orochi.default_shard_count", "32", "Number of hash shards for new distributed tables."),
-    ("search_path", "\"$user\", public", "Sets the schema search order for names that are not schema-qualified."),
-    ("server_encoding", "UTF8", "Shows the server (database) character set encoding."),
-    ("server_version", SERVER_VERSION, "Shows the server version."),
-    ("standard_conforming_strings", "on", "Causes '...' strings to treat backslashes literally."),
-    ("statement_timeout", "0", "Sets the maximum allowed duration of any statement."),
-    ("TimeZone", "UTC", "Sets the time zone for displaying and interpreting time stamps."),
-    ("transaction_isolation", "read committed", "Shows the current transaction's isolation level."),
+    (
+        "application_name",
+        "",
+        "Sets the application name to be reported in statistics and logs.",
+    ),
+    (
+        "client_encoding",
+        "UTF8",
+        "Sets the client's character set encoding.",
+    ),
+    (
+        "DateStyle",
+        "ISO, MDY",
+        "Sets the display format for date and time values.",
+    ),
+    (
+        "default_transaction_isolation",
+        "read committed",
+        "Sets the transaction isolation level of each new transaction.",
+    ),
+    (
+        "extra_float_digits",
+        "1",
+        "Sets the number of digits displayed for floating-point values.",
+    ),
+    (
+        "integer_datetimes",
+        "on",
+        "Shows whether datetimes are integer based.",
+    ),
+    (
+        "IntervalStyle",
+        "postgres",
+        "Sets the display format for interval values.",
+    ),
+    (
+        "lock_timeout",
+        "0",
+        "Sets the maximum allowed duration of any wait for a lock.",
+    ),
+    (
+        "max_connections",
+        "100",
+        "Sets the maximum number of concurrent connections.",
+    ),
+    (
+        "orochi.default_shard_count",
+        "32",
+        "Number of hash shards for new distributed tables.",
+    ),
+    (
+        "search_path",
+        "\"$user\", public",
+        "Sets the schema search order for names that are not schema-qualified.",
+    ),
+    (
+        "server_encoding",
+        "UTF8",
+        "Shows the server (database) character set encoding.",
+    ),
+    (
+        "server_version",
+        SERVER_VERSION,
+        "Shows the server version.",
+    ),
+    (
+        "standard_conforming_strings",
+        "on",
+        "Causes '...' strings to treat backslashes literally.",
+    ),
+    (
+        "statement_timeout",
+        "0",
+        "Sets the maximum allowed duration of any statement.",
+    ),
+    (
+        "TimeZone",
+        "UTC",
+        "Sets the time zone for displaying and interpreting time stamps.",
+    ),
+    (
+        "transaction_isolation",
+        "read committed",
+        "Shows the current transaction's isolation level.",
+    ),
 ];
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
             default_shard_count: 32,
-            vars: DEFAULTS.iter().map(|(k, v, _)| (k.to_lowercase(), v.to_string())).collect(),
+            vars: DEFAULTS
+                .iter()
+                .map(|(k, v, _)| (k.to_lowercase(), v.to_string()))
+                .collect(),
         }
     }
 }
@@ -88,18 +159,36 @@ impl Settings {
                 self.default_shard_count = n;
             }
             "server_version" | "server_encoding" | "integer_datetimes" | "max_connections" => {
-                return Err(DbError::new(SqlState::CantChangeRuntimeParam, format!("parameter \"{key}\" cannot be changed")));
+                return Err(DbError::new(
+                    SqlState::CantChangeRuntimeParam,
+                    format!("parameter \"{key}\" cannot be changed"),
+                ));
             }
-            "client_encoding" if !matches!(value.to_uppercase().as_str(), "UTF8" | "UTF-8" | "UNICODE") => {
-                return Err(DbError::new(SqlState::FeatureNotSupported, format!("conversion to encoding \"{value}\" is not supported; only UTF8 is")));
+            "client_encoding"
+                if !matches!(value.to_uppercase().as_str(), "UTF8" | "UTF-8" | "UNICODE") =>
+            {
+                return Err(DbError::new(
+                    SqlState::FeatureNotSupported,
+                    format!("conversion to encoding \"{value}\" is not supported; only UTF8 is"),
+                ));
             }
             "extra_float_digits" | "statement_timeout" | "lock_timeout" => {
-                if value.trim_end_matches(|c: char| c.is_ascii_alphabetic()).parse::<i64>().is_err() {
-                    return Err(DbError::new(SqlState::InvalidParameterValue, format!("invalid value for parameter \"{key}\": \"{value}\"")));
+                if value
+                    .trim_end_matches(|c: char| c.is_ascii_alphabetic())
+                    .parse::<i64>()
+                    .is_err()
+                {
+                    return Err(DbError::new(
+                        SqlState::InvalidParameterValue,
+                        format!("invalid value for parameter \"{key}\": \"{value}\""),
+                    ));
                 }
             }
             k if !k.contains('.') && !self.vars.contains_key(k) => {
-                return Err(DbError::new(SqlState::UndefinedObject, format!("unrecognized configuration parameter \"{name}\"")));
+                return Err(DbError::new(
+                    SqlState::UndefinedObject,
+                    format!("unrecognized configuration parameter \"{name}\""),
+                ));
             }
             _ => {}
         }
@@ -109,14 +198,19 @@ impl Settings {
 
     pub fn get(&self, name: &str) -> DbResult<String> {
         self.vars.get(&name.to_lowercase()).cloned().ok_or_else(|| {
-            DbError::new(SqlState::UndefinedObject, format!("unrecognized configuration parameter \"{name}\""))
+            DbError::new(
+                SqlState::UndefinedObject,
+                format!("unrecognized configuration parameter \"{name}\""),
+            )
         })
     }
 }
 
 pub fn handle_set(s: &mut Session, set: &ast::Set) -> DbResult<StatementResult> {
     match set {
-        ast::Set::SingleAssignment { variable, values, .. } => {
+        ast::Set::SingleAssignment {
+            variable, values, ..
+        } => {
             let name = variable.to_string();
             let text = values.iter().map(value_text).collect::<Vec<_>>().join(", ");
             let default = text.eq_ignore_ascii_case("default");
@@ -125,7 +219,12 @@ pub fn handle_set(s: &mut Session, set: &ast::Set) -> DbResult<StatementResult> 
             } else {
                 s.settings.set(&name, &text)?;
                 if name.eq_ignore_ascii_case("search_path") {
-                    s.search_path = values.iter().map(value_text).map(|v| v.trim_matches('"').to_string()).filter(|v| v != "$user").collect();
+                    s.search_path = values
+                        .iter()
+                        .map(value_text)
+                        .map(|v| v.trim_matches('"').to_string())
+                        .filter(|v| v != "$user")
+                        .collect();
                 }
             }
             Ok(StatementResult::Command("SET".into()))
@@ -134,14 +233,22 @@ pub fn handle_set(s: &mut Session, set: &ast::Set) -> DbResult<StatementResult> 
             s.settings.set("TimeZone", &value_text(value))?;
             Ok(StatementResult::Command("SET".into()))
         }
-        ast::Set::SetNames { .. } | ast::Set::SetNamesDefault {} => Ok(StatementResult::Command("SET".into())),
+        ast::Set::SetNames { .. } | ast::Set::SetNamesDefault {} => {
+            Ok(StatementResult::Command("SET".into()))
+        }
         ast::Set::SetTransaction { .. } => Ok(StatementResult::Command("SET".into())),
-        other => Err(DbError::new(SqlState::FeatureNotSupported, format!("{other} is not supported yet"))),
+        other => Err(DbError::new(
+            SqlState::FeatureNotSupported,
+            format!("{other} is not supported yet"),
+        )),
     }
 }
 
 fn reset(s: &mut Session, name: &str) -> DbResult<()> {
-    let default = DEFAULTS.iter().find(|(k, _, _)| k.eq_ignore_ascii_case(name)).map(|(_, v, _)| *v);
+    let default = DEFAULTS
+        .iter()
+        .find(|(k, _, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v, _)| *v);
     match default {
         Some(v) => {
             s.settings.set(name, v)?;
@@ -154,7 +261,10 @@ fn reset(s: &mut Session, name: &str) -> DbResult<()> {
             s.settings.vars.remove(&name.to_lowercase());
             Ok(())
         }
-        None => Err(DbError::new(SqlState::UndefinedObject, format!("unrecognized configuration parameter \"{name}\""))),
+        None => Err(DbError::new(
+            SqlState::UndefinedObject,
+            format!("unrecognized configuration parameter \"{name}\""),
+        )),
     }
 }
 
@@ -180,13 +290,20 @@ fn rows(schema: Arc<Schema>, cols: Vec<arrow::array::ArrayRef>, tag: &str) -> St
     let batch = RecordBatch::try_new(schema.clone(), cols).expect("columns match the schema");
     StatementResult::Rows {
         schema: schema.clone(),
-        stream: Box::pin(RecordBatchStreamAdapter::new(schema, futures::stream::iter(vec![Ok(batch)]))),
+        stream: Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            futures::stream::iter(vec![Ok(batch)]),
+        )),
         tag: tag.into(),
     }
 }
 
 pub fn handle_show(s: &mut Session, variable: &[ast::Ident]) -> DbResult<StatementResult> {
-    let name = variable.iter().map(|i| i.value.clone()).collect::<Vec<_>>().join(" ");
+    let name = variable
+        .iter()
+        .map(|i| i.value.clone())
+        .collect::<Vec<_>>()
+        .join(" ");
     if name.eq_ignore_ascii_case("all") {
         let schema = Arc::new(Schema::new(vec![
             Field::new("name", DataType::Utf8, false),
@@ -203,23 +320,37 @@ pub fn handle_show(s: &mut Session, variable: &[ast::Ident]) -> DbResult<Stateme
         }
         return Ok(rows(
             schema,
-            vec![Arc::new(StringArray::from(names)), Arc::new(StringArray::from(values)), Arc::new(StringArray::from(descs))],
+            vec![
+                Arc::new(StringArray::from(names)),
+                Arc::new(StringArray::from(values)),
+                Arc::new(StringArray::from(descs)),
+            ],
             "SHOW",
         ));
     }
     let name = match name.to_lowercase().as_str() {
         "transaction isolation level" => "transaction_isolation".to_string(),
         "time zone" => "TimeZone".to_string(),
-        _ => variable.iter().map(|i| i.value.clone()).collect::<Vec<_>>().join("."),
+        _ => variable
+            .iter()
+            .map(|i| i.value.clone())
+            .collect::<Vec<_>>()
+            .join("."),
     };
     let value = s.settings.get(&name)?;
-    Ok(one_column(&canonical_name(&name).to_lowercase(), vec![value]))
+    Ok(one_column(
+        &canonical_name(&name).to_lowercase(),
+        vec![value],
+    ))
 }
 
 pub fn handle_create_extension(ext: &ast::CreateExtension) -> DbResult<StatementResult> {
     let name = ext.name.value.to_lowercase();
     match name.as_str() {
         "orochi" | "plpgsql" => Ok(StatementResult::Command("CREATE EXTENSION".into())),
-        other => Err(DbError::new(SqlState::FeatureNotSupported, format!("extension \"{other}\" is not available in OrochiDB"))),
+        other => Err(DbError::new(
+            SqlState::FeatureNotSupported,
+            format!("extension \"{other}\" is not available in OrochiDB"),
+        )),
     }
 }

@@ -19,7 +19,10 @@ const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 const PG_EPOCH_DAYS: i32 = 10_957;
 
 fn sql_type_of(field: &Field) -> Option<SqlType> {
-    field.metadata().get(PG_TYPE_METADATA_KEY).and_then(|n| SqlType::from_metadata_name(n))
+    field
+        .metadata()
+        .get(PG_TYPE_METADATA_KEY)
+        .and_then(|n| SqlType::from_metadata_name(n))
 }
 
 /// The Postgres type of a result column.
@@ -37,7 +40,10 @@ pub fn pg_type(field: &Field) -> Type {
         DataType::UInt64 | DataType::Decimal128(..) | DataType::Decimal256(..) => Type::NUMERIC,
         DataType::Float16 | DataType::Float32 => Type::FLOAT4,
         DataType::Float64 => Type::FLOAT8,
-        DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::FixedSizeBinary(_) => Type::BYTEA,
+        DataType::Binary
+        | DataType::LargeBinary
+        | DataType::BinaryView
+        | DataType::FixedSizeBinary(_) => Type::BYTEA,
         DataType::Date32 | DataType::Date64 => Type::DATE,
         DataType::Timestamp(_, None) => Type::TIMESTAMP,
         DataType::Timestamp(_, Some(_)) => Type::TIMESTAMPTZ,
@@ -86,7 +92,12 @@ pub fn field_infos(schema: &Schema, format: impl Fn(usize) -> FieldFormat) -> Ve
 }
 
 /// Encodes every row of a batch as DataRow messages.
-pub fn encode_batch(batch: &RecordBatch, fields: &[FieldInfo], schema: &Schema, out: &mut Vec<DataRow>) -> DbResult<()> {
+pub fn encode_batch(
+    batch: &RecordBatch,
+    fields: &[FieldInfo],
+    schema: &Schema,
+    out: &mut Vec<DataRow>,
+) -> DbResult<()> {
     let ncols = batch.num_columns();
     let types: Vec<Option<SqlType>> = schema.fields().iter().map(|f| sql_type_of(f)).collect();
     for r in 0..batch.num_rows() {
@@ -97,7 +108,10 @@ pub fn encode_batch(batch: &RecordBatch, fields: &[FieldInfo], schema: &Schema, 
                 buf.put_i32(-1);
                 continue;
             }
-            let binary = fields.get(c).map(|f| f.format() == FieldFormat::Binary).unwrap_or(false);
+            let binary = fields
+                .get(c)
+                .map(|f| f.format() == FieldFormat::Binary)
+                .unwrap_or(false);
             let len_pos = buf.len();
             buf.put_i32(0);
             if binary {
@@ -117,29 +131,92 @@ fn encode_text(a: &dyn Array, r: usize, ty: Option<SqlType>, buf: &mut BytesMut)
     use arrow::datatypes as t;
     match a.data_type() {
         DataType::Boolean => buf.put_slice(if a.as_boolean().value(r) { b"t" } else { b"f" }),
-        DataType::Int8 => buf.put_slice(a.as_primitive::<t::Int8Type>().value(r).to_string().as_bytes()),
-        DataType::Int16 => buf.put_slice(a.as_primitive::<t::Int16Type>().value(r).to_string().as_bytes()),
-        DataType::Int32 => buf.put_slice(a.as_primitive::<t::Int32Type>().value(r).to_string().as_bytes()),
-        DataType::Int64 => buf.put_slice(a.as_primitive::<t::Int64Type>().value(r).to_string().as_bytes()),
-        DataType::UInt8 => buf.put_slice(a.as_primitive::<t::UInt8Type>().value(r).to_string().as_bytes()),
-        DataType::UInt16 => buf.put_slice(a.as_primitive::<t::UInt16Type>().value(r).to_string().as_bytes()),
-        DataType::UInt32 => buf.put_slice(a.as_primitive::<t::UInt32Type>().value(r).to_string().as_bytes()),
-        DataType::UInt64 => buf.put_slice(a.as_primitive::<t::UInt64Type>().value(r).to_string().as_bytes()),
-        DataType::Float32 => buf.put_slice(datum::format_float4(a.as_primitive::<t::Float32Type>().value(r)).as_bytes()),
-        DataType::Float64 => buf.put_slice(datum::format_float8(a.as_primitive::<t::Float64Type>().value(r)).as_bytes()),
+        DataType::Int8 => buf.put_slice(
+            a.as_primitive::<t::Int8Type>()
+                .value(r)
+                .to_string()
+                .as_bytes(),
+        ),
+        DataType::Int16 => buf.put_slice(
+            a.as_primitive::<t::Int16Type>()
+                .value(r)
+                .to_string()
+                .as_bytes(),
+        ),
+        DataType::Int32 => buf.put_slice(
+            a.as_primitive::<t::Int32Type>()
+                .value(r)
+                .to_string()
+                .as_bytes(),
+        ),
+        DataType::Int64 => buf.put_slice(
+            a.as_primitive::<t::Int64Type>()
+                .value(r)
+                .to_string()
+                .as_bytes(),
+        ),
+        DataType::UInt8 => buf.put_slice(
+            a.as_primitive::<t::UInt8Type>()
+                .value(r)
+                .to_string()
+                .as_bytes(),
+        ),
+        DataType::UInt16 => buf.put_slice(
+            a.as_primitive::<t::UInt16Type>()
+                .value(r)
+                .to_string()
+                .as_bytes(),
+        ),
+        DataType::UInt32 => buf.put_slice(
+            a.as_primitive::<t::UInt32Type>()
+                .value(r)
+                .to_string()
+                .as_bytes(),
+        ),
+        DataType::UInt64 => buf.put_slice(
+            a.as_primitive::<t::UInt64Type>()
+                .value(r)
+                .to_string()
+                .as_bytes(),
+        ),
+        DataType::Float32 => buf.put_slice(
+            datum::format_float4(a.as_primitive::<t::Float32Type>().value(r)).as_bytes(),
+        ),
+        DataType::Float64 => buf.put_slice(
+            datum::format_float8(a.as_primitive::<t::Float64Type>().value(r)).as_bytes(),
+        ),
         DataType::Decimal128(_, s) => {
             let trim = matches!(ty, Some(SqlType::Numeric(None))) || ty.is_none() && *s > 6;
-            buf.put_slice(datum::format_numeric(a.as_primitive::<t::Decimal128Type>().value(r), *s, trim).as_bytes())
+            buf.put_slice(
+                datum::format_numeric(a.as_primitive::<t::Decimal128Type>().value(r), *s, trim)
+                    .as_bytes(),
+            )
         }
         DataType::Utf8 => buf.put_slice(a.as_string::<i32>().value(r).as_bytes()),
         DataType::LargeUtf8 => buf.put_slice(a.as_string::<i64>().value(r).as_bytes()),
         DataType::Utf8View => buf.put_slice(a.as_string_view().value(r).as_bytes()),
-        DataType::Binary => buf.put_slice(datum::format_bytea(a.as_binary::<i32>().value(r)).as_bytes()),
-        DataType::LargeBinary => buf.put_slice(datum::format_bytea(a.as_binary::<i64>().value(r)).as_bytes()),
-        DataType::BinaryView => buf.put_slice(datum::format_bytea(a.as_binary_view().value(r)).as_bytes()),
-        DataType::Date32 => buf.put_slice(datum::format_date(a.as_primitive::<t::Date32Type>().value(r)).as_bytes()),
+        DataType::Binary => {
+            buf.put_slice(datum::format_bytea(a.as_binary::<i32>().value(r)).as_bytes())
+        }
+        DataType::LargeBinary => {
+            buf.put_slice(datum::format_bytea(a.as_binary::<i64>().value(r)).as_bytes())
+        }
+        DataType::BinaryView => {
+            buf.put_slice(datum::format_bytea(a.as_binary_view().value(r)).as_bytes())
+        }
+        DataType::Date32 => {
+            buf.put_slice(datum::format_date(a.as_primitive::<t::Date32Type>().value(r)).as_bytes())
+        }
         DataType::Timestamp(..) => {
-            let d = Datum::from_arrow(a, r, if matches!(a.data_type(), DataType::Timestamp(_, Some(_))) { SqlType::Timestamptz } else { SqlType::Timestamp })?;
+            let d = Datum::from_arrow(
+                a,
+                r,
+                if matches!(a.data_type(), DataType::Timestamp(_, Some(_))) {
+                    SqlType::Timestamptz
+                } else {
+                    SqlType::Timestamp
+                },
+            )?;
             buf.put_slice(d.to_text().unwrap_or_default().as_bytes())
         }
         _ => {
@@ -164,7 +241,9 @@ fn encode_binary(a: &dyn Array, r: usize, ty: Option<SqlType>, buf: &mut BytesMu
         (DataType::UInt32, _) => buf.put_i64(a.as_primitive::<t::UInt32Type>().value(r) as i64),
         (DataType::Float32, _) => buf.put_f32(a.as_primitive::<t::Float32Type>().value(r)),
         (DataType::Float64, _) => buf.put_f64(a.as_primitive::<t::Float64Type>().value(r)),
-        (DataType::Decimal128(_, s), _) => encode_numeric_binary(a.as_primitive::<t::Decimal128Type>().value(r), *s, buf),
+        (DataType::Decimal128(_, s), _) => {
+            encode_numeric_binary(a.as_primitive::<t::Decimal128Type>().value(r), *s, buf)
+        }
         (DataType::Utf8, Some(SqlType::Uuid)) => {
             let d = Datum::parse(SqlType::Uuid, a.as_string::<i32>().value(r))?;
             if let Datum::Uuid(u) = d {
@@ -175,7 +254,9 @@ fn encode_binary(a: &dyn Array, r: usize, ty: Option<SqlType>, buf: &mut BytesMu
             buf.put_u8(1);
             buf.put_slice(a.as_string::<i32>().value(r).as_bytes());
         }
-        (DataType::Date32, _) => buf.put_i32(a.as_primitive::<t::Date32Type>().value(r) - PG_EPOCH_DAYS),
+        (DataType::Date32, _) => {
+            buf.put_i32(a.as_primitive::<t::Date32Type>().value(r) - PG_EPOCH_DAYS)
+        }
         (DataType::Timestamp(TimeUnit::Microsecond, _), _) => {
             buf.put_i64(a.as_primitive::<t::TimestampMicrosecondType>().value(r) - PG_EPOCH_MICROS)
         }
@@ -207,8 +288,17 @@ fn encode_numeric_binary(unscaled: i128, scale: i8, buf: &mut BytesMut) {
     let frac_pad = (4 - frac_part.len() % 4) % 4;
     let frac_digits = format!("{}{}", frac_part, "0".repeat(frac_pad));
     let mut groups: Vec<i16> = Vec::new();
-    for chunk in int_digits.as_bytes().chunks(4).chain(frac_digits.as_bytes().chunks(4)) {
-        groups.push(std::str::from_utf8(chunk).unwrap_or("0").parse().unwrap_or(0));
+    for chunk in int_digits
+        .as_bytes()
+        .chunks(4)
+        .chain(frac_digits.as_bytes().chunks(4))
+    {
+        groups.push(
+            std::str::from_utf8(chunk)
+                .unwrap_or("0")
+                .parse()
+                .unwrap_or(0),
+        );
     }
     let mut weight = (int_digits.len() / 4) as i16 - 1;
     // strip leading zero groups (adjusting weight) and trailing zero groups
@@ -246,7 +336,9 @@ pub fn datum_to_scalar(d: &Datum, ty: SqlType) -> ScalarValue {
         Datum::Bytea(b) => ScalarValue::Binary(Some(b.clone())),
         Datum::Date(v) => ScalarValue::Date32(Some(*v)),
         Datum::Timestamp(v) => ScalarValue::TimestampMicrosecond(Some(*v), None),
-        Datum::Timestamptz(v) => ScalarValue::TimestampMicrosecond(Some(*v), Some(Arc::from("+00:00"))),
+        Datum::Timestamptz(v) => {
+            ScalarValue::TimestampMicrosecond(Some(*v), Some(Arc::from("+00:00")))
+        }
         Datum::Uuid(u) => ScalarValue::Utf8(Some(datum::format_uuid(u))),
     }
 }
@@ -257,9 +349,22 @@ pub fn decode_param(bytes: Option<&[u8]>, binary: bool, t: &Type) -> DbResult<Sc
     let Some(b) = bytes else {
         return Ok(datum_to_scalar(&Datum::Null, ty));
     };
-    let bad = || DbError::new(SqlState::InvalidBinaryRepresentation, format!("incorrect binary data format in bind parameter of type {}", t.name()));
+    let bad = || {
+        DbError::new(
+            SqlState::InvalidBinaryRepresentation,
+            format!(
+                "incorrect binary data format in bind parameter of type {}",
+                t.name()
+            ),
+        )
+    };
     let d = if !binary {
-        let s = std::str::from_utf8(b).map_err(|_| DbError::new(SqlState::CharacterNotInRepertoire, "invalid byte sequence for encoding \"UTF8\""))?;
+        let s = std::str::from_utf8(b).map_err(|_| {
+            DbError::new(
+                SqlState::CharacterNotInRepertoire,
+                "invalid byte sequence for encoding \"UTF8\"",
+            )
+        })?;
         Datum::parse(ty, s)?
     } else {
         let arr = |n: usize| -> DbResult<&[u8]> { if b.len() == n { Ok(b) } else { Err(bad()) } };
@@ -270,9 +375,15 @@ pub fn decode_param(bytes: Option<&[u8]>, binary: bool, t: &Type) -> DbResult<Sc
             SqlType::Int8 => Datum::Int8(i64::from_be_bytes(arr(8)?.try_into().expect("8"))),
             SqlType::Float4 => Datum::Float4(f32::from_be_bytes(arr(4)?.try_into().expect("4"))),
             SqlType::Float8 => Datum::Float8(f64::from_be_bytes(arr(8)?.try_into().expect("8"))),
-            SqlType::Date => Datum::Date(i32::from_be_bytes(arr(4)?.try_into().expect("4")) + PG_EPOCH_DAYS),
-            SqlType::Timestamp => Datum::Timestamp(i64::from_be_bytes(arr(8)?.try_into().expect("8")) + PG_EPOCH_MICROS),
-            SqlType::Timestamptz => Datum::Timestamptz(i64::from_be_bytes(arr(8)?.try_into().expect("8")) + PG_EPOCH_MICROS),
+            SqlType::Date => {
+                Datum::Date(i32::from_be_bytes(arr(4)?.try_into().expect("4")) + PG_EPOCH_DAYS)
+            }
+            SqlType::Timestamp => Datum::Timestamp(
+                i64::from_be_bytes(arr(8)?.try_into().expect("8")) + PG_EPOCH_MICROS,
+            ),
+            SqlType::Timestamptz => Datum::Timestamptz(
+                i64::from_be_bytes(arr(8)?.try_into().expect("8")) + PG_EPOCH_MICROS,
+            ),
             SqlType::Uuid => Datum::Uuid(arr(16)?.try_into().expect("16")),
             SqlType::Bytea => Datum::Bytea(b.to_vec()),
             SqlType::Jsonb => {
@@ -302,7 +413,9 @@ fn decode_numeric_binary(b: &[u8]) -> Option<String> {
     if sign == 0xC000 {
         return Some("NaN".into());
     }
-    let digits: Vec<u16> = (0..ndigits).map(|i| u16::from_be_bytes([b[8 + 2 * i], b[9 + 2 * i]])).collect();
+    let digits: Vec<u16> = (0..ndigits)
+        .map(|i| u16::from_be_bytes([b[8 + 2 * i], b[9 + 2 * i]]))
+        .collect();
     let mut int_part = String::new();
     let mut frac_part = String::new();
     for (i, d) in digits.iter().enumerate() {
@@ -318,7 +431,11 @@ fn decode_numeric_binary(b: &[u8]) -> Option<String> {
             int_part.push_str("0000");
         }
     }
-    let lead_zero_groups = if weight < -1 { (-1 - weight) as usize } else { 0 };
+    let lead_zero_groups = if weight < -1 {
+        (-1 - weight) as usize
+    } else {
+        0
+    };
     let frac_part = format!("{}{}", "0000".repeat(lead_zero_groups), frac_part);
     let int_part = int_part.trim_start_matches('0');
     let int_part = if int_part.is_empty() { "0" } else { int_part };
@@ -327,7 +444,11 @@ fn decode_numeric_binary(b: &[u8]) -> Option<String> {
         frac.push('0');
     }
     let sign = if sign == 0x4000 { "-" } else { "" };
-    Some(if dscale > 0 { format!("{sign}{int_part}.{frac}") } else { format!("{sign}{int_part}") })
+    Some(if dscale > 0 {
+        format!("{sign}{int_part}.{frac}")
+    } else {
+        format!("{sign}{int_part}")
+    })
 }
 
 #[cfg(test)]

@@ -4,7 +4,11 @@ use orochi_common::error::DbError;
 use pgwire::error::{ErrorInfo, PgWireError};
 
 pub fn error_info(e: &DbError, position: Option<usize>) -> ErrorInfo {
-    let mut info = ErrorInfo::new("ERROR".to_string(), e.state.code().to_string(), e.message.clone());
+    let mut info = ErrorInfo::new(
+        "ERROR".to_string(),
+        e.state.code().to_string(),
+        e.message.clone(),
+    );
     info.detail = e.detail.clone();
     info.position = position.map(|p| p.to_string());
     info

@@ -12,14 +12,23 @@ use datafusion::logical_expr::{Expr, ExprSchemable};
 use datafusion::sql::sqlparser::ast::{self, Statement};
 use futures::{Sink, StreamExt, stream};
 use orochi_common::error::{DbError, DbResult};
-use pgwire::api::auth::{DefaultServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation, save_startup_parameters_to_metadata};
+use pgwire::api::auth::{
+    DefaultServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
+    save_startup_parameters_to_metadata,
+};
 use pgwire::api::copy::CopyHandler;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use pgwire::api::results::{CopyResponse, DescribePortalResponse, DescribeStatementResponse, FieldFormat, FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::results::{
+    CopyResponse, DescribePortalResponse, DescribeStatementResponse, FieldFormat, FieldInfo,
+    QueryResponse, Response, Tag,
+};
 use pgwire::api::stmt::{QueryParser, StoredStatement};
 use pgwire::api::store::PortalStore;
-use pgwire::api::{ClientInfo, ClientPortalStore, ConnectionManager, PgWireServerHandlers, Type, METADATA_DATABASE, METADATA_USER};
+use pgwire::api::{
+    ClientInfo, ClientPortalStore, ConnectionManager, METADATA_DATABASE, METADATA_USER,
+    PgWireServerHandlers, Type,
+};
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
 use pgwire::messages::data::DataRow;
@@ -44,7 +53,13 @@ pub struct Connection {
 impl Connection {
     pub fn new(session: Session, connections: Arc<ConnectionManager>) -> Arc<Connection> {
         let session = Arc::new(Mutex::new(session));
-        Arc::new(Connection { parser: Arc::new(OrochiQueryParser { session: session.clone() }), session, connections })
+        Arc::new(Connection {
+            parser: Arc::new(OrochiQueryParser {
+                session: session.clone(),
+            }),
+            session,
+            connections,
+        })
     }
 
     pub fn session(&self) -> Arc<Mutex<Session>> {
@@ -54,16 +69,32 @@ impl Connection {
 
 impl PgWireServerHandlers for Connection {
     fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
-        Arc::new(Handler { session: self.session.clone(), parser: self.parser.clone(), connections: self.connections.clone() })
+        Arc::new(Handler {
+            session: self.session.clone(),
+            parser: self.parser.clone(),
+            connections: self.connections.clone(),
+        })
     }
     fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
-        Arc::new(Handler { session: self.session.clone(), parser: self.parser.clone(), connections: self.connections.clone() })
+        Arc::new(Handler {
+            session: self.session.clone(),
+            parser: self.parser.clone(),
+            connections: self.connections.clone(),
+        })
     }
     fn startup_handler(&self) -> Arc<impl StartupHandler> {
-        Arc::new(Handler { session: self.session.clone(), parser: self.parser.clone(), connections: self.connections.clone() })
+        Arc::new(Handler {
+            session: self.session.clone(),
+            parser: self.parser.clone(),
+            connections: self.connections.clone(),
+        })
     }
     fn copy_handler(&self) -> Arc<impl CopyHandler> {
-        Arc::new(Handler { session: self.session.clone(), parser: self.parser.clone(), connections: self.connections.clone() })
+        Arc::new(Handler {
+            session: self.session.clone(),
+            parser: self.parser.clone(),
+            connections: self.connections.clone(),
+        })
     }
 }
 
@@ -89,34 +120,61 @@ pub struct OrochiQueryParser {
 impl QueryParser for OrochiQueryParser {
     type Statement = Prepared;
 
-    async fn parse_sql<C>(&self, _client: &C, sql: &str, types: &[Option<Type>]) -> PgWireResult<Option<Prepared>>
+    async fn parse_sql<C>(
+        &self,
+        _client: &C,
+        sql: &str,
+        types: &[Option<Type>],
+    ) -> PgWireResult<Option<Prepared>>
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
         let mut stmts = parse_statements(sql).map_err(|e| to_pgwire(&e.error, e.position))?;
         if stmts.len() > 1 {
             return Err(to_pgwire(
-                &DbError::new(orochi_common::error::SqlState::SyntaxError, "cannot insert multiple commands into a prepared statement"),
+                &DbError::new(
+                    orochi_common::error::SqlState::SyntaxError,
+                    "cannot insert multiple commands into a prepared statement",
+                ),
                 None,
             ));
         }
-        let Some(stmt) = stmts.pop() else { return Ok(None) };
+        let Some(stmt) = stmts.pop() else {
+            return Ok(None);
+        };
         let session = self.session.lock().await;
         let (inferred, schema) = describe(&session, &stmt).map_err(|e| to_pgwire(&e, None))?;
         let n = inferred.len().max(types.len());
         let param_types = (0..n)
-            .map(|i| types.get(i).cloned().flatten().or_else(|| inferred.get(i).cloned().flatten()).unwrap_or(Type::TEXT))
+            .map(|i| {
+                types
+                    .get(i)
+                    .cloned()
+                    .flatten()
+                    .or_else(|| inferred.get(i).cloned().flatten())
+                    .unwrap_or(Type::TEXT)
+            })
             .collect();
-        Ok(Some(Prepared { stmt, param_types, schema }))
+        Ok(Some(Prepared {
+            stmt,
+            param_types,
+            schema,
+        }))
     }
 
     fn get_parameter_types(&self, stmt: &Prepared) -> PgWireResult<Vec<Type>> {
         Ok(stmt.param_types.clone())
     }
 
-    fn get_result_schema(&self, stmt: &Prepared, format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
+    fn get_result_schema(
+        &self,
+        stmt: &Prepared,
+        format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
         Ok(match &stmt.schema {
-            Some(s) => field_infos(s, |i| format.map(|f| f.format_for(i)).unwrap_or(FieldFormat::Text)),
+            Some(s) => field_infos(s, |i| {
+                format.map(|f| f.format_for(i)).unwrap_or(FieldFormat::Text)
+            }),
             None => vec![],
         })
     }
@@ -146,14 +204,20 @@ fn describe(s: &Session, stmt: &Statement) -> DbResult<(Vec<Option<Type>>, Optio
             return Ok((params, Some(plan.schema().inner().clone())));
         }
         Statement::Insert(ins) => {
-            let ast::TableObject::TableName(name) = &ins.table else { return Ok((params, None)) };
+            let ast::TableObject::TableName(name) = &ins.table else {
+                return Ok((params, None));
+            };
             let def = resolve_table(s, name)?;
             let targets: Vec<usize> = if ins.columns.is_empty() {
                 def.visible_columns()
             } else {
                 ins.columns
                     .iter()
-                    .filter_map(|c| c.0.last().and_then(|p| p.as_ident()).map(crate::handler::dml::normalize_ident))
+                    .filter_map(|c| {
+                        c.0.last()
+                            .and_then(|p| p.as_ident())
+                            .map(crate::handler::dml::normalize_ident)
+                    })
                     .filter_map(|n| def.column_index(&n))
                     .collect()
             };
@@ -188,12 +252,20 @@ fn describe(s: &Session, stmt: &Statement) -> DbResult<(Vec<Option<Type>>, Optio
         Statement::Update(u) => {
             if let ast::TableFactor::Table { name, alias, .. } = &u.table.relation {
                 let def = resolve_table(s, name)?;
-                let alias = alias.as_ref().map(|a| crate::handler::dml::normalize_ident(&a.name)).unwrap_or_else(|| def.name.clone());
+                let alias = alias
+                    .as_ref()
+                    .map(|a| crate::handler::dml::normalize_ident(&a.name))
+                    .unwrap_or_else(|| def.name.clone());
                 let (df, _) = table_df_schema(&def, &alias)?;
                 for a in &u.assignments {
                     if let ast::AssignmentTarget::ColumnName(n) = &a.target {
-                        let col = n.0.last().and_then(|p| p.as_ident()).map(crate::handler::dml::normalize_ident).unwrap_or_default();
-                        if let (ast::Expr::Value(v), Some(ci)) = (&a.value, def.column_index(&col)) {
+                        let col =
+                            n.0.last()
+                                .and_then(|p| p.as_ident())
+                                .map(crate::handler::dml::normalize_ident)
+                                .unwrap_or_default();
+                        if let (ast::Expr::Value(v), Some(ci)) = (&a.value, def.column_index(&col))
+                        {
                             if let ast::Value::Placeholder(p) = &v.value {
                                 set_param(p, Type::from_oid(def.columns[ci].ty.pg_oid()));
                             }
@@ -215,9 +287,16 @@ fn describe(s: &Session, stmt: &Statement) -> DbResult<(Vec<Option<Type>>, Optio
             let tables = match &d.from {
                 ast::FromTable::WithFromKeyword(t) | ast::FromTable::WithoutKeyword(t) => t,
             };
-            if let Some(ast::TableWithJoins { relation: ast::TableFactor::Table { name, alias, .. }, .. }) = tables.first() {
+            if let Some(ast::TableWithJoins {
+                relation: ast::TableFactor::Table { name, alias, .. },
+                ..
+            }) = tables.first()
+            {
                 let def = resolve_table(s, name)?;
-                let alias = alias.as_ref().map(|a| crate::handler::dml::normalize_ident(&a.name)).unwrap_or_else(|| def.name.clone());
+                let alias = alias
+                    .as_ref()
+                    .map(|a| crate::handler::dml::normalize_ident(&a.name))
+                    .unwrap_or_else(|| def.name.clone());
                 let (df, _) = table_df_schema(&def, &alias)?;
                 if let Some(w) = &d.selection {
                     infer_expr_params(s, w, &df, &mut set_param);
@@ -230,30 +309,63 @@ fn describe(s: &Session, stmt: &Statement) -> DbResult<(Vec<Option<Type>>, Optio
             }
         }
         Statement::ShowVariable { variable } => {
-            let name = variable.iter().map(|i| i.value.to_lowercase()).collect::<Vec<_>>().join(".");
+            let name = variable
+                .iter()
+                .map(|i| i.value.to_lowercase())
+                .collect::<Vec<_>>()
+                .join(".");
             if name == "all" {
-                return Ok((params, Some(Arc::new(Schema::new(vec![
-                    Field::new("name", DataType::Utf8, false),
-                    Field::new("setting", DataType::Utf8, false),
-                    Field::new("description", DataType::Utf8, false),
-                ])))));
+                return Ok((
+                    params,
+                    Some(Arc::new(Schema::new(vec![
+                        Field::new("name", DataType::Utf8, false),
+                        Field::new("setting", DataType::Utf8, false),
+                        Field::new("description", DataType::Utf8, false),
+                    ]))),
+                ));
             }
-            return Ok((params, Some(Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, false)])))));
+            return Ok((
+                params,
+                Some(Arc::new(Schema::new(vec![Field::new(
+                    name,
+                    DataType::Utf8,
+                    false,
+                )]))),
+            ));
         }
         Statement::Explain { .. } => {
-            return Ok((params, Some(Arc::new(Schema::new(vec![Field::new("QUERY PLAN", DataType::Utf8, false)])))));
+            return Ok((
+                params,
+                Some(Arc::new(Schema::new(vec![Field::new(
+                    "QUERY PLAN",
+                    DataType::Utf8,
+                    false,
+                )]))),
+            ));
         }
         _ => {}
     }
     Ok((params, None))
 }
 
-fn infer_expr_params(s: &Session, e: &ast::Expr, df: &DFSchema, set_param: &mut impl FnMut(&str, Option<Type>)) {
-    let Ok(expr) = s.planner().plan_expr(e.clone(), df) else { return };
-    let Ok((expr, _)) = expr.infer_placeholder_types(df) else { return };
+fn infer_expr_params(
+    s: &Session,
+    e: &ast::Expr,
+    df: &DFSchema,
+    set_param: &mut impl FnMut(&str, Option<Type>),
+) {
+    let Ok(expr) = s.planner().plan_expr(e.clone(), df) else {
+        return;
+    };
+    let Ok((expr, _)) = expr.infer_placeholder_types(df) else {
+        return;
+    };
     let _ = expr.apply(|x| {
         if let Expr::Placeholder(p) = x {
-            set_param(&p.id, p.field.as_ref().map(|f| pg_type_of_arrow(f.data_type())));
+            set_param(
+                &p.id,
+                p.field.as_ref().map(|f| pg_type_of_arrow(f.data_type())),
+            );
         }
         Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
     });
@@ -275,17 +387,21 @@ fn returning_schema(
                 continue;
             }
             ast::SelectItem::UnnamedExpr(e) => (e, crate::handler::eval::output_name(e)),
-            ast::SelectItem::ExprWithAlias { expr, alias } => (expr, crate::handler::dml::normalize_ident(alias)),
+            ast::SelectItem::ExprWithAlias { expr, alias } => {
+                (expr, crate::handler::dml::normalize_ident(alias))
+            }
             _ => continue,
         };
         infer_expr_params(s, e, &df, set_param);
         let expr = s.planner().plan_expr(e.clone(), &df).map_err(df_to_db)?;
         let dt = expr.get_type(&df).map_err(df_to_db)?;
         let field = match e {
-            ast::Expr::Identifier(id) => match def.column_index(&crate::handler::dml::normalize_ident(id)) {
-                Some(ci) => def.columns[ci].ty.arrow_field(&name, true),
-                None => Field::new(name, dt, true),
-            },
+            ast::Expr::Identifier(id) => {
+                match def.column_index(&crate::handler::dml::normalize_ident(id)) {
+                    Some(ci) => def.columns[ci].ty.arrow_field(&name, true),
+                    None => Field::new(name, dt, true),
+                }
+            }
             _ => Field::new(name, dt, true),
         };
         fields.push(field);
@@ -295,7 +411,11 @@ fn returning_schema(
 
 /// Turns a session result into a pgwire response. `materialize` collects rows up front (needed
 /// when later statements of the same message could change what a lazy scan would read).
-async fn to_response(result: StatementResult, formats: impl Fn(usize) -> FieldFormat, materialize: bool) -> PgWireResult<Response> {
+async fn to_response(
+    result: StatementResult,
+    formats: impl Fn(usize) -> FieldFormat,
+    materialize: bool,
+) -> PgWireResult<Response> {
     Ok(match result {
         StatementResult::Command(tag) => Response::Execution(Tag::new(&tag)),
         StatementResult::Begin => Response::TransactionStart(Tag::new("BEGIN")),
@@ -303,7 +423,11 @@ async fn to_response(result: StatementResult, formats: impl Fn(usize) -> FieldFo
         StatementResult::CopyIn { columns } => {
             Response::CopyIn(CopyResponse::new(0, columns, stream::empty()))
         }
-        StatementResult::Rows { schema, stream, tag } => {
+        StatementResult::Rows {
+            schema,
+            stream,
+            tag,
+        } => {
             let fields = Arc::new(field_infos(&schema, formats));
             let f2 = fields.clone();
             let rows = stream.map(move |batch| -> Vec<PgWireResult<DataRow>> {
@@ -322,7 +446,10 @@ async fn to_response(result: StatementResult, formats: impl Fn(usize) -> FieldFo
             let mut resp = if materialize {
                 let collected: Vec<PgWireResult<DataRow>> = rows.collect().await;
                 if let Some(Err(_)) = collected.iter().find(|r| r.is_err()) {
-                    let e = collected.into_iter().find_map(|r| r.err()).expect("found above");
+                    let e = collected
+                        .into_iter()
+                        .find_map(|r| r.err())
+                        .expect("found above");
                     return Err(e);
                 }
                 QueryResponse::new(fields, stream::iter(collected))
@@ -346,7 +473,11 @@ impl SimpleQueryHandler for Handler {
     {
         let stmts = match parse_statements(query) {
             Ok(s) => s,
-            Err(e) => return Ok(vec![Response::Error(Box::new(error_info(&e.error, e.position)))]),
+            Err(e) => {
+                return Ok(vec![Response::Error(Box::new(error_info(
+                    &e.error, e.position,
+                )))]);
+            }
         };
         let many = stmts.len() > 1;
         let mut session = self.session.lock().await;
@@ -386,7 +517,11 @@ impl ExtendedQueryHandler for Handler {
         self.parser.clone()
     }
 
-    async fn do_describe_statement<C>(&self, _client: &mut C, target: &StoredStatement<Prepared>) -> PgWireResult<DescribeStatementResponse>
+    async fn do_describe_statement<C>(
+        &self,
+        _client: &mut C,
+        target: &StoredStatement<Prepared>,
+    ) -> PgWireResult<DescribeStatementResponse>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore<Statement = Self::Statement>,
@@ -395,21 +530,36 @@ impl ExtendedQueryHandler for Handler {
     {
         let p = &target.statement;
         let fields = self.parser.get_result_schema(p, None)?;
-        Ok(DescribeStatementResponse::new(p.param_types.clone(), fields))
+        Ok(DescribeStatementResponse::new(
+            p.param_types.clone(),
+            fields,
+        ))
     }
 
-    async fn do_describe_portal<C>(&self, _client: &mut C, target: &Portal<Prepared>) -> PgWireResult<DescribePortalResponse>
+    async fn do_describe_portal<C>(
+        &self,
+        _client: &mut C,
+        target: &Portal<Prepared>,
+    ) -> PgWireResult<DescribePortalResponse>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore<Statement = Self::Statement>,
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let fields = self.parser.get_result_schema(&target.statement.statement, Some(&target.result_column_format))?;
+        let fields = self.parser.get_result_schema(
+            &target.statement.statement,
+            Some(&target.result_column_format),
+        )?;
         Ok(DescribePortalResponse::new(fields))
     }
 
-    async fn do_query<C>(&self, _client: &mut C, portal: &Portal<Prepared>, _max_rows: usize) -> PgWireResult<Response>
+    async fn do_query<C>(
+        &self,
+        _client: &mut C,
+        portal: &Portal<Prepared>,
+        _max_rows: usize,
+    ) -> PgWireResult<Response>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore<Statement = Self::Statement>,
@@ -420,11 +570,15 @@ impl ExtendedQueryHandler for Handler {
         let mut params = Vec::with_capacity(portal.parameters.len());
         for (i, p) in portal.parameters.iter().enumerate() {
             let t = prepared.param_types.get(i).cloned().unwrap_or(Type::TEXT);
-            let v = decode_param(p.as_deref(), portal.parameter_format.is_binary(i), &t).map_err(|e| to_pgwire(&e, None))?;
+            let v = decode_param(p.as_deref(), portal.parameter_format.is_binary(i), &t)
+                .map_err(|e| to_pgwire(&e, None))?;
             params.push(v);
         }
         let mut session = self.session.lock().await;
-        let result = session.execute(&prepared.stmt, &params).await.map_err(|e| to_pgwire(&e, None))?;
+        let result = session
+            .execute(&prepared.stmt, &params)
+            .await
+            .map_err(|e| to_pgwire(&e, None))?;
         let fmt = portal.result_column_format.clone();
         to_response(result, move |i| fmt.format_for(i), false).await
     }
@@ -432,7 +586,11 @@ impl ExtendedQueryHandler for Handler {
 
 #[async_trait]
 impl StartupHandler for Handler {
-    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: Debug,
@@ -445,18 +603,34 @@ impl StartupHandler for Handler {
             let secret = pgwire::messages::startup::SecretKey::I32(rand_secret());
             client.set_pid_and_secret_key(pid, secret.clone());
             let (handle, guard) = self.connections.register(pid, secret);
-            client.session_extensions().insert::<Arc<pgwire::api::ConnectionHandle>>(handle);
-            client.session_extensions().insert::<pgwire::api::ConnectionGuard>(guard);
+            client
+                .session_extensions()
+                .insert::<Arc<pgwire::api::ConnectionHandle>>(handle);
+            client
+                .session_extensions()
+                .insert::<pgwire::api::ConnectionGuard>(guard);
             {
                 let mut s = self.session.lock().await;
-                s.user = client.metadata().get(METADATA_USER).cloned().unwrap_or_else(|| "postgres".into());
-                s.database = client.metadata().get(METADATA_DATABASE).cloned().unwrap_or_else(|| s.user.clone());
+                s.user = client
+                    .metadata()
+                    .get(METADATA_USER)
+                    .cloned()
+                    .unwrap_or_else(|| "postgres".into());
+                s.database = client
+                    .metadata()
+                    .get(METADATA_DATABASE)
+                    .cloned()
+                    .unwrap_or_else(|| s.user.clone());
                 if let Some(app) = client.metadata().get("application_name").cloned() {
                     let _ = s.settings.set("application_name", &app);
                 }
             }
             let mut params = DefaultServerParameterProvider::default();
-            params.server_version = format!("{} (OrochiDB {})", crate::handler::utility::SERVER_VERSION, env!("CARGO_PKG_VERSION"));
+            params.server_version = format!(
+                "{} (OrochiDB {})",
+                crate::handler::utility::SERVER_VERSION,
+                env!("CARGO_PKG_VERSION")
+            );
             params.time_zone = "UTC".into();
             params.date_style = "ISO, MDY".into();
             finish_authentication(client, &params).await?;
@@ -473,7 +647,12 @@ fn next_backend_pid() -> i32 {
 fn rand_secret() -> i32 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0));
+    h.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0),
+    );
     h.finish() as i32
 }
 
@@ -486,7 +665,9 @@ impl CopyHandler for Handler {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let mut s = self.session.lock().await;
-        crate::handler::copy::copy_data(&mut s, &copy_data.data).await.map_err(|e| to_pgwire(&e, None))
+        crate::handler::copy::copy_data(&mut s, &copy_data.data)
+            .await
+            .map_err(|e| to_pgwire(&e, None))
     }
 
     async fn on_copy_done<C>(&self, client: &mut C, _done: CopyDone) -> PgWireResult<()>
@@ -499,12 +680,16 @@ impl CopyHandler for Handler {
         let mut s = self.session.lock().await;
         match crate::handler::copy::copy_done(&mut s).await {
             Ok(tag) => {
-                client.send(PgWireBackendMessage::CommandComplete(Tag::new(&tag).into())).await?;
+                client
+                    .send(PgWireBackendMessage::CommandComplete(Tag::new(&tag).into()))
+                    .await?;
                 Ok(())
             }
             Err(e) => {
                 if let crate::session::TxnStatus::Failed(_) = s.txn {
-                    client.set_transaction_status(pgwire::messages::response::TransactionStatus::Error);
+                    client.set_transaction_status(
+                        pgwire::messages::response::TransactionStatus::Error,
+                    );
                 }
                 Err(to_pgwire(&e, None))
             }

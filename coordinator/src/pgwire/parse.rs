@@ -58,12 +58,22 @@ fn syntax_error(sql: &str, e: ParserError) -> SyntaxError {
         }
         _ => None,
     };
-    let found = msg.split("found: ").nth(1).map(|f| f.split(" at Line").next().unwrap_or(f).to_string());
+    let found = msg
+        .split("found: ")
+        .nth(1)
+        .map(|f| f.split(" at Line").next().unwrap_or(f).to_string());
     let message = match found {
         Some(f) if f == "EOF" => "syntax error at end of input".to_string(),
         Some(f) => format!("syntax error at or near \"{f}\""),
         None => format!("syntax error: {msg}"),
     };
-    let position = if message.contains("end of input") { Some(sql.chars().count().max(1)) } else { position };
-    SyntaxError { error: DbError::new(SqlState::SyntaxError, message), position }
+    let position = if message.contains("end of input") {
+        Some(sql.chars().count().max(1))
+    } else {
+        position
+    };
+    SyntaxError {
+        error: DbError::new(SqlState::SyntaxError, message),
+        position,
+    }
 }

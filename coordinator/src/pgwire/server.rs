@@ -15,7 +15,11 @@ use tokio_util::sync::CancellationToken;
 use crate::pgwire::handler::Connection;
 use crate::session::{Instance, Session};
 
-pub async fn serve(listener: TcpListener, instance: Arc<Instance>, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    instance: Arc<Instance>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let limit = Arc::new(Semaphore::new(instance.options.max_connections));
     let connections = Arc::new(ConnectionManager::new());
     let mut tasks = JoinSet::new();
@@ -39,7 +43,10 @@ pub async fn serve(listener: TcpListener, instance: Arc<Instance>, shutdown: Can
                 tasks.spawn(async move {
                     let _permit = permit;
                     tracing::debug!(%peer, "connection opened");
-                    let conn = Connection::new(Session::new(instance, "postgres".into(), "postgres".into()), connections);
+                    let conn = Connection::new(
+                        Session::new(instance, "postgres".into(), "postgres".into()),
+                        connections,
+                    );
                     let session = conn.session();
                     if let Err(e) = pgwire::tokio::process_socket(socket, None, conn).await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -55,7 +62,10 @@ pub async fn serve(listener: TcpListener, instance: Arc<Instance>, shutdown: Can
         }
     }
     drop(listener);
-    tracing::info!(connections = tasks.len(), "shutting down: waiting for in-flight sessions");
+    tracing::info!(
+        connections = tasks.len(),
+        "shutting down: waiting for in-flight sessions"
+    );
     let grace = tokio::time::sleep(Duration::from_secs(5));
     tokio::pin!(grace);
     loop {
@@ -85,14 +95,23 @@ async fn reject_too_many(mut socket: TcpStream) {
     };
     let result = async {
         let mut body = read_packet(&mut socket).await?;
-        if body.len() == 4 && u32::from_be_bytes([body[0], body[1], body[2], body[3]]) == 80_877_103 {
+        if body.len() == 4 && u32::from_be_bytes([body[0], body[1], body[2], body[3]]) == 80_877_103
+        {
             socket.write_all(b"N").await?; // no TLS
             body = read_packet(&mut socket).await?;
         }
         let _ = body;
-        let e = DbError::new(SqlState::TooManyConnections, "sorry, too many clients already");
+        let e = DbError::new(
+            SqlState::TooManyConnections,
+            "sorry, too many clients already",
+        );
         let mut msg = Vec::new();
-        for (tag, value) in [(b'S', "FATAL"), (b'V', "FATAL"), (b'C', e.state.code()), (b'M', e.message.as_str())] {
+        for (tag, value) in [
+            (b'S', "FATAL"),
+            (b'V', "FATAL"),
+            (b'C', e.state.code()),
+            (b'M', e.message.as_str()),
+        ] {
             msg.push(tag);
             msg.extend_from_slice(value.as_bytes());
             msg.push(0);

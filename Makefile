@@ -1,0 +1,33 @@
+# OrochiDB — thin wrappers around cargo (see README.md).
+CARGO ?= cargo
+PROFILE_FLAGS ?=
+
+.PHONY: run test unit slt fmt lint check bench build
+
+build:
+	$(CARGO) build $(PROFILE_FLAGS) -p orochi-coordinator
+
+## Build and start the standalone server on 127.0.0.1:5432 with data in ./orochi-data.
+run:
+	$(CARGO) run --release -p orochi-coordinator -- --listen 127.0.0.1:5432 --data-dir ./orochi-data
+
+## Everything: unit tests, then the .slt suites over the wire (and against PostgreSQL).
+test: unit slt
+
+unit:
+	$(CARGO) test $(PROFILE_FLAGS) --workspace --exclude orochi-sql-tests
+
+slt: build
+	$(CARGO) build $(PROFILE_FLAGS) -p orochi-sql-tests --tests
+	./scripts/with-postgres.sh $(CARGO) test $(PROFILE_FLAGS) -p orochi-sql-tests --test slt
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) clippy --all-targets -- -D warnings
+
+check: fmt lint test
+
+bench:
+	@echo "benchmarks are not written yet (see docs/benchmarks.md)"; exit 1
