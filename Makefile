@@ -11,7 +11,7 @@ build:
 run:
 	$(CARGO) run --release -p orochi-coordinator -- --listen 127.0.0.1:5432 --data-dir ./orochi-data
 
-## Everything: unit tests, then the .slt suites over the wire (and against PostgreSQL).
+## Everything: unit tests, the .slt suites over the wire (and against PostgreSQL), client tests.
 test: unit slt
 
 unit:
@@ -20,6 +20,7 @@ unit:
 slt: build
 	$(CARGO) build $(PROFILE_FLAGS) -p orochi-sql-tests --tests
 	./scripts/with-postgres.sh $(CARGO) test $(PROFILE_FLAGS) -p orochi-sql-tests --test slt
+	$(CARGO) test $(PROFILE_FLAGS) -p orochi-sql-tests --test clients
 
 fmt:
 	$(CARGO) fmt --all

@@ -309,10 +309,9 @@ fn split_csv(
 
 impl CopyIn {
     /// Consumes incoming data: parses complete records into pending writes.
-    /// Returns the writes to send (a full chunk) if any.
-    pub fn feed(&mut self, data: &[u8], s: &Session) -> DbResult<Option<Vec<WriteOp>>> {
+    pub fn feed(&mut self, data: &[u8], s: &Session) -> DbResult<()> {
         if self.done || self.error.is_some() {
-            return Ok(None);
+            return Ok(());
         }
         self.buffer.extend_from_slice(data);
         let mut consumed = 0;
@@ -337,11 +336,25 @@ impl CopyIn {
             }
         }
         self.buffer.drain(..consumed);
-        Ok(if self.pending.len() >= COPY_CHUNK_ROWS {
-            Some(std::mem::take(&mut self.pending))
-        } else {
-            None
-        })
+        Ok(())
+    }
+
+    /// Sends the parsed rows to the shards (inside the COPY's transaction).
+    async fn write_pending(&mut self, s: &Session) -> DbResult<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let ops = std::mem::take(&mut self.pending);
+        let req = WriteRequest {
+            table: self.def.id,
+            ops,
+        };
+        s.instance
+            .service
+            .write(self.txn, req)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.with_context(e))
     }
 
     pub fn with_context(&self, e: DbError) -> DbError {
@@ -409,27 +422,14 @@ pub async fn copy_data(s: &mut Session, data: &[u8]) -> DbResult<()> {
             "unexpected COPY data",
         ));
     };
-    let result = match c.feed(data, s) {
-        Ok(Some(ops)) => s
-            .instance
-            .service
-            .write(
-                c.txn,
-                WriteRequest {
-                    table: c.def.id,
-                    ops,
-                },
-            )
-            .await
-            .map(|_| ())
-            .map_err(|e| c.with_context(e)),
-        Ok(None) => Ok(()),
-        Err(e) => Err(e),
-    };
-    if let Err(e) = result {
-        if c.error.is_none() {
-            c.error = Some(e);
-        }
+    let mut result = c.feed(data, s);
+    if result.is_ok() && c.pending.len() >= COPY_CHUNK_ROWS {
+        result = c.write_pending(s).await;
+    }
+    if let Err(e) = result
+        && c.error.is_none()
+    {
+        c.error = Some(e);
     }
     s.copy = Some(c);
     Ok(())
@@ -449,29 +449,12 @@ pub async fn copy_done(s: &mut Session) -> DbResult<String> {
     };
     if result.is_ok() && !c.buffer.is_empty() && !c.done {
         // a final line without a newline
-        let rest = std::mem::take(&mut c.buffer);
-        let mut tail = rest.clone();
+        let mut tail = std::mem::take(&mut c.buffer);
         tail.push(b'\n');
-        match c.feed(&tail, s) {
-            Ok(_) => {}
-            Err(e) => result = Err(e),
-        }
+        result = c.feed(&tail, s);
     }
-    if result.is_ok() && !c.pending.is_empty() {
-        let ops = std::mem::take(&mut c.pending);
-        result = s
-            .instance
-            .service
-            .write(
-                c.txn,
-                WriteRequest {
-                    table: c.def.id,
-                    ops,
-                },
-            )
-            .await
-            .map(|_| ())
-            .map_err(|e| c.with_context(e));
+    if result.is_ok() {
+        result = c.write_pending(s).await;
     }
     finish(s, &c, result)
         .await
