@@ -559,13 +559,13 @@ pub fn parse_numeric(s: &str, precision: u8, scale: i8) -> DbResult<i128> {
 }
 
 fn check_length(s: &str, limit: Option<u32>, ty: &str) -> DbResult<()> {
-    if let Some(n) = limit {
-        if s.chars().count() > n as usize {
-            return Err(DbError::new(
-                SqlState::StringDataRightTruncation,
-                format!("value too long for type {ty}({n})"),
-            ));
-        }
+    if let Some(n) = limit
+        && s.chars().count() > n as usize
+    {
+        return Err(DbError::new(
+            SqlState::StringDataRightTruncation,
+            format!("value too long for type {ty}({n})"),
+        ));
     }
     Ok(())
 }
@@ -592,7 +592,7 @@ fn pad_char(s: &str, n: u32) -> DbResult<String> {
 fn parse_bytea(s: &str) -> DbResult<Vec<u8>> {
     if let Some(hex) = s.strip_prefix("\\x") {
         let bytes: Vec<u8> = hex.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-        if bytes.len() % 2 != 0 {
+        if !bytes.len().is_multiple_of(2) {
             return Err(DbError::new(
                 SqlState::InvalidTextRepresentation,
                 "invalid hexadecimal data: odd number of digits",
@@ -718,28 +718,27 @@ fn split_zone(t: &str) -> (&str, Option<i32>) {
         return (body, Some(0));
     }
     // search for the last + or - after the time part (position > 10 skips the date's dashes)
-    if t.len() > 10 {
-        if let Some(pos) = t[10..].rfind(['+', '-']).map(|p| p + 10) {
-            let zone = &t[pos + 1..];
-            let sign = if t.as_bytes()[pos] == b'-' { -1 } else { 1 };
-            let digits: String = zone.chars().filter(|c| *c != ':').collect();
-            if !digits.is_empty() && digits.len() <= 6 && digits.bytes().all(|b| b.is_ascii_digit())
-            {
-                let (h, rest) = digits.split_at(digits.len().min(2));
-                let (m, sec) = rest.split_at(rest.len().min(2));
-                let h: i32 = h.parse().unwrap_or(0);
-                let m: i32 = if m.is_empty() {
-                    0
-                } else {
-                    m.parse().unwrap_or(0)
-                };
-                let sec: i32 = if sec.is_empty() {
-                    0
-                } else {
-                    sec.parse().unwrap_or(0)
-                };
-                return (&t[..pos], Some(sign * (h * 3600 + m * 60 + sec)));
-            }
+    if t.len() > 10
+        && let Some(pos) = t[10..].rfind(['+', '-']).map(|p| p + 10)
+    {
+        let zone = &t[pos + 1..];
+        let sign = if t.as_bytes()[pos] == b'-' { -1 } else { 1 };
+        let digits: String = zone.chars().filter(|c| *c != ':').collect();
+        if !digits.is_empty() && digits.len() <= 6 && digits.bytes().all(|b| b.is_ascii_digit()) {
+            let (h, rest) = digits.split_at(digits.len().min(2));
+            let (m, sec) = rest.split_at(rest.len().min(2));
+            let h: i32 = h.parse().unwrap_or(0);
+            let m: i32 = if m.is_empty() {
+                0
+            } else {
+                m.parse().unwrap_or(0)
+            };
+            let sec: i32 = if sec.is_empty() {
+                0
+            } else {
+                sec.parse().unwrap_or(0)
+            };
+            return (&t[..pos], Some(sign * (h * 3600 + m * 60 + sec)));
         }
     }
     (t, None)

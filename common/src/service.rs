@@ -64,6 +64,20 @@ pub struct ScanRequest {
     pub limit: Option<usize>,
 }
 
+impl ScanRequest {
+    /// A scan of every shard of `table` returning the physical columns in `projection`.
+    pub fn full(table: &TableDef, projection: Vec<usize>, batch_rows: usize) -> ScanRequest {
+        ScanRequest {
+            table: table.id,
+            shards: (0..table.shard_count).collect(),
+            projection,
+            keys: None,
+            batch_rows,
+            limit: None,
+        }
+    }
+}
+
 #[async_trait]
 pub trait ShardService: Send + Sync + std::fmt::Debug {
     /// Creates (or re-defines, after ALTER TABLE) a table's shards owned by this worker.

@@ -103,26 +103,26 @@ fn cast_error(msg: &str) -> DbError {
         );
     }
     // "Cannot cast string 'abc' to value of Int32 type"
-    if let Some(rest) = msg.strip_prefix("Cannot cast string '") {
-        if let Some((value, ty)) = rest.split_once("' to value of ") {
-            let ty = ty.trim_end_matches(" type");
-            let pg = match ty {
-                "Int16" => "smallint",
-                "Int32" => "integer",
-                "Int64" => "bigint",
-                "Float32" => "real",
-                "Float64" => "double precision",
-                "Boolean" => "boolean",
-                t if t.starts_with("Decimal") => "numeric",
-                t if t.starts_with("Date") => "date",
-                t if t.starts_with("Timestamp") => "timestamp",
-                other => other,
-            };
-            return DbError::new(
-                SqlState::InvalidTextRepresentation,
-                format!("invalid input syntax for type {pg}: \"{value}\""),
-            );
-        }
+    if let Some(rest) = msg.strip_prefix("Cannot cast string '")
+        && let Some((value, ty)) = rest.split_once("' to value of ")
+    {
+        let ty = ty.trim_end_matches(" type");
+        let pg = match ty {
+            "Int16" => "smallint",
+            "Int32" => "integer",
+            "Int64" => "bigint",
+            "Float32" => "real",
+            "Float64" => "double precision",
+            "Boolean" => "boolean",
+            t if t.starts_with("Decimal") => "numeric",
+            t if t.starts_with("Date") => "date",
+            t if t.starts_with("Timestamp") => "timestamp",
+            other => other,
+        };
+        return DbError::new(
+            SqlState::InvalidTextRepresentation,
+            format!("invalid input syntax for type {pg}: \"{value}\""),
+        );
     }
     DbError::new(
         SqlState::InvalidTextRepresentation,

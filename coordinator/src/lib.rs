@@ -8,7 +8,7 @@
 //! - [`provider`]: DataFusion catalog/table providers over our catalog.
 //! - [`exec`]: our physical operators ([`exec::shard_scan::ShardScanExec`]).
 //! - [`catalog`]: schemas, tables, sequences (persisted).
-//! - [`config`]: [`config::CoordinatorOptions`].
+//! - [`config`]: the coordinator options (`CoordinatorOptions`).
 //! - [`error`]: DataFusion ↔ SQLSTATE error mapping.
 //! - [`standalone`]: starting a coordinator with an embedded worker.
 

@@ -98,7 +98,7 @@ impl ContextProvider for Planner<'_> {
             )))),
             None => Err(db_to_df(DbError::new(
                 SqlState::UndefinedTable,
-                format!("relation \"{}\" does not exist", name.to_string()),
+                format!("relation \"{}\" does not exist", name),
             ))),
         }
     }

@@ -98,10 +98,10 @@ impl LocalShardService {
         state: Option<&TxnState>,
         key: &[u8],
     ) -> DbResult<Option<Row>> {
-        if let Some(state) = state {
-            if let Some(v) = state.lookup(&(entry.def.id, key.to_vec())) {
-                return v.map(|b| entry.decode_row(b)).transpose();
-            }
+        if let Some(state) = state
+            && let Some(v) = state.lookup(&(entry.def.id, key.to_vec()))
+        {
+            return v.map(|b| entry.decode_row(b)).transpose();
         }
         let shard = entry.shard_of_key(key)?;
         let bytes = entry
@@ -423,10 +423,8 @@ fn produce_scan(
         let row = entry.decode_row(bytes)?;
         builder.push(req.projection.iter().map(|&i| &row[i]))?;
         remaining -= 1;
-        if builder.len() >= batch_rows {
-            if tx.blocking_send(builder.finish()).is_err() {
-                return Ok(false); // consumer gone
-            }
+        if builder.len() >= batch_rows && tx.blocking_send(builder.finish()).is_err() {
+            return Ok(false); // consumer gone
         }
         Ok(remaining > 0)
     };
@@ -446,10 +444,10 @@ fn produce_scan(
                         })?
                         .map(|v| v.to_vec()),
                 };
-                if let Some(v) = value {
-                    if !push(&mut builder, &v)? {
-                        break 'outer;
-                    }
+                if let Some(v) = value
+                    && !push(&mut builder, &v)?
+                {
+                    break 'outer;
                 }
             }
             break 'outer;

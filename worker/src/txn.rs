@@ -148,11 +148,11 @@ impl LockTable {
         let mut inner = self.inner.lock();
         inner.waits_for.remove(&txn);
         for k in keys {
-            if let Some(e) = inner.locks.get(k) {
-                if e.owner == txn {
-                    let e = inner.locks.remove(k).expect("present");
-                    e.released.notify_waiters();
-                }
+            if let Some(e) = inner.locks.get(k)
+                && e.owner == txn
+            {
+                let e = inner.locks.remove(k).expect("present");
+                e.released.notify_waiters();
             }
         }
     }
@@ -184,7 +184,7 @@ mod tests {
         // txn 1 now wants b (held by 2, which waits for 1): deadlock
         let err = locks.acquire(1, &b).await.unwrap_err();
         assert_eq!(err.state, SqlState::DeadlockDetected);
-        locks.release_all(1, &[a.clone()]);
+        locks.release_all(1, std::slice::from_ref(&a));
         assert!(waiter.await.unwrap().unwrap());
     }
 }

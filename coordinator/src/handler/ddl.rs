@@ -575,12 +575,8 @@ async fn table_has_rows(s: &Session, def: &TableDef, txn: TxnId) -> DbResult<boo
         .scan(
             txn,
             ScanRequest {
-                table: def.id,
-                shards: (0..def.shard_count).collect(),
-                projection: vec![],
-                keys: None,
-                batch_rows: 1,
                 limit: Some(1),
+                ..ScanRequest::full(def, vec![], 1)
             },
         )
         .await?;
@@ -638,17 +634,7 @@ async fn add_primary_key(
         let mut stream = s
             .instance
             .service
-            .scan(
-                copy_txn,
-                ScanRequest {
-                    table: old.id,
-                    shards: (0..old.shard_count).collect(),
-                    projection: all,
-                    keys: None,
-                    batch_rows: 8192,
-                    limit: None,
-                },
-            )
+            .scan(copy_txn, ScanRequest::full(&old, all, 8192))
             .await?;
         while let Some(b) = stream.try_next().await? {
             let mut ops = Vec::with_capacity(b.num_rows());

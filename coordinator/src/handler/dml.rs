@@ -252,21 +252,7 @@ pub async fn handle_insert(
         ));
     };
     let def = resolve_table(s, name)?;
-    let targets: Vec<usize> = if ins.columns.is_empty() {
-        def.visible_columns()
-    } else {
-        ins.columns
-            .iter()
-            .map(|c| {
-                let id =
-                    c.0.last()
-                        .and_then(|p| p.as_ident())
-                        .map(normalize_ident)
-                        .unwrap_or_default();
-                column_index(&def, &id)
-            })
-            .collect::<DbResult<_>>()?
-    };
+    let targets = insert_targets(&def, &ins.columns)?;
     let values = insert_source_rows(
         s,
         &def,
@@ -344,6 +330,24 @@ pub async fn handle_insert(
         Some(items) => returning(s, &def, &alias, items, &affected, params, "INSERT 0"),
         None => Ok(StatementResult::Command(format!("INSERT 0 {count}"))),
     }
+}
+
+/// Physical indexes of an INSERT's target columns (all visible columns when none are named).
+pub fn insert_targets(def: &TableDef, columns: &[ast::ObjectName]) -> DbResult<Vec<usize>> {
+    if columns.is_empty() {
+        return Ok(def.visible_columns());
+    }
+    columns
+        .iter()
+        .map(|c| {
+            let id =
+                c.0.last()
+                    .and_then(|p| p.as_ident())
+                    .map(normalize_ident)
+                    .unwrap_or_default();
+            column_index(def, &id)
+        })
+        .collect()
 }
 
 fn check_conflict_target(def: &TableDef, target: Option<&ast::ConflictTarget>) -> DbResult<()> {
@@ -508,47 +512,49 @@ async fn insert_source_rows(
         return Ok(vec![vec![None; targets.len()]]); // DEFAULT VALUES
     };
     let types: Vec<_> = targets.iter().map(|&i| def.columns[i].ty).collect();
-    if let ast::SetExpr::Values(values) = q.body.as_ref() {
-        if q.with.is_none() && q.order_by.is_none() && q.limit_clause.is_none() {
-            let mut out = Vec::with_capacity(values.rows.len());
-            for row in &values.rows {
-                if row.len() > targets.len() {
-                    return Err(DbError::new(
-                        SqlState::SyntaxError,
-                        "INSERT has more expressions than target columns",
-                    ));
-                }
-                if row.len() < targets.len() && !implicit_columns {
-                    return Err(DbError::new(
-                        SqlState::SyntaxError,
-                        "INSERT has more target columns than expressions",
-                    ));
-                }
-                let mut vals = Vec::with_capacity(row.len());
-                for (k, e) in row.iter().enumerate() {
-                    if is_default_keyword(e) {
-                        vals.push(None);
-                        continue;
-                    }
-                    let v = match const_datum(e, types[k], params) {
-                        Some(v) => v?,
-                        None => {
-                            let ev = Evaluator::plan(
-                                s,
-                                std::slice::from_ref(e),
-                                &DFSchema::empty(),
-                                params,
-                            )?;
-                            let arrays = ev.evaluate(&empty_batch(1))?;
-                            Datum::from_arrow(arrays[0].as_ref(), 0, types[k])?
-                        }
-                    };
-                    vals.push(Some(v));
-                }
-                out.push(vals);
+    if let ast::SetExpr::Values(values) = q.body.as_ref()
+        && q.with.is_none()
+        && q.order_by.is_none()
+        && q.limit_clause.is_none()
+    {
+        let mut out = Vec::with_capacity(values.rows.len());
+        for row in &values.rows {
+            if row.len() > targets.len() {
+                return Err(DbError::new(
+                    SqlState::SyntaxError,
+                    "INSERT has more expressions than target columns",
+                ));
             }
-            return Ok(out);
+            if row.len() < targets.len() && !implicit_columns {
+                return Err(DbError::new(
+                    SqlState::SyntaxError,
+                    "INSERT has more target columns than expressions",
+                ));
+            }
+            let mut vals = Vec::with_capacity(row.len());
+            for (k, e) in row.iter().enumerate() {
+                if is_default_keyword(e) {
+                    vals.push(None);
+                    continue;
+                }
+                let v = match const_datum(e, types[k], params) {
+                    Some(v) => v?,
+                    None => {
+                        let ev = Evaluator::plan(
+                            s,
+                            std::slice::from_ref(e),
+                            &DFSchema::empty(),
+                            params,
+                        )?;
+                        let arrays = ev.evaluate(&empty_batch(1))?;
+                        Datum::from_arrow(arrays[0].as_ref(), 0, types[k])?
+                    }
+                };
+                vals.push(Some(v));
+            }
+            out.push(vals);
         }
+        return Ok(out);
     }
     // general case: plan the source as a query
     let plan = s.planner().plan_query(q.clone()).map_err(df_to_db)?;
@@ -586,8 +592,8 @@ async fn insert_source_rows(
     Ok(out)
 }
 
-/// The table, alias and optional WHERE of an UPDATE/DELETE target.
-fn dml_target(s: &Session, twj: &ast::TableWithJoins) -> DbResult<(Arc<TableDef>, String)> {
+/// The table and its alias (the table name when none is given) of an UPDATE/DELETE target.
+pub fn dml_target(s: &Session, twj: &ast::TableWithJoins) -> DbResult<(Arc<TableDef>, String)> {
     if !twj.joins.is_empty() {
         return Err(DbError::new(
             SqlState::FeatureNotSupported,
@@ -606,6 +612,38 @@ fn dml_target(s: &Session, twj: &ast::TableWithJoins) -> DbResult<(Arc<TableDef>
         .map(|a| normalize_ident(&a.name))
         .unwrap_or_else(|| def.name.clone());
     Ok((def, alias))
+}
+
+/// The encoded keys to look up when `selection` pins the whole primary key, else `None`
+/// (the statement has to scan every shard).
+pub fn pinned_keys(
+    s: &Session,
+    def: &Arc<TableDef>,
+    df_schema: &DFSchema,
+    selection: Option<&ast::Expr>,
+    params: &Params,
+) -> DbResult<Option<Vec<Vec<u8>>>> {
+    let Some(w) = selection else { return Ok(None) };
+    let logical = s
+        .planner()
+        .plan_expr(w.clone(), df_schema)
+        .map_err(df_to_db)?;
+    let logical = crate::handler::eval::bind_placeholders(logical, params)?;
+    Ok(OrochiTable::new(def.clone(), s.instance.service.clone()).pinned_keys(&[&logical]))
+}
+
+/// The single target of a DELETE.
+pub fn delete_target(del: &ast::Delete) -> DbResult<&ast::TableWithJoins> {
+    let tables = match &del.from {
+        ast::FromTable::WithFromKeyword(t) | ast::FromTable::WithoutKeyword(t) => t,
+    };
+    match tables.as_slice() {
+        [twj] => Ok(twj),
+        _ => Err(DbError::new(
+            SqlState::FeatureNotSupported,
+            "DELETE from several tables is not supported",
+        )),
+    }
 }
 
 /// Finds and locks the rows a WHERE clause selects, returning the current version of each.
@@ -627,18 +665,7 @@ async fn locked_matches(
         )?),
         None => None,
     };
-    // a predicate pinning the whole key becomes key lookups
-    let pinned = match selection {
-        Some(w) => {
-            let logical = s
-                .planner()
-                .plan_expr(w.clone(), &df_schema)
-                .map_err(df_to_db)?;
-            let logical = crate::handler::eval::bind_placeholders(logical, params)?;
-            OrochiTable::new(def.clone(), s.instance.service.clone()).pinned_keys(&[&logical])
-        }
-        None => None,
-    };
+    let pinned = pinned_keys(s, def, &df_schema, selection, params)?;
     let candidates: Vec<Vec<u8>> = match pinned {
         Some(keys) => keys,
         None => {
@@ -647,17 +674,7 @@ async fn locked_matches(
             let mut stream = s
                 .instance
                 .service
-                .scan(
-                    txn,
-                    ScanRequest {
-                        table: def.id,
-                        shards: (0..def.shard_count).collect(),
-                        projection: all,
-                        keys: None,
-                        batch_rows: 8192,
-                        limit: None,
-                    },
-                )
+                .scan(txn, ScanRequest::full(def, all, 8192))
                 .await?;
             let mut keys = Vec::new();
             while let Some(batch) = stream.try_next().await? {
@@ -764,15 +781,7 @@ pub async fn handle_delete(
             "DELETE ... USING is not supported yet",
         ));
     }
-    let tables = match &del.from {
-        ast::FromTable::WithFromKeyword(t) | ast::FromTable::WithoutKeyword(t) => t,
-    };
-    let [twj] = tables.as_slice() else {
-        return Err(DbError::new(
-            SqlState::FeatureNotSupported,
-            "DELETE from several tables is not supported",
-        ));
-    };
+    let twj = delete_target(del)?;
     let (def, alias) = dml_target(s, twj)?;
     let (old_rows, _) =
         locked_matches(s, &def, &alias, del.selection.as_ref(), params, txn).await?;

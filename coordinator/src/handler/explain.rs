@@ -14,10 +14,8 @@ use orochi_common::error::{DbError, DbResult, SqlState};
 use orochi_common::schema::TableDef;
 
 use crate::error::df_to_db;
-use crate::handler::dml::{normalize_ident, resolve_table};
-use crate::handler::eval::bind_placeholders;
+use crate::handler::dml::{delete_target, dml_target, pinned_keys, resolve_table};
 use crate::handler::query::bind_plan;
-use crate::provider::OrochiTable;
 use crate::session::{Params, Session, StatementResult};
 
 pub async fn handle_explain(
@@ -56,38 +54,11 @@ pub async fn handle_explain(
             }
         }
         ast::Statement::Update(u) => {
-            let ast::TableFactor::Table { name, alias, .. } = &u.table.relation else {
-                return Err(DbError::new(
-                    SqlState::SyntaxError,
-                    "UPDATE target must be a table",
-                ));
-            };
-            let def = resolve_table(s, name)?;
-            let alias = alias
-                .as_ref()
-                .map(|a| normalize_ident(&a.name))
-                .unwrap_or_else(|| def.name.clone());
+            let (def, alias) = dml_target(s, &u.table)?;
             route(s, "Update", &def, &alias, u.selection.as_ref(), params)?
         }
         ast::Statement::Delete(d) => {
-            let tables = match &d.from {
-                ast::FromTable::WithFromKeyword(t) | ast::FromTable::WithoutKeyword(t) => t,
-            };
-            let Some(ast::TableWithJoins {
-                relation: ast::TableFactor::Table { name, alias, .. },
-                ..
-            }) = tables.first()
-            else {
-                return Err(DbError::new(
-                    SqlState::SyntaxError,
-                    "DELETE target must be a table",
-                ));
-            };
-            let def = resolve_table(s, name)?;
-            let alias = alias
-                .as_ref()
-                .map(|a| normalize_ident(&a.name))
-                .unwrap_or_else(|| def.name.clone());
+            let (def, alias) = dml_target(s, delete_target(d)?)?;
             route(s, "Delete", &def, &alias, d.selection.as_ref(), params)?
         }
         ast::Statement::Insert(i) => {
@@ -140,21 +111,7 @@ fn route(
     params: &Params,
 ) -> DbResult<Vec<String>> {
     let (df_schema, _): (DFSchema, _) = crate::handler::eval::table_df_schema(def, alias)?;
-    let pinned = match selection {
-        Some(w) => {
-            let logical = s
-                .planner()
-                .plan_expr(w.clone(), &df_schema)
-                .map_err(df_to_db)?;
-            let logical = if params.is_empty() {
-                logical
-            } else {
-                bind_placeholders(logical, params)?
-            };
-            OrochiTable::new(def.clone(), s.instance.service.clone()).pinned_keys(&[&logical])
-        }
-        None => None,
-    };
+    let pinned = pinned_keys(s, def, &df_schema, selection, params)?;
     let mut out = vec![format!("{verb} on {}", def.qualified_name())];
     match pinned {
         Some(keys) => {

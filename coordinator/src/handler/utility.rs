@@ -172,17 +172,16 @@ impl Settings {
                     format!("conversion to encoding \"{value}\" is not supported; only UTF8 is"),
                 ));
             }
-            "extra_float_digits" | "statement_timeout" | "lock_timeout" => {
+            "extra_float_digits" | "statement_timeout" | "lock_timeout"
                 if value
                     .trim_end_matches(|c: char| c.is_ascii_alphabetic())
                     .parse::<i64>()
-                    .is_err()
-                {
-                    return Err(DbError::new(
-                        SqlState::InvalidParameterValue,
-                        format!("invalid value for parameter \"{key}\": \"{value}\""),
-                    ));
-                }
+                    .is_err() =>
+            {
+                return Err(DbError::new(
+                    SqlState::InvalidParameterValue,
+                    format!("invalid value for parameter \"{key}\": \"{value}\""),
+                ));
             }
             k if !k.contains('.') && !self.vars.contains_key(k) => {
                 return Err(DbError::new(

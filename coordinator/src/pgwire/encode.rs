@@ -27,10 +27,10 @@ fn sql_type_of(field: &Field) -> Option<SqlType> {
 
 /// The Postgres type of a result column.
 pub fn pg_type(field: &Field) -> Type {
-    if let Some(t) = sql_type_of(field) {
-        if let Some(ty) = Type::from_oid(t.pg_oid()) {
-            return ty;
-        }
+    if let Some(t) = sql_type_of(field)
+        && let Some(ty) = Type::from_oid(t.pg_oid())
+    {
+        return ty;
     }
     match field.data_type() {
         DataType::Boolean => Type::BOOL,

@@ -184,14 +184,14 @@ impl QueryParser for OrochiQueryParser {
 fn describe(s: &Session, stmt: &Statement) -> DbResult<(Vec<Option<Type>>, Option<SchemaRef>)> {
     let mut params: Vec<Option<Type>> = Vec::new();
     let mut set_param = |id: &str, t: Option<Type>| {
-        if let Ok(i) = id.trim_start_matches('$').parse::<usize>() {
-            if i >= 1 {
-                if params.len() < i {
-                    params.resize(i, None);
-                }
-                if params[i - 1].is_none() {
-                    params[i - 1] = t;
-                }
+        if let Ok(i) = id.trim_start_matches('$').parse::<usize>()
+            && i >= 1
+        {
+            if params.len() < i {
+                params.resize(i, None);
+            }
+            if params[i - 1].is_none() {
+                params[i - 1] = t;
             }
         }
     };
@@ -208,29 +208,16 @@ fn describe(s: &Session, stmt: &Statement) -> DbResult<(Vec<Option<Type>>, Optio
                 return Ok((params, None));
             };
             let def = resolve_table(s, name)?;
-            let targets: Vec<usize> = if ins.columns.is_empty() {
-                def.visible_columns()
-            } else {
-                ins.columns
-                    .iter()
-                    .filter_map(|c| {
-                        c.0.last()
-                            .and_then(|p| p.as_ident())
-                            .map(crate::handler::dml::normalize_ident)
-                    })
-                    .filter_map(|n| def.column_index(&n))
-                    .collect()
-            };
+            let targets = crate::handler::dml::insert_targets(&def, &ins.columns)?;
             if let Some(q) = &ins.source {
                 if let ast::SetExpr::Values(v) = q.body.as_ref() {
                     for row in &v.rows {
                         for (k, e) in row.iter().enumerate() {
-                            if let ast::Expr::Value(val) = e {
-                                if let ast::Value::Placeholder(p) = &val.value {
-                                    if let Some(&col) = targets.get(k) {
-                                        set_param(p, Type::from_oid(def.columns[col].ty.pg_oid()));
-                                    }
-                                }
+                            if let ast::Expr::Value(val) = e
+                                && let ast::Value::Placeholder(p) = &val.value
+                                && let Some(&col) = targets.get(k)
+                            {
+                                set_param(p, Type::from_oid(def.columns[col].ty.pg_oid()));
                             }
                         }
                     }
@@ -250,63 +237,44 @@ fn describe(s: &Session, stmt: &Statement) -> DbResult<(Vec<Option<Type>>, Optio
             return Ok((params, schema));
         }
         Statement::Update(u) => {
-            if let ast::TableFactor::Table { name, alias, .. } = &u.table.relation {
-                let def = resolve_table(s, name)?;
-                let alias = alias
-                    .as_ref()
-                    .map(|a| crate::handler::dml::normalize_ident(&a.name))
-                    .unwrap_or_else(|| def.name.clone());
-                let (df, _) = table_df_schema(&def, &alias)?;
-                for a in &u.assignments {
-                    if let ast::AssignmentTarget::ColumnName(n) = &a.target {
-                        let col =
-                            n.0.last()
-                                .and_then(|p| p.as_ident())
-                                .map(crate::handler::dml::normalize_ident)
-                                .unwrap_or_default();
-                        if let (ast::Expr::Value(v), Some(ci)) = (&a.value, def.column_index(&col))
-                        {
-                            if let ast::Value::Placeholder(p) = &v.value {
-                                set_param(p, Type::from_oid(def.columns[ci].ty.pg_oid()));
-                            }
-                        }
+            let (def, alias) = crate::handler::dml::dml_target(s, &u.table)?;
+            let (df, _) = table_df_schema(&def, &alias)?;
+            for a in &u.assignments {
+                if let ast::AssignmentTarget::ColumnName(n) = &a.target {
+                    let col =
+                        n.0.last()
+                            .and_then(|p| p.as_ident())
+                            .map(crate::handler::dml::normalize_ident)
+                            .unwrap_or_default();
+                    if let (ast::Expr::Value(v), Some(ci)) = (&a.value, def.column_index(&col))
+                        && let ast::Value::Placeholder(p) = &v.value
+                    {
+                        set_param(p, Type::from_oid(def.columns[ci].ty.pg_oid()));
                     }
-                    infer_expr_params(s, &a.value, &df, &mut set_param);
                 }
-                if let Some(w) = &u.selection {
-                    infer_expr_params(s, w, &df, &mut set_param);
-                }
-                let schema = match &u.returning {
-                    Some(items) => Some(returning_schema(s, &def, &alias, items, &mut set_param)?),
-                    None => None,
-                };
-                return Ok((params, schema));
+                infer_expr_params(s, &a.value, &df, &mut set_param);
             }
+            if let Some(w) = &u.selection {
+                infer_expr_params(s, w, &df, &mut set_param);
+            }
+            let schema = match &u.returning {
+                Some(items) => Some(returning_schema(s, &def, &alias, items, &mut set_param)?),
+                None => None,
+            };
+            return Ok((params, schema));
         }
         Statement::Delete(d) => {
-            let tables = match &d.from {
-                ast::FromTable::WithFromKeyword(t) | ast::FromTable::WithoutKeyword(t) => t,
-            };
-            if let Some(ast::TableWithJoins {
-                relation: ast::TableFactor::Table { name, alias, .. },
-                ..
-            }) = tables.first()
-            {
-                let def = resolve_table(s, name)?;
-                let alias = alias
-                    .as_ref()
-                    .map(|a| crate::handler::dml::normalize_ident(&a.name))
-                    .unwrap_or_else(|| def.name.clone());
-                let (df, _) = table_df_schema(&def, &alias)?;
-                if let Some(w) = &d.selection {
-                    infer_expr_params(s, w, &df, &mut set_param);
-                }
-                let schema = match &d.returning {
-                    Some(items) => Some(returning_schema(s, &def, &alias, items, &mut set_param)?),
-                    None => None,
-                };
-                return Ok((params, schema));
+            let twj = crate::handler::dml::delete_target(d)?;
+            let (def, alias) = crate::handler::dml::dml_target(s, twj)?;
+            let (df, _) = table_df_schema(&def, &alias)?;
+            if let Some(w) = &d.selection {
+                infer_expr_params(s, w, &df, &mut set_param);
             }
+            let schema = match &d.returning {
+                Some(items) => Some(returning_schema(s, &def, &alias, items, &mut set_param)?),
+                None => None,
+            };
+            return Ok((params, schema));
         }
         Statement::ShowVariable { variable } => {
             let name = variable
