@@ -98,6 +98,8 @@ pub struct Session {
     pub copy: Option<handler::copy::CopyIn>,
     pub user: String,
     pub database: String,
+    /// When the current transaction started: what `now()`/`CURRENT_TIMESTAMP` return.
+    pub txn_start: chrono::DateTime<chrono::Utc>,
 }
 
 impl Session {
@@ -128,6 +130,7 @@ impl Session {
             copy: None,
             user,
             database,
+            txn_start: chrono::Utc::now(),
         }
     }
 
@@ -170,7 +173,10 @@ impl Session {
         }
         let (txn, implicit) = match self.txn {
             TxnStatus::Block(t) => (t, false),
-            _ => (self.instance.new_txn_id(), true),
+            _ => {
+                self.txn_start = chrono::Utc::now();
+                (self.instance.new_txn_id(), true)
+            }
         };
         self.set_txn_context(txn);
         let result = self.dispatch(stmt, params, txn).await;
@@ -255,6 +261,7 @@ impl Session {
     fn handle_begin(&mut self) -> StatementResult {
         if let TxnStatus::Idle = self.txn {
             self.txn = TxnStatus::Block(self.instance.new_txn_id());
+            self.txn_start = chrono::Utc::now();
         } else {
             tracing::debug!(
                 "BEGIN inside a transaction block: there is already a transaction in progress"

@@ -10,6 +10,8 @@ use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::logical_expr::Expr;
+use datafusion::logical_expr::simplify::SimplifyContext;
+use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::sql::sqlparser::ast;
 use orochi_common::datum::Datum;
@@ -54,10 +56,20 @@ impl Evaluator {
         params: &Params,
     ) -> DbResult<Self> {
         let planner = session.planner();
+        // Simplifying folds constants and, like Postgres, fixes now()/CURRENT_TIMESTAMP to
+        // the transaction's start time (physical now() cannot be invoked unsimplified).
+        let simplifier = ExprSimplifier::new(
+            SimplifyContext::builder()
+                .with_schema(Arc::new(schema.clone()))
+                .with_config_options(session.state.config_options().clone())
+                .with_query_execution_start_time(Some(session.txn_start))
+                .build(),
+        );
         let mut out = Vec::with_capacity(exprs.len());
         for e in exprs {
             let logical = planner.plan_expr(e.clone(), schema).map_err(df_to_db)?;
             let logical = bind_placeholders(logical, params)?;
+            let logical = simplifier.simplify(logical).map_err(df_to_db)?;
             out.push(
                 session
                     .state

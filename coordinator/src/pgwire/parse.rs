@@ -2,7 +2,9 @@
 
 use datafusion::sql::sqlparser::ast::{Expr, Statement};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
+use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 use orochi_common::error::{DbError, DbResult, SqlState};
 
 /// A syntax error, with the character position (1-based) Postgres reports.
@@ -13,7 +15,127 @@ pub struct SyntaxError {
 }
 
 pub fn parse_statements(sql: &str) -> Result<Vec<Statement>, SyntaxError> {
-    Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| syntax_error(sql, e))
+    match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
+        Ok(stmts) => Ok(stmts),
+        Err(e) => {
+            // Postgres spellings sqlparser does not know: `on`/`off`/`1`/`0` for COPY's
+            // boolean options (pgbench sends `with (freeze on)`) and VACUUM's options
+            // (`vacuum analyze t`). Retry with them normalized, and report the original error
+            // if that does not help either.
+            if let Some(rewritten) = normalize_pg_spellings(sql)
+                && let Ok(stmts) = Parser::parse_sql(&PostgreSqlDialect {}, &rewritten)
+            {
+                return Ok(stmts);
+            }
+            Err(syntax_error(sql, e))
+        }
+    }
+}
+
+/// Rewrites the boolean values of COPY options (`freeze on`, `header 1`, ...) to
+/// `true`/`false`, and drops VACUUM's Postgres options (`analyze`, `verbose`, `(...)`), which
+/// sqlparser's VACUUM grammar does not have and which change nothing here (VACUUM is accepted
+/// and does no work). `None` when there is nothing to rewrite.
+fn normalize_pg_spellings(sql: &str) -> Option<String> {
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize().ok()?;
+    let mut out = String::with_capacity(sql.len());
+    let mut changed = false;
+    let mut at_start = true;
+    let mut in_copy = false;
+    // inside VACUUM, before its table name: options are dropped
+    let mut in_vacuum_options = false;
+    let mut depth = 0usize;
+    let mut prev_option = false;
+    for tok in tokens {
+        if in_vacuum_options {
+            let drop = match &tok {
+                Token::Whitespace(_) => false,
+                Token::LParen => {
+                    depth += 1;
+                    true
+                }
+                Token::RParen => {
+                    depth = depth.saturating_sub(1);
+                    true
+                }
+                _ if depth > 0 => true,
+                Token::Word(w) => matches!(
+                    w.keyword,
+                    Keyword::ANALYZE | Keyword::VERBOSE | Keyword::FREEZE
+                ),
+                _ => false,
+            };
+            if drop {
+                changed = true;
+                continue;
+            }
+            if !matches!(tok, Token::Whitespace(_)) {
+                in_vacuum_options = false;
+            }
+        }
+        let mut replacement = None;
+        match &tok {
+            Token::Whitespace(_) => {}
+            Token::SemiColon => {
+                at_start = true;
+                in_copy = false;
+                in_vacuum_options = false;
+                depth = 0;
+                prev_option = false;
+            }
+            Token::LParen => {
+                depth += 1;
+                at_start = false;
+                prev_option = false;
+            }
+            Token::RParen => {
+                depth = depth.saturating_sub(1);
+                prev_option = false;
+            }
+            Token::Word(w) => {
+                if at_start {
+                    in_copy = w.keyword == Keyword::COPY;
+                    at_start = false;
+                    if w.keyword == Keyword::VACUUM {
+                        in_vacuum_options = true;
+                        out.push_str(&tok.to_string());
+                        continue;
+                    }
+                }
+                let value = w.value.to_ascii_lowercase();
+                if in_copy && depth == 1 && prev_option && w.quote_style.is_none() {
+                    replacement = match value.as_str() {
+                        "on" => Some("true"),
+                        "off" => Some("false"),
+                        _ => None,
+                    };
+                }
+                prev_option = in_copy && matches!(w.keyword, Keyword::FREEZE | Keyword::HEADER);
+            }
+            Token::Number(n, _) => {
+                if in_copy && depth == 1 && prev_option {
+                    replacement = match n.as_str() {
+                        "1" => Some("true"),
+                        "0" => Some("false"),
+                        _ => None,
+                    };
+                }
+                prev_option = false;
+            }
+            _ => {
+                at_start = false;
+                prev_option = false;
+            }
+        }
+        match replacement {
+            Some(r) => {
+                changed = true;
+                out.push_str(r);
+            }
+            None => out.push_str(&tok.to_string()),
+        }
+    }
+    changed.then_some(out)
 }
 
 pub fn parse_expr(sql: &str) -> DbResult<Expr> {
@@ -75,5 +197,33 @@ fn syntax_error(sql: &str, e: ParserError) -> SyntaxError {
     SyntaxError {
         error: DbError::new(SqlState::SyntaxError, message),
         position,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_boolean_options_accept_on_off() {
+        let stmts = parse_statements("copy t from stdin with (freeze on, header 0)").unwrap();
+        let text = stmts[0].to_string().to_lowercase();
+        assert_eq!(text, "copy t from stdin (freeze, header false)");
+        // only COPY options are rewritten
+        let stmts = parse_statements("select 'on'; copy t to stdout with (header off)").unwrap();
+        assert_eq!(stmts[0].to_string(), "SELECT 'on'");
+        assert!(parse_statements("copy t from stdin with (freeze maybe)").is_err());
+    }
+
+    #[test]
+    fn vacuum_accepts_postgres_options() {
+        for sql in [
+            "vacuum analyze pgbench_branches",
+            "VACUUM (VERBOSE, ANALYZE) t",
+            "vacuum freeze verbose analyze s.t; select 1",
+        ] {
+            let stmts = parse_statements(sql).unwrap();
+            assert!(matches!(stmts[0], Statement::Vacuum(_)), "{sql}");
+        }
     }
 }
