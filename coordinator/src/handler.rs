@@ -6,5 +6,6 @@ pub mod ddl;
 pub mod dml;
 pub mod eval;
 pub mod explain;
+pub mod fastpath;
 pub mod query;
 pub mod utility;

@@ -204,6 +204,11 @@ impl Session {
         txn: TxnId,
     ) -> DbResult<StatementResult> {
         use handler::*;
+        if let Some(plan) = fastpath::plan(self, stmt)
+            && let Some(result) = fastpath::execute(self, &plan, params, txn).await?
+        {
+            return Ok(result);
+        }
         match stmt {
             Statement::Query(q) => query::handle_query(self, q, params).await,
             Statement::Insert(ins) => dml::handle_insert(self, ins, params, txn).await,
