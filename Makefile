@@ -20,7 +20,7 @@ unit:
 slt: build
 	$(CARGO) build $(PROFILE_FLAGS) -p orochi-sql-tests --tests
 	./scripts/with-postgres.sh $(CARGO) test $(PROFILE_FLAGS) -p orochi-sql-tests --test slt
-	$(CARGO) test $(PROFILE_FLAGS) -p orochi-sql-tests --test clients
+	$(CARGO) test $(PROFILE_FLAGS) -p orochi-sql-tests --test clients --test protocol --test durability
 
 fmt:
 	$(CARGO) fmt --all
@@ -30,5 +30,6 @@ lint:
 
 check: fmt lint test
 
+## Benchmarks side by side with PostgreSQL; results go to docs/benchmarks.md.
 bench:
-	@echo "benchmarks are not written yet (see docs/benchmarks.md)"; exit 1
+	./bench/pgbench.sh

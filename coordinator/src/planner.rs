@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::TableFunctionArgs;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::{DFSchema, TableReference};
@@ -71,6 +71,57 @@ impl<'a> Planner<'a> {
 
     pub fn plan_query(&self, query: ast::Query) -> Result<LogicalPlan> {
         SqlToRel::new(self).sql_statement_to_plan(ast::Statement::Query(Box::new(query)))
+    }
+
+    /// Plans a query whose rows go to a client. Unaliased select-list expressions get the
+    /// column names Postgres gives them (`count`, `?column?`, the column under a cast), which
+    /// may repeat — DataFusion requires unique names, so they are planned under internal
+    /// aliases and renamed only in the returned client-facing schema.
+    pub fn plan_client_query(&self, mut query: ast::Query) -> Result<(LogicalPlan, SchemaRef)> {
+        let names = assign_output_aliases(&mut query);
+        let plan = self.plan_query(query)?;
+        let schema = plan.schema().inner().clone();
+        // A cast's result is of the target type, but DataFusion carries the source column's
+        // field metadata (our SQL type) through it: drop it there.
+        let casts: Vec<bool> = match &plan {
+            LogicalPlan::Projection(p) => p
+                .expr
+                .iter()
+                .map(|e| {
+                    matches!(
+                        e.clone().unalias_nested().data,
+                        Expr::Cast(_) | Expr::TryCast(_)
+                    )
+                })
+                .collect(),
+            _ => vec![],
+        };
+        if names.is_empty() && !casts.contains(&true) {
+            return Ok((plan, schema));
+        }
+        let fields: Vec<Field> = schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let f = if casts.get(i).copied().unwrap_or(false) {
+                    Arc::new(f.as_ref().clone().with_metadata(Default::default()))
+                } else {
+                    f.clone()
+                };
+                let pg = f
+                    .name()
+                    .strip_prefix(OUTPUT_ALIAS_PREFIX)
+                    .and_then(|i| i.parse::<usize>().ok())
+                    .and_then(|i| names.get(i));
+                match pg {
+                    Some(n) => f.as_ref().clone().with_name(n.clone()),
+                    None => f.as_ref().clone(),
+                }
+            })
+            .collect();
+        let schema = Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
+        Ok((plan, schema))
     }
 
     /// Plans a scalar expression over `schema` (columns may be qualified by `schema`'s tables).
@@ -181,6 +232,42 @@ impl ContextProvider for Planner<'_> {
     fn udwf_names(&self) -> Vec<String> {
         self.state.window_functions().keys().cloned().collect()
     }
+}
+
+const OUTPUT_ALIAS_PREFIX: &str = "__orochi_out_";
+
+/// Gives each unaliased expression in the query's (leftmost) select list an internal alias
+/// `__orochi_out_<i>`; returns the Postgres names, indexed by `i`.
+fn assign_output_aliases(query: &mut ast::Query) -> Vec<String> {
+    fn leftmost(body: &mut ast::SetExpr) -> Option<&mut ast::Select> {
+        match body {
+            ast::SetExpr::Select(s) => Some(s),
+            ast::SetExpr::SetOperation { left, .. } => leftmost(left),
+            _ => None,
+        }
+    }
+    let mut names = Vec::new();
+    let Some(select) = leftmost(&mut query.body) else {
+        return names;
+    };
+    for item in select.projection.iter_mut() {
+        if let ast::SelectItem::UnnamedExpr(e) = item {
+            // plain column references keep DataFusion's (identical) naming
+            if matches!(
+                e,
+                ast::Expr::Identifier(_) | ast::Expr::CompoundIdentifier(_)
+            ) {
+                continue;
+            }
+            let alias = ast::Ident::new(format!("{OUTPUT_ALIAS_PREFIX}{}", names.len()));
+            names.push(crate::handler::eval::output_name(e));
+            *item = ast::SelectItem::ExprWithAlias {
+                expr: e.clone(),
+                alias,
+            };
+        }
+    }
+    names
 }
 
 /// Unused-import guard for error conversions used by callers.

@@ -179,6 +179,10 @@ impl Session {
             }
         };
         self.set_txn_context(txn);
+        // what SessionContext does per query; now()/CURRENT_TIMESTAMP are the transaction's
+        // start time, as in Postgres
+        self.state.mark_start_execution();
+        self.state.execution_props_mut().query_execution_start_time = Some(self.txn_start);
         let result = self.dispatch(stmt, params, txn).await;
         match (&result, implicit) {
             (Ok(StatementResult::CopyIn { .. }), _) => {

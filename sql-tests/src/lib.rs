@@ -136,8 +136,27 @@ impl Server {
         Ok(s)
     }
 
+    /// Starts a standalone coordinator on a fresh temp data directory with extra flags and
+    /// environment variables.
+    pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Server> {
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path().join("data");
+        let mut s = Server::start_configured(free_port(), &dir, args, env)?;
+        s._tmp = Some(tmp);
+        Ok(s)
+    }
+
     /// Starts a coordinator on `port` over `data_dir` (kept after the server stops).
     pub fn start_on(port: u16, data_dir: &Path) -> anyhow::Result<Server> {
+        Server::start_configured(port, data_dir, &[], &[])
+    }
+
+    fn start_configured(
+        port: u16,
+        data_dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Server> {
         let bin = binary("orochi-coordinator");
         anyhow::ensure!(
             bin.exists(),
@@ -147,6 +166,8 @@ impl Server {
         let child = Command::new(&bin)
             .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
             .arg(data_dir)
+            .args(args)
+            .envs(env.iter().copied())
             .env(
                 "RUST_LOG",
                 std::env::var("OROCHI_TEST_LOG").unwrap_or_else(|_| "warn".into()),

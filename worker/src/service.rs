@@ -240,9 +240,13 @@ impl ShardService for LocalShardService {
                     let key = def.encode_key(&row);
                     let shard = def.shard_of_row(&row);
                     let lk = (def.id, key);
-                    self.lock(txn, &state, &lk).await?;
+                    // A hidden row id comes from a sequence: a new one cannot collide with
+                    // a stored row or another writer, so there is nothing to lock or check.
+                    if !def.hidden_rowid {
+                        self.lock(txn, &state, &lk).await?;
+                    }
                     let mut st = state.lock();
-                    if self.exists(&entry, &st, shard, &lk.1)? {
+                    if !def.hidden_rowid && self.exists(&entry, &st, shard, &lk.1)? {
                         return Err(duplicate_key(def, &row));
                     }
                     st.put(

@@ -121,7 +121,16 @@ pub fn output_name(e: &ast::Expr) -> String {
             .last()
             .map(|p| p.to_string().to_lowercase())
             .unwrap_or_default(),
-        ast::Expr::Cast { expr, .. } => output_name(expr),
+        ast::Expr::Cast { expr, .. } | ast::Expr::Nested(expr) => output_name(expr),
+        ast::Expr::Case { .. } => "case".to_string(),
+        ast::Expr::Exists { .. } => "exists".to_string(),
+        ast::Expr::Array(_) => "array".to_string(),
+        ast::Expr::Extract { .. } => "extract".to_string(),
+        ast::Expr::Substring { .. } => "substring".to_string(),
+        ast::Expr::Position { .. } => "position".to_string(),
+        ast::Expr::Trim { .. } => "btrim".to_string(),
+        ast::Expr::Ceil { .. } => "ceil".to_string(),
+        ast::Expr::Floor { .. } => "floor".to_string(),
         _ => "?column?".to_string(),
     }
 }

@@ -1,5 +1,6 @@
 //! SELECT (and anything else DataFusion plans as a query).
 
+use arrow::datatypes::SchemaRef;
 use datafusion::common::ParamValues;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::execute_stream;
@@ -14,9 +15,9 @@ pub async fn handle_query(
     q: &ast::Query,
     params: &Params,
 ) -> DbResult<StatementResult> {
-    let plan = s.planner().plan_query(q.clone()).map_err(df_to_db)?;
+    let (plan, schema) = s.planner().plan_client_query(q.clone()).map_err(df_to_db)?;
     let plan = bind_plan(plan, params)?;
-    run_plan(s, plan, "SELECT").await
+    run_plan(s, plan, schema, "SELECT").await
 }
 
 pub fn bind_plan(plan: LogicalPlan, params: &Params) -> DbResult<LogicalPlan> {
@@ -29,15 +30,19 @@ pub fn bind_plan(plan: LogicalPlan, params: &Params) -> DbResult<LogicalPlan> {
     .map_err(df_to_db)
 }
 
-pub async fn run_plan(s: &Session, plan: LogicalPlan, tag: &str) -> DbResult<StatementResult> {
+/// Executes a plan; `schema` is the client-facing schema (names may differ from the plan's).
+pub async fn run_plan(
+    s: &Session,
+    plan: LogicalPlan,
+    schema: SchemaRef,
+    tag: &str,
+) -> DbResult<StatementResult> {
     let physical = s
         .state
         .create_physical_plan(&plan)
         .await
         .map_err(df_to_db)?;
     let stream = execute_stream(physical, s.state.task_ctx()).map_err(df_to_db)?;
-    // keep the logical names (DataFusion may rename physical columns)
-    let schema = plan.schema().inner().clone();
     Ok(StatementResult::Rows {
         schema,
         stream,

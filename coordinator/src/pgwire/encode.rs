@@ -18,11 +18,14 @@ use pgwire::messages::data::DataRow;
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 const PG_EPOCH_DAYS: i32 = 10_957;
 
-fn sql_type_of(field: &Field) -> Option<SqlType> {
+/// Our SQL type of a column, from its field metadata — only if the values really are of that
+/// type's Arrow representation (metadata can outlive a conversion).
+pub fn sql_type_of(field: &Field) -> Option<SqlType> {
     field
         .metadata()
         .get(PG_TYPE_METADATA_KEY)
         .and_then(|n| SqlType::from_metadata_name(n))
+        .filter(|t| &t.arrow_type() == field.data_type())
 }
 
 /// The Postgres type of a result column.

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::common::DFSchema;
-use datafusion::common::tree_node::TreeNode;
+use datafusion::common::ExprSchema;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::logical_expr::{Expr, ExprSchemable};
 use datafusion::sql::sqlparser::ast::{self, Statement};
 use futures::{Sink, StreamExt, stream};
@@ -38,7 +39,9 @@ use tokio::sync::Mutex;
 use crate::error::df_to_db;
 use crate::handler::dml::resolve_table;
 use crate::handler::eval::table_df_schema;
-use crate::pgwire::encode::{decode_param, encode_batch, field_infos, pg_type_of_arrow};
+use crate::pgwire::encode::{
+    decode_param, encode_batch, field_infos, pg_type_of_arrow, sql_type_of,
+};
 use crate::pgwire::error::{error_info, to_pgwire};
 use crate::pgwire::parse::parse_statements;
 use crate::session::{Session, StatementResult};
@@ -197,11 +200,26 @@ fn describe(s: &Session, stmt: &Statement) -> DbResult<(Vec<Option<Type>>, Optio
     };
     match stmt {
         Statement::Query(q) => {
-            let plan = s.planner().plan_query((**q).clone()).map_err(df_to_db)?;
+            let (plan, schema) = s
+                .planner()
+                .plan_client_query((**q).clone())
+                .map_err(df_to_db)?;
+            // `col = $n`: the parameter has the column's SQL type (uuid, json, varchar…),
+            // which DataFusion's Arrow-level inference cannot tell apart from text
+            let _ = plan.apply(|node| {
+                let inputs = node.inputs();
+                node.apply_expressions(|e| {
+                    for input in &inputs {
+                        placeholder_column_types(e, input.schema(), &mut set_param);
+                    }
+                    Ok(TreeNodeRecursion::Continue)
+                })?;
+                Ok(TreeNodeRecursion::Continue)
+            });
             for (id, t) in plan.get_parameter_types().map_err(df_to_db)? {
                 set_param(&id, t.as_ref().map(pg_type_of_arrow));
             }
-            return Ok((params, Some(plan.schema().inner().clone())));
+            return Ok((params, Some(schema)));
         }
         Statement::Insert(ins) => {
             let ast::TableObject::TableName(name) = &ins.table else {
@@ -316,6 +334,41 @@ fn describe(s: &Session, stmt: &Statement) -> DbResult<(Vec<Option<Type>>, Optio
     Ok((params, None))
 }
 
+/// Parameters compared with a column (`col = $1`, `$1 <> col`, through casts): typed as the
+/// column's SQL type.
+fn placeholder_column_types(
+    e: &Expr,
+    schema: &DFSchema,
+    set_param: &mut impl FnMut(&str, Option<Type>),
+) {
+    let _ = e.apply(|x| {
+        if let Expr::BinaryExpr(b) = x
+            && b.op.supports_propagation()
+        {
+            let strip = |e: &Expr| -> Expr {
+                match e {
+                    Expr::Cast(c) => (*c.expr).clone(),
+                    Expr::TryCast(c) => (*c.expr).clone(),
+                    other => other.clone(),
+                }
+            };
+            let (l, r) = (strip(&b.left), strip(&b.right));
+            let pair = match (&l, &r) {
+                (Expr::Column(c), Expr::Placeholder(p))
+                | (Expr::Placeholder(p), Expr::Column(c)) => Some((c, p)),
+                _ => None,
+            };
+            if let Some((c, p)) = pair
+                && let Ok(field) = schema.field_from_column(c)
+                && let Some(t) = sql_type_of(field)
+            {
+                set_param(&p.id, Type::from_oid(t.pg_oid()));
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+}
+
 fn infer_expr_params(
     s: &Session,
     e: &ast::Expr,
@@ -325,6 +378,7 @@ fn infer_expr_params(
     let Ok(expr) = s.planner().plan_expr(e.clone(), df) else {
         return;
     };
+    placeholder_column_types(&expr, df, set_param);
     let Ok((expr, _)) = expr.infer_placeholder_types(df) else {
         return;
     };

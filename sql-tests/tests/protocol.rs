@@ -1,0 +1,348 @@
+//! Extended-protocol tests through tokio-postgres against a real `orochi-coordinator`.
+//!
+//! tokio-postgres always uses the extended protocol for `query`/`execute`: Parse (with no
+//! parameter types, so the server infers them), Describe, Bind with binary parameters, and
+//! binary result columns. Every supported type goes in as a parameter and comes back as a
+//! binary result, and must round-trip exactly.
+
+use std::str::FromStr;
+
+use chrono::{NaiveDate, NaiveDateTime, TimeZone, Utc};
+use orochi_sql_tests::Server;
+use rust_decimal::Decimal;
+use tokio_postgres::types::Type;
+use tokio_postgres::{NoTls, SimpleQueryMessage};
+
+async fn connect(server: &Server) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(&server.url(), NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+const CREATE: &str = "CREATE TABLE all_types (
+    id int4 PRIMARY KEY, i2 int2, i8 int8, f4 float4, f8 float8, n numeric(12,3), b bool,
+    t text, vc varchar(20), ch char(5), by bytea, d date, ts timestamp, tz timestamptz,
+    u uuid, j json, jb jsonb)";
+
+#[tokio::test]
+async fn every_type_round_trips_as_binary_parameter_and_result() {
+    let server = Server::start().expect("server");
+    let client = connect(&server).await;
+    client.batch_execute(CREATE).await.unwrap();
+
+    let insert = client
+        .prepare(
+            "INSERT INTO all_types VALUES \
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+        )
+        .await
+        .unwrap();
+    // the server inferred every parameter's type from the target columns
+    assert_eq!(
+        insert.params(),
+        &[
+            Type::INT4,
+            Type::INT2,
+            Type::INT8,
+            Type::FLOAT4,
+            Type::FLOAT8,
+            Type::NUMERIC,
+            Type::BOOL,
+            Type::TEXT,
+            Type::VARCHAR,
+            Type::BPCHAR,
+            Type::BYTEA,
+            Type::DATE,
+            Type::TIMESTAMP,
+            Type::TIMESTAMPTZ,
+            Type::UUID,
+            Type::JSON,
+            Type::JSONB,
+        ]
+    );
+
+    let n = Decimal::from_str("-12345.678").unwrap();
+    let d = NaiveDate::from_ymd_opt(2024, 2, 29).unwrap();
+    let ts: NaiveDateTime = d.and_hms_micro_opt(23, 59, 58, 123_456).unwrap();
+    let tz = Utc.with_ymd_and_hms(1999, 12, 31, 23, 0, 0).unwrap();
+    let u = uuid::Uuid::from_str("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11").unwrap();
+    let j = serde_json::json!({"a": [1, 2, {"b": null}]});
+    let bytes: Vec<u8> = vec![0, 1, 2, 255, b'\\'];
+    let affected = client
+        .execute(
+            &insert,
+            &[
+                &1i32,
+                &-32768i16,
+                &i64::MAX,
+                &1.5f32,
+                &-2.25e300f64,
+                &n,
+                &true,
+                &"héllo 'quoted'",
+                &"varchar",
+                &"ab",
+                &bytes,
+                &d,
+                &ts,
+                &tz,
+                &u,
+                &j,
+                &j,
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(affected, 1);
+    // all NULLs but the key
+    client
+        .execute(
+            "INSERT INTO all_types (id, i2, t, tz, u) VALUES ($1, $2, $3, $4, $5)",
+            &[
+                &2i32,
+                &None::<i16>,
+                &None::<String>,
+                &None::<chrono::DateTime<Utc>>,
+                &None::<uuid::Uuid>,
+            ],
+        )
+        .await
+        .unwrap();
+
+    let row = client
+        .query_one("SELECT * FROM all_types WHERE id = $1", &[&1i32])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>("id"), 1);
+    assert_eq!(row.get::<_, i16>("i2"), -32768);
+    assert_eq!(row.get::<_, i64>("i8"), i64::MAX);
+    assert_eq!(row.get::<_, f32>("f4"), 1.5);
+    assert_eq!(row.get::<_, f64>("f8"), -2.25e300);
+    assert_eq!(row.get::<_, Decimal>("n"), n);
+    assert!(row.get::<_, bool>("b"));
+    assert_eq!(row.get::<_, String>("t"), "héllo 'quoted'");
+    assert_eq!(row.get::<_, String>("vc"), "varchar");
+    assert_eq!(row.get::<_, String>("ch"), "ab   "); // char(5) is blank-padded
+    assert_eq!(row.get::<_, Vec<u8>>("by"), bytes);
+    assert_eq!(row.get::<_, NaiveDate>("d"), d);
+    assert_eq!(row.get::<_, NaiveDateTime>("ts"), ts);
+    assert_eq!(row.get::<_, chrono::DateTime<Utc>>("tz"), tz);
+    assert_eq!(row.get::<_, uuid::Uuid>("u"), u);
+    assert_eq!(row.get::<_, serde_json::Value>("j"), j);
+    assert_eq!(row.get::<_, serde_json::Value>("jb"), j);
+    // result column types as Postgres reports them
+    let types: Vec<Type> = row.columns().iter().map(|c| c.type_().clone()).collect();
+    assert_eq!(types, insert.params());
+
+    let row = client
+        .query_one("SELECT i2, t, tz, u FROM all_types WHERE id = 2", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, Option<i16>>(0), None);
+    assert_eq!(row.get::<_, Option<String>>(1), None);
+    assert_eq!(row.get::<_, Option<chrono::DateTime<Utc>>>(2), None);
+    assert_eq!(row.get::<_, Option<uuid::Uuid>>(3), None);
+
+    // parameters in WHERE, typed from the column they are compared with
+    let rows = client
+        .query(
+            "SELECT id FROM all_types WHERE u = $1 AND d = $2 AND n = $3",
+            &[&u, &d, &n],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+}
+
+#[tokio::test]
+async fn named_statements_are_reused_and_updates_report_counts() {
+    let server = Server::start().expect("server");
+    let client = connect(&server).await;
+    client
+        .batch_execute("CREATE TABLE kv (k int PRIMARY KEY, v int NOT NULL)")
+        .await
+        .unwrap();
+    let ins = client
+        .prepare("INSERT INTO kv VALUES ($1, $2)")
+        .await
+        .unwrap();
+    for k in 0..50i32 {
+        assert_eq!(client.execute(&ins, &[&k, &(k * 10)]).await.unwrap(), 1);
+    }
+    let upd = client
+        .prepare("UPDATE kv SET v = v + $1 WHERE k = $2")
+        .await
+        .unwrap();
+    assert_eq!(client.execute(&upd, &[&5i32, &7i32]).await.unwrap(), 1);
+    assert_eq!(client.execute(&upd, &[&5i32, &700i32]).await.unwrap(), 0);
+    let sel = client
+        .prepare("SELECT v FROM kv WHERE k = $1")
+        .await
+        .unwrap();
+    assert_eq!(sel.params(), &[Type::INT4]);
+    assert_eq!(
+        client
+            .query_one(&sel, &[&7i32])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        75
+    );
+    assert!(client.query_opt(&sel, &[&700i32]).await.unwrap().is_none());
+    // a range UPDATE takes the general path and reports its count
+    assert_eq!(
+        client
+            .execute("UPDATE kv SET v = 0 WHERE k >= $1", &[&40i32])
+            .await
+            .unwrap(),
+        10
+    );
+    // an overflowing point update fails with 22003 and changes nothing
+    client
+        .execute("UPDATE kv SET v = 2147483647 WHERE k = 1", &[])
+        .await
+        .unwrap();
+    let err = client.execute(&upd, &[&1i32, &1i32]).await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("22003"));
+    assert_eq!(
+        client
+            .query_one(&sel, &[&1i32])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        i32::MAX
+    );
+    // the session is still usable, and the statements still work after the error
+    assert_eq!(client.execute(&upd, &[&1i32, &2i32]).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn simple_protocol_tags_and_empty_query() {
+    let server = Server::start().expect("server");
+    let client = connect(&server).await;
+    let msgs = client
+        .simple_query(
+            "CREATE TABLE s (a int PRIMARY KEY); INSERT INTO s VALUES (1), (2), (3); \
+             UPDATE s SET a = a + 10 WHERE a >= 2; SELECT * FROM s ORDER BY a; \
+             DELETE FROM s WHERE a = 1",
+        )
+        .await
+        .unwrap();
+    let tags: Vec<u64> = msgs
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::CommandComplete(n) => Some(*n),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(tags, vec![0, 3, 2, 3, 1]);
+    let rows: Vec<String> = msgs
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rows, vec!["1", "12", "13"]);
+    // an empty query string is answered (EmptyQueryResponse), not an error
+    assert!(client.simple_query("").await.is_ok());
+    assert!(client.simple_query(" ; ").await.is_ok());
+}
+
+#[tokio::test]
+async fn max_connections_is_enforced_with_53300() {
+    let server = Server::start_with(&["--max-connections", "2"], &[]).expect("server");
+    // the start-up probe's TCP connection holds a slot until the server sees it close
+    let mut admitted = Vec::new();
+    for _ in 0..50 {
+        if let Ok((c, conn)) = tokio_postgres::connect(&server.url(), NoTls).await {
+            tokio::spawn(conn);
+            admitted.push(c);
+            if admitted.len() == 2 {
+                break;
+            }
+        } else {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    let b = admitted.pop().expect("two connections admitted");
+    let a = admitted.pop().expect("two connections admitted");
+    let err = match tokio_postgres::connect(&server.url(), NoTls).await {
+        Ok(_) => panic!("a third connection was accepted"),
+        Err(e) => e,
+    };
+    assert_eq!(err.code().map(|c| c.code()), Some("53300"), "{err}");
+    // the admitted sessions are unaffected
+    assert_eq!(
+        a.query_one("SELECT 1::int4", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        1
+    );
+    drop(b);
+    // a freed slot can be used again (the server notices the disconnect asynchronously)
+    let mut ok = false;
+    for _ in 0..50 {
+        if let Ok((c, conn)) = tokio_postgres::connect(&server.url(), NoTls).await {
+            tokio::spawn(conn);
+            ok = c.simple_query("SELECT 1").await.is_ok();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        ok,
+        "no connection slot was freed after a client disconnected"
+    );
+}
+
+/// Result column names and types are the ones Postgres reports, duplicates included.
+#[tokio::test]
+async fn result_columns_have_postgres_names_and_types() {
+    let server = Server::start().expect("server");
+    let client = connect(&server).await;
+    client
+        .batch_execute(
+            "CREATE TABLE names_t (id int PRIMARY KEY, price numeric(10,2), u uuid);
+             INSERT INTO names_t VALUES (1, 1.50, 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11')",
+        )
+        .await
+        .unwrap();
+    let stmt = client
+        .prepare(
+            "SELECT count(*), price::text, price::int4, u::text, 1 + 1, \
+             CASE WHEN id > 0 THEN 'pos' END, id AS ident, now() \
+             FROM names_t GROUP BY id, price, u",
+        )
+        .await
+        .unwrap();
+    let cols: Vec<(&str, Type)> = stmt
+        .columns()
+        .iter()
+        .map(|c| (c.name(), c.type_().clone()))
+        .collect();
+    assert_eq!(
+        cols,
+        vec![
+            ("count", Type::INT8),
+            ("price", Type::TEXT),
+            ("price", Type::INT4),
+            ("u", Type::TEXT),
+            ("?column?", Type::INT8),
+            ("case", Type::TEXT),
+            ("ident", Type::INT4),
+            ("now", Type::TIMESTAMPTZ),
+        ]
+    );
+    let row = client.query_one(&stmt, &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(1), "1.50");
+    assert_eq!(
+        row.get::<_, String>(3),
+        "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
+    );
+}
