@@ -1,5 +1,6 @@
 //! Coordinator configuration: TOML file, then `OROCHI_*` environment, then flags.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -17,6 +18,9 @@ pub struct CoordinatorOptions {
     pub row_cache_bytes: u64,
     /// Threads of parallelism per query (0 = number of CPUs).
     pub query_parallelism: usize,
+    /// Passwords by user (`[passwords]` table; `OROCHI_PASSWORD` sets `postgres`'s). Empty:
+    /// trust authentication. Otherwise every login must pass SCRAM-SHA-256.
+    pub passwords: BTreeMap<String, String>,
 }
 
 impl Default for CoordinatorOptions {
@@ -28,6 +32,7 @@ impl Default for CoordinatorOptions {
             query_memory_limit_bytes: 1 << 30,
             row_cache_bytes: 256 << 20,
             query_parallelism: 0,
+            passwords: BTreeMap::new(),
         }
     }
 }

@@ -55,6 +55,9 @@ fn main() -> anyhow::Result<()> {
     if let Some(m) = args.max_connections {
         options.max_connections = m;
     }
+    if let Ok(password) = std::env::var("OROCHI_PASSWORD") {
+        options.passwords.insert("postgres".into(), password);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("orochi")

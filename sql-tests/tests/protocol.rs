@@ -346,3 +346,50 @@ async fn result_columns_have_postgres_names_and_types() {
         "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
     );
 }
+
+/// With a password configured, logins go through SCRAM-SHA-256; a wrong password (or an
+/// unknown user) is refused with 28P01 and the server keeps serving.
+#[tokio::test]
+async fn scram_password_authentication() {
+    let server = Server::start_with(&[], &[("OROCHI_PASSWORD", "s3cr3t")]).expect("server");
+    let url = |password: &str| format!("{} password={password}", server.url());
+
+    let (client, conn) = tokio_postgres::connect(&url("s3cr3t"), NoTls)
+        .await
+        .expect("the right password is accepted");
+    tokio::spawn(conn);
+    assert_eq!(
+        client
+            .query_one("SELECT 42::int4", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        42
+    );
+
+    let err = tokio_postgres::connect(&url("wrong"), NoTls)
+        .await
+        .err()
+        .expect("a wrong password is refused");
+    assert_eq!(err.code().map(|c| c.code()), Some("28P01"), "{err}");
+
+    let err = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=mallory dbname=postgres password=s3cr3t",
+            server.port
+        ),
+        NoTls,
+    )
+    .await
+    .err()
+    .expect("an unknown user is refused");
+    assert_eq!(err.code().map(|c| c.code()), Some("28P01"), "{err}");
+
+    // no password at all: the client cannot answer the SCRAM challenge
+    assert!(
+        tokio_postgres::connect(&server.url(), NoTls).await.is_err(),
+        "a login without a password was accepted"
+    );
+    // the authenticated session is unaffected
+    assert!(client.simple_query("SELECT 1").await.is_ok());
+}

@@ -11,8 +11,10 @@ use datafusion::common::ExprSchema;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::logical_expr::{Expr, ExprSchemable};
 use datafusion::sql::sqlparser::ast::{self, Statement};
-use futures::{Sink, StreamExt, stream};
+use futures::{Sink, SinkExt, StreamExt, stream};
 use orochi_common::error::{DbError, DbResult};
+use pgwire::api::auth::sasl::scram::ScramAuth;
+use pgwire::api::auth::sasl::{SASLState, SCRAM_SHA_256_METHOD};
 use pgwire::api::auth::{
     DefaultServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
     save_startup_parameters_to_metadata,
@@ -28,11 +30,12 @@ use pgwire::api::stmt::{QueryParser, StoredStatement};
 use pgwire::api::store::PortalStore;
 use pgwire::api::{
     ClientInfo, ClientPortalStore, ConnectionManager, METADATA_DATABASE, METADATA_USER,
-    PgWireServerHandlers, Type,
+    PgWireConnectionState, PgWireServerHandlers, Type,
 };
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
 use pgwire::messages::data::DataRow;
+use pgwire::messages::startup::Authentication;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use tokio::sync::Mutex;
 
@@ -51,10 +54,21 @@ pub struct Connection {
     session: Arc<Mutex<Session>>,
     parser: Arc<OrochiQueryParser>,
     connections: Arc<ConnectionManager>,
+    auth: Arc<AuthState>,
+}
+
+/// SCRAM configuration (`None`: trust) and this connection's place in the exchange.
+pub struct AuthState {
+    scram: Option<Arc<ScramAuth>>,
+    sasl: Mutex<SASLState>,
 }
 
 impl Connection {
-    pub fn new(session: Session, connections: Arc<ConnectionManager>) -> Arc<Connection> {
+    pub fn new(
+        session: Session,
+        connections: Arc<ConnectionManager>,
+        scram: Option<Arc<ScramAuth>>,
+    ) -> Arc<Connection> {
         let session = Arc::new(Mutex::new(session));
         Arc::new(Connection {
             parser: Arc::new(OrochiQueryParser {
@@ -62,6 +76,10 @@ impl Connection {
             }),
             session,
             connections,
+            auth: Arc::new(AuthState {
+                scram,
+                sasl: Mutex::new(SASLState::Initial),
+            }),
         })
     }
 
@@ -76,6 +94,7 @@ impl PgWireServerHandlers for Connection {
             session: self.session.clone(),
             parser: self.parser.clone(),
             connections: self.connections.clone(),
+            auth: self.auth.clone(),
         })
     }
     fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
@@ -83,6 +102,7 @@ impl PgWireServerHandlers for Connection {
             session: self.session.clone(),
             parser: self.parser.clone(),
             connections: self.connections.clone(),
+            auth: self.auth.clone(),
         })
     }
     fn startup_handler(&self) -> Arc<impl StartupHandler> {
@@ -90,6 +110,7 @@ impl PgWireServerHandlers for Connection {
             session: self.session.clone(),
             parser: self.parser.clone(),
             connections: self.connections.clone(),
+            auth: self.auth.clone(),
         })
     }
     fn copy_handler(&self) -> Arc<impl CopyHandler> {
@@ -97,6 +118,7 @@ impl PgWireServerHandlers for Connection {
             session: self.session.clone(),
             parser: self.parser.clone(),
             connections: self.connections.clone(),
+            auth: self.auth.clone(),
         })
     }
 }
@@ -105,6 +127,7 @@ pub struct Handler {
     session: Arc<Mutex<Session>>,
     parser: Arc<OrochiQueryParser>,
     connections: Arc<ConnectionManager>,
+    auth: Arc<AuthState>,
 }
 
 /// A parsed statement with its parameter types and result schema (for Describe).
@@ -618,46 +641,89 @@ impl StartupHandler for Handler {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        if let PgWireFrontendMessage::Startup(ref startup) = message {
-            protocol_negotiation(client, startup).await?;
-            save_startup_parameters_to_metadata(client, startup);
-            let pid = next_backend_pid();
-            let secret = pgwire::messages::startup::SecretKey::I32(rand_secret());
-            client.set_pid_and_secret_key(pid, secret.clone());
-            let (handle, guard) = self.connections.register(pid, secret);
-            client
-                .session_extensions()
-                .insert::<Arc<pgwire::api::ConnectionHandle>>(handle);
-            client
-                .session_extensions()
-                .insert::<pgwire::api::ConnectionGuard>(guard);
-            {
-                let mut s = self.session.lock().await;
-                s.user = client
-                    .metadata()
-                    .get(METADATA_USER)
-                    .cloned()
-                    .unwrap_or_else(|| "postgres".into());
-                s.database = client
-                    .metadata()
-                    .get(METADATA_DATABASE)
-                    .cloned()
-                    .unwrap_or_else(|| s.user.clone());
-                if let Some(app) = client.metadata().get("application_name").cloned() {
-                    let _ = s.settings.set("application_name", &app);
+        match message {
+            PgWireFrontendMessage::Startup(ref startup) => {
+                protocol_negotiation(client, startup).await?;
+                save_startup_parameters_to_metadata(client, startup);
+                if self.auth.scram.is_some() {
+                    *self.auth.sasl.lock().await = SASLState::ScramClientFirstReceived;
+                    client.set_state(PgWireConnectionState::AuthenticationInProgress);
+                    client
+                        .send(PgWireBackendMessage::Authentication(Authentication::SASL(
+                            vec![SCRAM_SHA_256_METHOD.to_string()],
+                        )))
+                        .await?;
+                    return Ok(());
                 }
+                self.start_session(client).await
             }
-            let mut params = DefaultServerParameterProvider::default();
-            params.server_version = format!(
-                "{} (OrochiDB {})",
-                crate::handler::utility::SERVER_VERSION,
-                env!("CARGO_PKG_VERSION")
-            );
-            params.time_zone = "UTC".into();
-            params.date_style = "ISO, MDY".into();
-            finish_authentication(client, &params).await?;
+            PgWireFrontendMessage::PasswordMessageFamily(msg) => {
+                let Some(scram) = &self.auth.scram else {
+                    return Err(PgWireError::NoAuthenticationInProgress);
+                };
+                let mut state = self.auth.sasl.lock().await;
+                let (reply, next, _) = scram.process_scram_message(client, msg, &state).await?;
+                let finished = matches!(next, SASLState::Finished);
+                *state = next;
+                drop(state);
+                client
+                    .send(PgWireBackendMessage::Authentication(reply))
+                    .await?;
+                if finished {
+                    self.start_session(client).await?;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
         }
-        Ok(())
+    }
+}
+
+impl Handler {
+    /// After authentication: registers the connection for cancel requests, fills in the
+    /// session's user and database, and sends AuthenticationOk, the ParameterStatus values
+    /// and ReadyForQuery.
+    async fn start_session<C>(&self, client: &mut C) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let pid = next_backend_pid();
+        let secret = pgwire::messages::startup::SecretKey::I32(rand_secret());
+        client.set_pid_and_secret_key(pid, secret.clone());
+        let (handle, guard) = self.connections.register(pid, secret);
+        client
+            .session_extensions()
+            .insert::<Arc<pgwire::api::ConnectionHandle>>(handle);
+        client
+            .session_extensions()
+            .insert::<pgwire::api::ConnectionGuard>(guard);
+        {
+            let mut s = self.session.lock().await;
+            s.user = client
+                .metadata()
+                .get(METADATA_USER)
+                .cloned()
+                .unwrap_or_else(|| "postgres".into());
+            s.database = client
+                .metadata()
+                .get(METADATA_DATABASE)
+                .cloned()
+                .unwrap_or_else(|| s.user.clone());
+            if let Some(app) = client.metadata().get("application_name").cloned() {
+                let _ = s.settings.set("application_name", &app);
+            }
+        }
+        let mut params = DefaultServerParameterProvider::default();
+        params.server_version = format!(
+            "{} (OrochiDB {})",
+            crate::handler::utility::SERVER_VERSION,
+            env!("CARGO_PKG_VERSION")
+        );
+        params.time_zone = "UTC".into();
+        params.date_style = "ISO, MDY".into();
+        finish_authentication(client, &params).await
     }
 }
 

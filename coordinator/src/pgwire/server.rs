@@ -22,6 +22,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let limit = Arc::new(Semaphore::new(instance.options.max_connections));
     let connections = Arc::new(ConnectionManager::new());
+    let scram = crate::pgwire::auth::PasswordDb::scram(&instance.options.passwords);
     let mut tasks = JoinSet::new();
     loop {
         let (socket, peer) = tokio::select! {
@@ -40,12 +41,14 @@ pub async fn serve(
             Ok(permit) => {
                 let instance = instance.clone();
                 let connections = connections.clone();
+                let scram = scram.clone();
                 tasks.spawn(async move {
                     let _permit = permit;
                     tracing::debug!(%peer, "connection opened");
                     let conn = Connection::new(
                         Session::new(instance, "postgres".into(), "postgres".into()),
                         connections,
+                        scram,
                     );
                     let session = conn.session();
                     if let Err(e) = pgwire::tokio::process_socket(socket, None, conn).await {
