@@ -372,6 +372,10 @@ async fn scram_password_authentication() {
         .err()
         .expect("a wrong password is refused");
     assert_eq!(err.code().map(|c| c.code()), Some("28P01"), "{err}");
+    assert_eq!(
+        err.as_db_error().map(|e| e.message()),
+        Some("password authentication failed for user \"postgres\"")
+    );
 
     let err = tokio_postgres::connect(
         &format!(

@@ -23,3 +23,12 @@ pub fn fatal_info(e: &DbError) -> ErrorInfo {
 pub fn to_pgwire(e: &DbError, position: Option<usize>) -> PgWireError {
     PgWireError::UserError(Box::new(error_info(e, position)))
 }
+
+/// A FATAL error (the connection is closed after it is sent).
+pub fn fatal(code: &str, message: String) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "FATAL".to_string(),
+        code.to_string(),
+        message,
+    )))
+}

@@ -45,7 +45,7 @@ use crate::handler::eval::table_df_schema;
 use crate::pgwire::encode::{
     decode_param, encode_batch, field_infos, pg_type_of_arrow, sql_type_of,
 };
-use crate::pgwire::error::{error_info, to_pgwire};
+use crate::pgwire::error::{error_info, fatal, to_pgwire};
 use crate::pgwire::parse::parse_statements;
 use crate::session::{Session, StatementResult};
 
@@ -662,7 +662,25 @@ impl StartupHandler for Handler {
                     return Err(PgWireError::NoAuthenticationInProgress);
                 };
                 let mut state = self.auth.sasl.lock().await;
-                let (reply, next, _) = scram.process_scram_message(client, msg, &state).await?;
+                let (reply, next, _) = scram
+                    .process_scram_message(client, msg, &state)
+                    .await
+                    .map_err(|e| match e {
+                        // Postgres' wording, with the login's user name (SCRAM's own user
+                        // field is empty: Postgres clients send it in the startup packet)
+                        PgWireError::InvalidPassword(_) => fatal(
+                            "28P01",
+                            format!(
+                                "password authentication failed for user \"{}\"",
+                                client
+                                    .metadata()
+                                    .get(METADATA_USER)
+                                    .map(String::as_str)
+                                    .unwrap_or_default()
+                            ),
+                        ),
+                        other => other,
+                    })?;
                 let finished = matches!(next, SASLState::Finished);
                 *state = next;
                 drop(state);
