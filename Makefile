@@ -20,7 +20,7 @@ unit:
 slt: build
 	$(CARGO) build $(PROFILE_FLAGS) -p orochi-sql-tests --tests
 	./scripts/with-postgres.sh $(CARGO) test $(PROFILE_FLAGS) -p orochi-sql-tests --test slt
-	$(CARGO) test $(PROFILE_FLAGS) -p orochi-sql-tests --test clients --test protocol --test durability
+	$(CARGO) test $(PROFILE_FLAGS) -p orochi-sql-tests --test clients --test protocol --test durability --test memory
 
 fmt:
 	$(CARGO) fmt --all

@@ -4,6 +4,7 @@ use std::fs::{File, TryLockError};
 use std::sync::Arc;
 
 use anyhow::Context;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use orochi_worker::LocalShardService;
@@ -51,10 +52,19 @@ pub fn open(options: CoordinatorOptions) -> anyhow::Result<Standalone> {
         },
     )
     .map_err(|e| anyhow::anyhow!("opening row store: {}", e.message))?;
+    // operators that outgrow their share of the query memory pool spill here (emptied at
+    // start: spill files of a previous process are garbage)
+    let spill_dir = dir.join("tmp");
+    let _ = std::fs::remove_dir_all(&spill_dir);
+    std::fs::create_dir_all(&spill_dir)
+        .with_context(|| format!("creating spill directory {}", spill_dir.display()))?;
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_pool(Arc::new(FairSpillPool::new(
             options.query_memory_limit_bytes,
         )))
+        .with_disk_manager_builder(
+            DiskManagerBuilder::default().with_mode(DiskManagerMode::Directories(vec![spill_dir])),
+        )
         .build_arc()
         .context("building the query runtime")?;
     let instance = Arc::new(Instance::new(

@@ -199,6 +199,11 @@ impl Server {
         )
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// `kill -9`.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
