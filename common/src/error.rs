@@ -158,6 +158,8 @@ pub struct DbError {
     pub state: SqlState,
     pub message: String,
     pub detail: Option<String>,
+    /// Where it happened (Postgres' CONTEXT line, e.g. `COPY t, line 3`).
+    pub context: Option<String>,
 }
 
 impl DbError {
@@ -166,11 +168,17 @@ impl DbError {
             state,
             message: message.into(),
             detail: None,
+            context: None,
         }
     }
 
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
         self.detail = Some(detail.into());
+        self
+    }
+
+    pub fn with_context(mut self, context: impl Into<String>) -> Self {
+        self.context = Some(context.into());
         self
     }
 

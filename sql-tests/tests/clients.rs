@@ -58,6 +58,12 @@ async fn copy_bad_row_loads_nothing() {
         .unwrap();
     let err = sink.finish().await.unwrap_err();
     assert_eq!(err.as_db_error().map(|e| e.code().code()), Some("22P02"));
+    // the line number is in CONTEXT, where Postgres puts it
+    let context = err
+        .as_db_error()
+        .and_then(|e| e.where_())
+        .unwrap_or_default();
+    assert!(context.starts_with("COPY copy_bad, line 3"), "{context}");
     let row = client
         .query_one("SELECT count(*) FROM copy_bad", &[])
         .await

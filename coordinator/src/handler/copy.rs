@@ -358,16 +358,7 @@ impl CopyIn {
     }
 
     pub fn with_context(&self, e: DbError) -> DbError {
-        let ctx = format!("COPY {}, line {}", self.def.name, self.line);
-        let detail = match e.detail {
-            Some(d) => format!("{d}\n{ctx}"),
-            None => ctx,
-        };
-        DbError {
-            state: e.state,
-            message: e.message,
-            detail: Some(detail),
-        }
+        e.with_context(format!("COPY {}, line {}", self.def.name, self.line))
     }
 
     fn parse_record(&mut self, rec: &[u8], s: &Session) -> DbResult<()> {

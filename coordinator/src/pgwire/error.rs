@@ -10,6 +10,7 @@ pub fn error_info(e: &DbError, position: Option<usize>) -> ErrorInfo {
         e.message.clone(),
     );
     info.detail = e.detail.clone();
+    info.where_context = e.context.clone();
     info.position = position.map(|p| p.to_string());
     info
 }
