@@ -7,12 +7,14 @@
 //! - [`planner`]: DataFusion's SQL planner wired to our catalog.
 //! - [`provider`]: DataFusion catalog/table providers over our catalog.
 //! - [`exec`]: our physical operators ([`exec::shard_scan::ShardScanExec`]).
+//! - [`checked`]: integer arithmetic that fails on overflow (an analyzer rule).
 //! - [`catalog`]: schemas, tables, sequences (persisted).
 //! - [`config`]: the coordinator options (`CoordinatorOptions`).
 //! - [`error`]: DataFusion ↔ SQLSTATE error mapping.
 //! - [`standalone`]: starting a coordinator with an embedded worker.
 
 pub mod catalog;
+pub mod checked;
 pub mod config;
 pub mod error;
 pub mod exec;

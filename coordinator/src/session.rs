@@ -116,11 +116,12 @@ impl Session {
             opts.sql_parser.map_string_types_to_utf8view = false;
             opts.execution.time_zone = Some("+00:00".to_string());
         }
-        let state = datafusion::execution::SessionStateBuilder::new()
+        let mut state = datafusion::execution::SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(instance.runtime.clone())
             .with_default_features()
             .build();
+        state.add_analyzer_rule(Arc::new(crate::checked::CheckedIntegerArithmetic));
         Session {
             instance,
             state,
