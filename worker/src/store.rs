@@ -36,13 +36,15 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("rolling back an interrupted commit: its undo record is unreadable")]
+    Undo,
 }
 
 impl StoreError {
     pub fn sqlstate(&self) -> SqlState {
         match self {
             StoreError::Open { .. } | StoreError::Io { .. } => SqlState::IoError,
-            StoreError::Meta { .. } => SqlState::InternalError,
+            StoreError::Meta { .. } | StoreError::Undo => SqlState::InternalError,
         }
     }
 }
@@ -110,6 +112,63 @@ fn tree_name(table: TableId, shard: ShardIndex) -> String {
 }
 
 /// One change to apply at commit.
+/// The largest commit applied as one sled batch/transaction (see [`RowStore::apply`]).
+pub const COMMIT_CHUNK: usize = 16_384;
+
+/// Undo record: per change `table u64 | shard u32 | key len u32 | key | 0 or 1 | [len u32 | value]`.
+fn encode_undo(changes: &[Change]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for c in changes {
+        out.extend_from_slice(&c.table.to_be_bytes());
+        out.extend_from_slice(&c.shard.to_be_bytes());
+        out.extend_from_slice(&(c.key.len() as u32).to_be_bytes());
+        out.extend_from_slice(&c.key);
+        match &c.value {
+            Some(v) => {
+                out.push(1);
+                out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+                out.extend_from_slice(v);
+            }
+            None => out.push(0),
+        }
+    }
+    out
+}
+
+fn decode_undo(mut b: &[u8]) -> Option<Vec<Change>> {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        if b.len() < n {
+            return None;
+        }
+        let (head, rest) = b.split_at(n);
+        *b = rest;
+        Some(head)
+    }
+    let u32_of = |b: &mut &[u8]| take(b, 4).map(|x| u32::from_be_bytes(x.try_into().unwrap()));
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let table = u64::from_be_bytes(take(&mut b, 8)?.try_into().ok()?);
+        let shard = u32_of(&mut b)?;
+        let klen = u32_of(&mut b)? as usize;
+        let key = take(&mut b, klen)?.to_vec();
+        let value = match take(&mut b, 1)?[0] {
+            0 => None,
+            1 => {
+                let vlen = u32_of(&mut b)? as usize;
+                Some(take(&mut b, vlen)?.to_vec())
+            }
+            _ => return None,
+        };
+        out.push(Change {
+            table,
+            shard,
+            key,
+            value,
+        });
+    }
+    Some(out)
+}
+
 pub struct Change {
     pub table: TableId,
     pub shard: ShardIndex,
@@ -119,6 +178,8 @@ pub struct Change {
 
 pub struct RowStore {
     db: sled::Db,
+    /// Undo records of chunked commits in progress (see [`RowStore::apply`]).
+    undo: sled::Tree,
     meta: sled::Tree,
     tables: RwLock<HashMap<TableId, Arc<TableEntry>>>,
 }
@@ -136,8 +197,10 @@ impl RowStore {
             .open()
             .map_err(open_err)?;
         let meta = db.open_tree("meta").map_err(open_err)?;
+        let undo = db.open_tree("undo").map_err(open_err)?;
         let store = RowStore {
             db,
+            undo,
             meta,
             tables: RwLock::new(HashMap::new()),
         };
@@ -149,7 +212,29 @@ impl RowStore {
             let entry = store.open_entry(def)?;
             store.tables.write().insert(id, Arc::new(entry));
         }
+        store.roll_back_interrupted_commits()?;
         Ok(store)
+    }
+
+    /// Undoes chunked commits a crash interrupted: their undo records are still there.
+    fn roll_back_interrupted_commits(&self) -> Result<(), StoreError> {
+        let io = |source| StoreError::Io { table: 0, source };
+        let pending: Vec<(sled::IVec, sled::IVec)> =
+            self.undo.iter().collect::<Result<_, _>>().map_err(io)?;
+        for (id, record) in pending {
+            let changes = decode_undo(&record).ok_or(StoreError::Undo)?;
+            tracing::warn!(
+                changes = changes.len(),
+                "rolling back a commit interrupted by a crash"
+            );
+            for chunk in changes.chunks(COMMIT_CHUNK) {
+                self.apply_atomic(chunk).map_err(|_| StoreError::Undo)?;
+            }
+            self.db.flush().map_err(io)?;
+            self.undo.remove(id).map_err(io)?;
+            self.db.flush().map_err(io)?;
+        }
+        Ok(())
     }
 
     pub fn db(&self) -> &sled::Db {
@@ -222,9 +307,63 @@ impl RowStore {
         })
     }
 
-    /// Applies changes to several shards atomically (one sled transaction over their trees).
-    /// Not durable until [`RowStore::flush`].
+    /// Applies a transaction's changes atomically. Not durable until [`RowStore::flush`].
+    ///
+    /// Up to [`COMMIT_CHUNK`] changes go in one sled batch or transaction. sled holds several
+    /// KiB per entry while it applies one, so larger commits (a big COPY) are applied in chunks
+    /// instead, made atomic across a crash by an undo record: the values the commit replaces
+    /// are written (and fsynced) first, and removed after the last chunk; [`RowStore::open`]
+    /// puts back the old values of any commit whose record is still there. Other sessions can
+    /// see a chunked commit's first chunks before its last one lands.
     pub fn apply(&self, changes: &[Change]) -> DbResult<()> {
+        if changes.len() <= COMMIT_CHUNK {
+            return self.apply_atomic(changes);
+        }
+        self.apply_chunked(changes, usize::MAX)
+    }
+
+    /// `stop_after`: number of chunks to apply before returning early (a simulated crash, for
+    /// tests); `usize::MAX` in real use.
+    fn apply_chunked(&self, changes: &[Change], stop_after: usize) -> DbResult<()> {
+        let io = |source| -> DbError { StoreError::Io { table: 0, source }.into() };
+        let mut undo = Vec::with_capacity(changes.len());
+        {
+            let tables = self.tables.read();
+            for c in changes {
+                let entry = tables.get(&c.table).ok_or_else(|| {
+                    DbError::new(
+                        SqlState::UndefinedTable,
+                        format!("table {} was dropped by a concurrent transaction", c.table),
+                    )
+                })?;
+                let old = entry.tree(c.shard)?.get(&c.key).map_err(io)?;
+                undo.push(Change {
+                    table: c.table,
+                    shard: c.shard,
+                    key: c.key.clone(),
+                    value: old.map(|v| v.to_vec()),
+                });
+            }
+        }
+        let id = self.db.generate_id().map_err(io)?.to_be_bytes();
+        self.undo.insert(id, encode_undo(&undo)).map_err(io)?;
+        drop(undo);
+        self.db.flush().map_err(io)?;
+        for (i, chunk) in changes.chunks(COMMIT_CHUNK).enumerate() {
+            if i == stop_after {
+                return Ok(());
+            }
+            self.apply_atomic(chunk)?;
+        }
+        // every chunk durable before the record that would undo them goes
+        self.db.flush().map_err(io)?;
+        self.undo.remove(id).map_err(io)?;
+        Ok(())
+    }
+
+    /// Applies changes to several shards atomically (one sled batch, or one sled transaction
+    /// over their trees).
+    fn apply_atomic(&self, changes: &[Change]) -> DbResult<()> {
         if changes.is_empty() {
             return Ok(());
         }
@@ -297,5 +436,122 @@ impl RowStore {
             .flush()
             .map_err(|source| StoreError::Io { table: 0, source })?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use orochi_common::schema::ColumnDef;
+    use orochi_common::types::SqlType;
+
+    use super::*;
+
+    fn table() -> TableDef {
+        TableDef {
+            id: 16384,
+            schema: "public".into(),
+            name: "t".into(),
+            columns: vec![
+                ColumnDef::new("k", SqlType::Int8),
+                ColumnDef::new("v", SqlType::Int8),
+            ],
+            primary_key: vec![0],
+            distribution_column: 0,
+            shard_count: 4,
+            hidden_rowid: false,
+            version: 1,
+        }
+    }
+
+    fn change(entry: &TableEntry, k: i64, v: Option<i64>) -> Change {
+        let row = vec![Datum::Int8(k), Datum::Int8(v.unwrap_or(0))];
+        Change {
+            table: entry.def.id,
+            shard: entry.def.shard_of_row(&row),
+            key: entry.def.encode_key(&row),
+            value: v.map(|_| entry.encode_row(&row)),
+        }
+    }
+
+    fn contents(store: &RowStore) -> Vec<(i64, i64)> {
+        let entry = store.table(16384).unwrap();
+        let mut out = Vec::new();
+        for s in 0..entry.def.shard_count {
+            for item in entry.tree(s).unwrap().iter() {
+                let (_, v) = item.unwrap();
+                let row = entry.decode_row(&v).unwrap();
+                match (&row[0], &row[1]) {
+                    (Datum::Int8(k), Datum::Int8(v)) => out.push((*k, *v)),
+                    other => panic!("unexpected row {other:?}"),
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// A chunked commit cut short (a crash after its first chunk) is rolled back when the
+    /// store is opened again: updated rows get their old values, inserted rows disappear,
+    /// deleted rows come back.
+    #[test]
+    fn interrupted_chunked_commit_is_rolled_back_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let before: Vec<(i64, i64)> = (0..10).map(|k| (k, k * 10)).collect();
+        {
+            let store = RowStore::open(dir.path(), 8 << 20).unwrap();
+            store.create_table(&table()).unwrap();
+            let entry = store.table(16384).unwrap();
+            let initial: Vec<Change> = before
+                .iter()
+                .map(|&(k, v)| change(&entry, k, Some(v)))
+                .collect();
+            store.apply(&initial).unwrap();
+            // updates and a delete of existing rows, then many inserts: three chunks
+            let mut big: Vec<Change> = (0..5).map(|k| change(&entry, k, Some(-1))).collect();
+            big.push(change(&entry, 9, None));
+            big.extend((100..100 + 2 * COMMIT_CHUNK as i64).map(|k| change(&entry, k, Some(k))));
+            store.apply_chunked(&big, 1).unwrap();
+            assert_ne!(contents(&store), before, "the first chunk was applied");
+            store.flush().unwrap();
+        }
+        let store = RowStore::open(dir.path(), 8 << 20).unwrap();
+        assert_eq!(contents(&store), before);
+        assert_eq!(store.undo.len(), 0);
+
+        // an uninterrupted chunked commit is all there, and leaves no undo record
+        let entry = store.table(16384).unwrap();
+        let big: Vec<Change> = (100..100 + 2 * COMMIT_CHUNK as i64)
+            .map(|k| change(&entry, k, Some(k)))
+            .collect();
+        store.apply(&big).unwrap();
+        assert_eq!(contents(&store).len(), 10 + 2 * COMMIT_CHUNK);
+        assert_eq!(store.undo.len(), 0);
+    }
+
+    #[test]
+    fn undo_records_round_trip() {
+        let changes = vec![
+            Change {
+                table: 7,
+                shard: 3,
+                key: vec![1, 2, 3],
+                value: Some(vec![9; 40]),
+            },
+            Change {
+                table: u64::MAX,
+                shard: 0,
+                key: vec![],
+                value: None,
+            },
+        ];
+        let decoded = decode_undo(&encode_undo(&changes)).unwrap();
+        assert_eq!(decoded.len(), 2);
+        assert_eq!(decoded[0].key, vec![1, 2, 3]);
+        assert_eq!(decoded[0].value, Some(vec![9; 40]));
+        assert_eq!(decoded[1].table, u64::MAX);
+        assert_eq!(decoded[1].value, None);
+        // truncated records are an error, not a panic
+        let bytes = encode_undo(&changes);
+        assert!(decode_undo(&bytes[..bytes.len() - 1]).is_none());
     }
 }
