@@ -88,6 +88,18 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// The one handler object behind every pgwire handler trait, with its concrete type.
+    pub fn handler(&self) -> Arc<Handler> {
+        Arc::new(Handler {
+            session: self.session.clone(),
+            parser: self.parser.clone(),
+            connections: self.connections.clone(),
+            auth: self.auth.clone(),
+        })
+    }
+}
+
 impl PgWireServerHandlers for Connection {
     fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
         Arc::new(Handler {

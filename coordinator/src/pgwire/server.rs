@@ -4,15 +4,21 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::{SinkExt, StreamExt};
 use orochi_common::error::{DbError, SqlState};
-use pgwire::api::ConnectionManager;
+use pgwire::api::{
+    ClientInfo, ConnectionManager, ErrorHandler, PgWireConnectionState, PgWireServerHandlers,
+};
+use pgwire::messages::PgWireFrontendMessage;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tokio_util::codec::{Framed, FramedParts};
 use tokio_util::sync::CancellationToken;
 
-use crate::pgwire::handler::Connection;
+use crate::pgwire::handler::{Connection, Prepared};
+use crate::pgwire::io::CoalescingIo;
 use crate::session::{Instance, Session};
 
 pub async fn serve(
@@ -51,7 +57,7 @@ pub async fn serve(
                         scram,
                     );
                     let session = conn.session();
-                    if let Err(e) = pgwire::tokio::process_socket(socket, None, conn).await {
+                    if let Err(e) = process_connection(socket, conn).await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
                     // end any open transaction: releases its row locks
@@ -82,6 +88,81 @@ pub async fn serve(
             next = tasks.join_next() => if next.is_none() { break },
         }
     }
+    Ok(())
+}
+
+/// How long a client has to finish start-up and authentication (Postgres:
+/// `authentication_timeout`, 1 minute).
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One client connection: pgwire's TLS negotiation (declined for now), then its message
+/// dispatch, over a [`CoalescingIo`] so each round trip's replies go out in one `send`.
+/// This is pgwire's own `process_socket` loop with that one change.
+async fn process_connection(socket: TcpStream, conn: Arc<Connection>) -> std::io::Result<()> {
+    let startup_timeout = tokio::time::sleep(STARTUP_TIMEOUT);
+    tokio::pin!(startup_timeout);
+    let negotiated = tokio::select! {
+        _ = &mut startup_timeout => return Ok(()),
+        s = pgwire::tokio::server::negotiate_tls::<Prepared>(socket, None) => s?,
+    };
+    let Some(framed) = negotiated else {
+        return Ok(());
+    };
+    let old = framed.into_parts();
+    let mut parts = FramedParts::new(CoalescingIo::new(old.io), old.codec);
+    parts.read_buf = old.read_buf;
+    parts.write_buf = old.write_buf;
+    let mut socket = Framed::from_parts(parts);
+
+    let handler = conn.handler();
+    let cancel_handler = conn.cancel_handler();
+    let error_handler = conn.error_handler();
+    loop {
+        let msg = if matches!(
+            socket.state(),
+            PgWireConnectionState::AwaitingStartup
+                | PgWireConnectionState::AuthenticationInProgress
+        ) {
+            tokio::select! {
+                _ = &mut startup_timeout => None,
+                msg = socket.next() => msg,
+            }
+        } else {
+            socket.next().await
+        };
+        let Some(Ok(msg)) = msg else { break };
+        if matches!(msg, PgWireFrontendMessage::Terminate(_)) {
+            break;
+        }
+        let is_extended_query = match socket.state() {
+            PgWireConnectionState::CopyInProgress(extended) => extended,
+            _ => msg.is_extended_query(),
+        };
+        let is_cancel_request = matches!(msg, PgWireFrontendMessage::CancelRequest(_));
+        if let Err(mut e) = pgwire::tokio::server::process_message(
+            msg,
+            &mut socket,
+            handler.clone(),
+            handler.clone(),
+            handler.clone(),
+            handler.clone(),
+            cancel_handler.clone(),
+        )
+        .await
+        {
+            error_handler.on_error(&socket, &mut e);
+            let is_fatal = e.is_fatal();
+            pgwire::tokio::server::process_error(&mut socket, e, is_extended_query).await?;
+            if is_fatal {
+                break;
+            }
+        }
+        if is_cancel_request {
+            break;
+        }
+    }
+    // send whatever is still buffered (a FATAL error, the last replies) before closing
+    let _ = socket.close().await;
     Ok(())
 }
 
