@@ -342,7 +342,8 @@ impl ShardService for LocalShardService {
                 value: w.value,
             })
             .collect();
-        let result = if changes.is_empty() {
+        let changes_empty = changes.is_empty();
+        let result = if changes_empty {
             Ok(())
         } else {
             let applied = if changes.len() > 1000 {
@@ -354,12 +355,21 @@ impl ShardService for LocalShardService {
             } else {
                 self.store.apply(&changes)
             };
+            // Early lock release: the row locks go as soon as the changes are applied, not
+            // after the fsync. Safe for acknowledged commits because the row store has one
+            // log, flushed in order: a transaction that takes these rows next applies after
+            // us, and the flush it waits for before its own acknowledgement covers our
+            // changes too. Waiters no longer queue behind our fsync (Postgres holds its locks
+            // through the WAL flush instead).
+            self.locks.release_all(txn, &state.locks);
             match applied {
                 Ok(()) => self.group_commit.wait_durable().await,
                 Err(e) => Err(e),
             }
         };
-        self.locks.release_all(txn, &state.locks);
+        if changes_empty {
+            self.locks.release_all(txn, &state.locks);
+        }
         result
     }
 
