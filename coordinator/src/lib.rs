@@ -8,6 +8,7 @@
 //! - [`provider`]: DataFusion catalog/table providers over our catalog.
 //! - [`exec`]: our physical operators ([`exec::shard_scan::ShardScanExec`]).
 //! - [`checked`]: integer arithmetic that fails on overflow (an analyzer rule).
+//! - [`functions`]: session information functions (`version()`, `current_schema()`, …).
 //! - [`catalog`]: schemas, tables, sequences (persisted).
 //! - [`config`]: the coordinator options (`CoordinatorOptions`).
 //! - [`error`]: DataFusion ↔ SQLSTATE error mapping.
@@ -18,6 +19,7 @@ pub mod checked;
 pub mod config;
 pub mod error;
 pub mod exec;
+pub mod functions;
 pub mod handler;
 pub mod pgwire;
 pub mod planner;

@@ -65,19 +65,27 @@ impl<'a> Planner<'a> {
         }
     }
 
-    pub fn plan_statement(&self, stmt: ast::Statement) -> Result<LogicalPlan> {
+    pub fn plan_statement(&self, mut stmt: ast::Statement) -> Result<LogicalPlan> {
+        crate::functions::strip_pg_catalog_qualifier(&mut stmt);
         SqlToRel::new(self).sql_statement_to_plan(stmt)
     }
 
     pub fn plan_query(&self, query: ast::Query) -> Result<LogicalPlan> {
-        SqlToRel::new(self).sql_statement_to_plan(ast::Statement::Query(Box::new(query)))
+        self.plan_statement(ast::Statement::Query(Box::new(query)))
     }
 
     /// Plans a query whose rows go to a client. Unaliased select-list expressions get the
     /// column names Postgres gives them (`count`, `?column?`, the column under a cast), which
     /// may repeat — DataFusion requires unique names, so they are planned under internal
     /// aliases and renamed only in the returned client-facing schema.
-    pub fn plan_client_query(&self, mut query: ast::Query) -> Result<(LogicalPlan, SchemaRef)> {
+    pub fn plan_client_query(&self, query: ast::Query) -> Result<(LogicalPlan, SchemaRef)> {
+        // name resolution rewrites first, so output names see the final expressions
+        let mut stmt = ast::Statement::Query(Box::new(query));
+        crate::functions::strip_pg_catalog_qualifier(&mut stmt);
+        let ast::Statement::Query(query) = stmt else {
+            unreachable!("still a query")
+        };
+        let mut query = *query;
         let names = assign_output_aliases(&mut query);
         let plan = self.plan_query(query)?;
         let schema = plan.schema().inner().clone();

@@ -100,6 +100,8 @@ pub struct Session {
     pub database: String,
     /// When the current transaction started: what `now()`/`CURRENT_TIMESTAMP` return.
     pub txn_start: chrono::DateTime<chrono::Utc>,
+    /// The process id clients see (`pg_backend_pid()`, cancel requests).
+    pub backend_pid: i32,
 }
 
 impl Session {
@@ -122,7 +124,7 @@ impl Session {
             .with_default_features()
             .build();
         state.add_analyzer_rule(Arc::new(crate::checked::CheckedIntegerArithmetic));
-        Session {
+        let mut session = Session {
             instance,
             state,
             txn: TxnStatus::Idle,
@@ -132,6 +134,26 @@ impl Session {
             user,
             database,
             txn_start: chrono::Utc::now(),
+            backend_pid: 0,
+        };
+        session.refresh_functions();
+        session
+    }
+
+    /// Re-registers the session information functions (`current_schema()`, …) after the
+    /// user, database, search path or backend pid changed.
+    pub fn refresh_functions(&mut self) {
+        use datafusion::execution::FunctionRegistry;
+        let info = crate::functions::SessionInfo {
+            user: &self.user,
+            database: &self.database,
+            search_path: &self.search_path,
+            backend_pid: self.backend_pid,
+        };
+        for f in crate::functions::session_functions(&info) {
+            if let Err(e) = self.state.register_udf(Arc::new(f)) {
+                tracing::warn!(error = %e, "registering a session function");
+            }
         }
     }
 

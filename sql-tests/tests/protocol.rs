@@ -397,3 +397,27 @@ async fn scram_password_authentication() {
     // the authenticated session is unaffected
     assert!(client.simple_query("SELECT 1").await.is_ok());
 }
+
+/// Arrays come back typed (text[], int8[]) and decode from the binary format.
+#[tokio::test]
+async fn arrays_in_binary_results() {
+    let server = Server::start().expect("server");
+    let client = connect(&server).await;
+    let row = client
+        .query_one(
+            "SELECT current_schemas(true), make_array(1::int8, NULL, 3::int8)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.columns()[0].type_(), &Type::TEXT_ARRAY);
+    assert_eq!(row.columns()[1].type_(), &Type::INT8_ARRAY);
+    assert_eq!(
+        row.get::<_, Vec<String>>(0),
+        vec!["pg_catalog".to_string(), "public".to_string()]
+    );
+    assert_eq!(
+        row.get::<_, Vec<Option<i64>>>(1),
+        vec![Some(1), None, Some(3)]
+    );
+}

@@ -224,6 +224,7 @@ pub fn handle_set(s: &mut Session, set: &ast::Set) -> DbResult<StatementResult> 
                         .map(|v| v.trim_matches('"').to_string())
                         .filter(|v| v != "$user")
                         .collect();
+                    s.refresh_functions();
                 }
             }
             Ok(StatementResult::Command("SET".into()))
@@ -253,6 +254,7 @@ fn reset(s: &mut Session, name: &str) -> DbResult<()> {
             s.settings.set(name, v)?;
             if name.eq_ignore_ascii_case("search_path") {
                 s.search_path = vec!["public".into()];
+                s.refresh_functions();
             }
             Ok(())
         }
@@ -274,6 +276,7 @@ pub fn handle_reset(s: &mut Session, r: &ast::ResetStatement) -> DbResult<Statem
             s.settings = Settings::default();
             let _ = keep;
             s.search_path = vec!["public".into()];
+            s.refresh_functions();
         }
         ast::Reset::ConfigurationParameter(name) => reset(s, &name.to_string())?,
     }

@@ -52,8 +52,84 @@ pub fn pg_type(field: &Field) -> Type {
         DataType::Timestamp(_, Some(_)) => Type::TIMESTAMPTZ,
         DataType::Time32(_) | DataType::Time64(_) => Type::TIME,
         DataType::Interval(_) | DataType::Duration(_) => Type::INTERVAL,
+        DataType::List(f) | DataType::LargeList(f) => array_type_of(&pg_type(f)),
         _ => Type::TEXT,
     }
+}
+
+/// The Postgres array type whose elements are `elem`.
+fn array_type_of(elem: &Type) -> Type {
+    match *elem {
+        Type::BOOL => Type::BOOL_ARRAY,
+        Type::INT2 => Type::INT2_ARRAY,
+        Type::INT4 => Type::INT4_ARRAY,
+        Type::INT8 => Type::INT8_ARRAY,
+        Type::FLOAT4 => Type::FLOAT4_ARRAY,
+        Type::FLOAT8 => Type::FLOAT8_ARRAY,
+        Type::NUMERIC => Type::NUMERIC_ARRAY,
+        Type::BYTEA => Type::BYTEA_ARRAY,
+        Type::DATE => Type::DATE_ARRAY,
+        Type::TIMESTAMP => Type::TIMESTAMP_ARRAY,
+        Type::TIMESTAMPTZ => Type::TIMESTAMPTZ_ARRAY,
+        _ => Type::TEXT_ARRAY,
+    }
+}
+
+/// One-dimensional array in Postgres' text form: `{a,"b c",NULL}`.
+fn encode_text_array(values: &dyn Array, buf: &mut BytesMut) -> DbResult<()> {
+    buf.put_u8(b'{');
+    let mut elem = BytesMut::new();
+    for i in 0..values.len() {
+        if i > 0 {
+            buf.put_u8(b',');
+        }
+        if values.is_null(i) {
+            buf.put_slice(b"NULL");
+            continue;
+        }
+        elem.clear();
+        encode_text(values, i, None, &mut elem)?;
+        let needs_quotes = elem.is_empty()
+            || elem.eq_ignore_ascii_case(b"null")
+            || elem
+                .iter()
+                .any(|b| matches!(b, b'{' | b'}' | b',' | b'"' | b'\\') || b.is_ascii_whitespace());
+        if needs_quotes {
+            buf.put_u8(b'"');
+            for &b in elem.iter() {
+                if b == b'"' || b == b'\\' {
+                    buf.put_u8(b'\\');
+                }
+                buf.put_u8(b);
+            }
+            buf.put_u8(b'"');
+        } else {
+            buf.put_slice(&elem);
+        }
+    }
+    buf.put_u8(b'}');
+    Ok(())
+}
+
+/// One-dimensional array in Postgres' binary form.
+fn encode_binary_array(values: &dyn Array, elem_type: &Type, buf: &mut BytesMut) -> DbResult<()> {
+    buf.put_i32(1); // dimensions
+    buf.put_i32(i32::from(values.null_count() > 0));
+    buf.put_u32(elem_type.oid());
+    buf.put_i32(values.len() as i32);
+    buf.put_i32(1); // lower bound
+    for i in 0..values.len() {
+        if values.is_null(i) {
+            buf.put_i32(-1);
+            continue;
+        }
+        let len_pos = buf.len();
+        buf.put_i32(0);
+        encode_binary(values, i, None, buf)?;
+        let len = (buf.len() - len_pos - 4) as i32;
+        buf[len_pos..len_pos + 4].copy_from_slice(&len.to_be_bytes());
+    }
+    Ok(())
 }
 
 /// Postgres type → our column type, for decoding parameters.
@@ -222,6 +298,8 @@ fn encode_text(a: &dyn Array, r: usize, ty: Option<SqlType>, buf: &mut BytesMut)
             )?;
             buf.put_slice(d.to_text().unwrap_or_default().as_bytes())
         }
+        DataType::List(_) => encode_text_array(a.as_list::<i32>().value(r).as_ref(), buf)?,
+        DataType::LargeList(_) => encode_text_array(a.as_list::<i64>().value(r).as_ref(), buf)?,
         _ => {
             let fmt = arrow::util::display::ArrayFormatter::try_new(a, &Default::default())
                 .map_err(|e| DbError::internal(format!("formatting {}: {e}", a.data_type())))?;
@@ -242,6 +320,12 @@ fn encode_binary(a: &dyn Array, r: usize, ty: Option<SqlType>, buf: &mut BytesMu
         (DataType::UInt8, _) => buf.put_i16(a.as_primitive::<t::UInt8Type>().value(r) as i16),
         (DataType::UInt16, _) => buf.put_i32(a.as_primitive::<t::UInt16Type>().value(r) as i32),
         (DataType::UInt32, _) => buf.put_i64(a.as_primitive::<t::UInt32Type>().value(r) as i64),
+        (DataType::List(f), _) => {
+            encode_binary_array(a.as_list::<i32>().value(r).as_ref(), &pg_type(f), buf)?
+        }
+        (DataType::LargeList(f), _) => {
+            encode_binary_array(a.as_list::<i64>().value(r).as_ref(), &pg_type(f), buf)?
+        }
         (DataType::Float32, _) => buf.put_f32(a.as_primitive::<t::Float32Type>().value(r)),
         (DataType::Float64, _) => buf.put_f64(a.as_primitive::<t::Float64Type>().value(r)),
         (DataType::Decimal128(_, s), _) => {

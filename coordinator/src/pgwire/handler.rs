@@ -744,6 +744,8 @@ impl Handler {
             if let Some(app) = client.metadata().get("application_name").cloned() {
                 let _ = s.settings.set("application_name", &app);
             }
+            s.backend_pid = pid;
+            s.refresh_functions();
         }
         let mut params = DefaultServerParameterProvider::default();
         params.server_version = format!(

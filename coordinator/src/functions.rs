@@ -1,0 +1,201 @@
+//! Postgres' session and system information functions, registered per session:
+//! `version()`, `orochi_version()`, `current_schema()`, `current_schemas(bool)`,
+//! `current_database()`, `current_user`, `session_user`, `pg_backend_pid()`.
+//!
+//! Their values come from the session (user, database, search path, backend pid); the session
+//! re-registers them when one of those changes ([`crate::session::Session::refresh_functions`]).
+//! Function names qualified with `pg_catalog.` resolve to the same functions
+//! ([`strip_pg_catalog_qualifier`]).
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, ListArray, StringArray};
+use arrow::datatypes::{DataType, Field};
+use datafusion::common::{Result, ScalarValue};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+use datafusion::sql::sqlparser::ast;
+
+use crate::handler::utility::SERVER_VERSION;
+
+/// A zero-argument function returning a value fixed for the session (until re-registered).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct SessionConstant {
+    name: &'static str,
+    value: ScalarValue,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for SessionConstant {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(self.value.data_type())
+    }
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        Ok(ColumnarValue::Scalar(self.value.clone()))
+    }
+}
+
+fn constant(name: &'static str, value: ScalarValue) -> ScalarUDF {
+    ScalarUDF::new_from_impl(SessionConstant {
+        name,
+        value,
+        signature: Signature::exact(vec![], Volatility::Stable),
+    })
+}
+
+/// `current_schemas(include_implicit boolean)`: the search path, with `pg_catalog` first when
+/// asked for the implicit schemas.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct CurrentSchemas {
+    search_path: Vec<String>,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for CurrentSchemas {
+    fn name(&self) -> &str {
+        "current_schemas"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::List(Arc::new(Field::new_list_field(
+            DataType::Utf8,
+            true,
+        ))))
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let list = |implicit: bool| -> ScalarValue {
+            let mut names: Vec<&str> = Vec::new();
+            if implicit {
+                names.push("pg_catalog");
+            }
+            names.extend(self.search_path.iter().map(String::as_str));
+            let values: ArrayRef = Arc::new(StringArray::from(names));
+            ScalarValue::List(Arc::new(ListArray::new(
+                Arc::new(Field::new_list_field(DataType::Utf8, true)),
+                arrow::buffer::OffsetBuffer::from_lengths([values.len()]),
+                values,
+                None,
+            )))
+        };
+        match &args.args[0] {
+            ColumnarValue::Scalar(ScalarValue::Boolean(Some(b))) => {
+                Ok(ColumnarValue::Scalar(list(*b)))
+            }
+            ColumnarValue::Scalar(_) => Ok(ColumnarValue::Scalar(ScalarValue::try_from(
+                &self.return_type(&[])?,
+            )?)),
+            ColumnarValue::Array(a) => {
+                let flags = a
+                    .as_any()
+                    .downcast_ref::<arrow::array::BooleanArray>()
+                    .ok_or_else(|| {
+                        datafusion::error::DataFusionError::Plan(
+                            "current_schemas expects a boolean".into(),
+                        )
+                    })?;
+                let values = (0..flags.len())
+                    .map(|i| {
+                        if flags.is_valid(i) {
+                            list(flags.value(i))
+                        } else {
+                            ScalarValue::try_from(&self.return_type(&[]).unwrap_or(DataType::Null))
+                                .unwrap_or(ScalarValue::Null)
+                        }
+                    })
+                    .collect::<Vec<_>>();
+                Ok(ColumnarValue::Array(ScalarValue::iter_to_array(values)?))
+            }
+        }
+    }
+}
+
+/// What the session functions report.
+pub struct SessionInfo<'a> {
+    pub user: &'a str,
+    pub database: &'a str,
+    pub search_path: &'a [String],
+    pub backend_pid: i32,
+}
+
+/// The functions to (re-)register for a session.
+pub fn session_functions(info: &SessionInfo<'_>) -> Vec<ScalarUDF> {
+    let utf8 = |s: &str| ScalarValue::Utf8(Some(s.to_string()));
+    vec![
+        constant(
+            "version",
+            utf8(&format!(
+                "PostgreSQL {SERVER_VERSION} (OrochiDB {}) on {}-linux, compiled by rustc, 64-bit",
+                env!("CARGO_PKG_VERSION"),
+                std::env::consts::ARCH
+            )),
+        ),
+        constant(
+            "orochi_version",
+            utf8(&format!("OrochiDB {}", env!("CARGO_PKG_VERSION"))),
+        ),
+        constant(
+            "current_schema",
+            info.search_path
+                .first()
+                .map(|s| utf8(s))
+                .unwrap_or(ScalarValue::Utf8(None)),
+        ),
+        constant("current_database", utf8(info.database)),
+        constant("current_user", utf8(info.user)),
+        constant("session_user", utf8(info.user)),
+        constant("current_role", utf8(info.user)),
+        constant("pg_backend_pid", ScalarValue::Int32(Some(info.backend_pid))),
+        ScalarUDF::new_from_impl(CurrentSchemas {
+            search_path: info.search_path.to_vec(),
+            signature: Signature::exact(vec![DataType::Boolean], Volatility::Stable),
+        }),
+    ]
+}
+
+/// `pg_catalog.count(x)` → `count(x)`: every function we have lives in `pg_catalog`, which is
+/// what Postgres clients (pgbench, psql, drivers) qualify built-ins with.
+///
+/// Also: bare `current_schema` (a reserved word in Postgres, called without parentheses like
+/// `current_user`) becomes the function call.
+pub fn strip_pg_catalog_qualifier(stmt: &mut ast::Statement) {
+    let _ = ast::visit_expressions_mut(stmt, |e| {
+        if let ast::Expr::Identifier(i) = e
+            && i.quote_style.is_none()
+            && i.value.eq_ignore_ascii_case("current_schema")
+        {
+            *e = ast::Expr::Function(ast::Function {
+                name: ast::ObjectName::from(vec![ast::Ident::new("current_schema")]),
+                uses_odbc_syntax: false,
+                parameters: ast::FunctionArguments::None,
+                args: ast::FunctionArguments::List(ast::FunctionArgumentList {
+                    duplicate_treatment: None,
+                    args: vec![],
+                    clauses: vec![],
+                }),
+                filter: None,
+                null_treatment: None,
+                over: None,
+                within_group: vec![],
+            });
+        }
+        if let ast::Expr::Function(f) = e
+            && f.name.0.len() == 2
+            && f.name.0[0]
+                .as_ident()
+                .is_some_and(|i| i.value.eq_ignore_ascii_case("pg_catalog"))
+        {
+            f.name.0.remove(0);
+        }
+        ControlFlow::<()>::Continue(())
+    });
+}
