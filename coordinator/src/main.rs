@@ -71,7 +71,13 @@ async fn run(options: CoordinatorOptions) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
-    tracing::info!(address = %listener.local_addr()?, version = env!("CARGO_PKG_VERSION"), "OrochiDB standalone coordinator ready");
+    let address = listener.local_addr()?;
+    // like postmaster.pid: who serves this data directory, and where (tests and tools read it;
+    // with `--listen 127.0.0.1:0` it is how they learn the port)
+    let pid_file = standalone.instance.options.data_dir.join("orochi.pid");
+    std::fs::write(&pid_file, format!("{}\n{address}\n", std::process::id()))
+        .with_context(|| format!("writing {}", pid_file.display()))?;
+    tracing::info!(%address, version = env!("CARGO_PKG_VERSION"), "OrochiDB standalone coordinator ready");
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     let signals = tokio::spawn(async move {
@@ -86,6 +92,7 @@ async fn run(options: CoordinatorOptions) -> anyhow::Result<()> {
     orochi_coordinator::pgwire::server::serve(listener, standalone.instance.clone(), shutdown)
         .await?;
     signals.abort();
+    let _ = std::fs::remove_file(&pid_file);
     drop(standalone);
     tracing::info!("shut down cleanly");
     Ok(())

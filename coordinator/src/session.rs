@@ -325,6 +325,15 @@ impl Session {
         StatementResult::End("ROLLBACK")
     }
 
+    /// After a query was interrupted mid-execution: its implicit transaction (read-only) is
+    /// ended; inside a block, the block fails, as after any error.
+    pub async fn end_interrupted(&mut self) {
+        match self.txn {
+            TxnStatus::Block(t) => self.txn = TxnStatus::Failed(t),
+            TxnStatus::Idle | TxnStatus::Failed(_) => {}
+        }
+    }
+
     /// Ends whatever transaction is open (connection closed).
     pub async fn close(&mut self) {
         if let Some(c) = self.copy.take() {

@@ -127,21 +127,17 @@ pub fn binary(name: &str) -> PathBuf {
 }
 
 impl Server {
-    /// Starts a standalone coordinator on a fresh temp data directory.
+    /// Starts a standalone coordinator on a fresh temp data directory and a port it picks.
     pub fn start() -> anyhow::Result<Server> {
-        let tmp = tempfile::tempdir()?;
-        let dir = tmp.path().join("data");
-        let mut s = Server::start_on(free_port(), &dir)?;
-        s._tmp = Some(tmp);
-        Ok(s)
+        Server::start_with(&[], &[])
     }
 
-    /// Starts a standalone coordinator on a fresh temp data directory with extra flags and
-    /// environment variables.
+    /// Starts a standalone coordinator on a fresh temp data directory (and a port it picks)
+    /// with extra flags and environment variables.
     pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Server> {
         let tmp = tempfile::tempdir()?;
         let dir = tmp.path().join("data");
-        let mut s = Server::start_configured(free_port(), &dir, args, env)?;
+        let mut s = Server::start_configured(0, &dir, args, env)?;
         s._tmp = Some(tmp);
         Ok(s)
     }
@@ -151,6 +147,8 @@ impl Server {
         Server::start_configured(port, data_dir, &[], &[])
     }
 
+    /// Starts the binary and waits for its `orochi.pid` file (written once it listens): the
+    /// port it reports is the one this child bound, never another test's server.
     fn start_configured(
         port: u16,
         data_dir: &Path,
@@ -163,7 +161,7 @@ impl Server {
             "{} not built (run `cargo build -p orochi-coordinator`)",
             bin.display()
         );
-        let child = Command::new(&bin)
+        let mut child = Command::new(&bin)
             .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
             .arg(data_dir)
             .args(args)
@@ -175,21 +173,36 @@ impl Server {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()?;
-        let server = Server {
+        let pid_file = data_dir.join("orochi.pid");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let port = loop {
+            if let Some(status) = child.try_wait()? {
+                anyhow::bail!("server exited during start-up: {status}");
+            }
+            if let Ok(text) = std::fs::read_to_string(&pid_file) {
+                let mut lines = text.lines();
+                let pid = lines.next().and_then(|p| p.parse::<u32>().ok());
+                let addr = lines
+                    .next()
+                    .and_then(|a| a.parse::<std::net::SocketAddr>().ok());
+                if let (Some(pid), Some(addr)) = (pid, addr)
+                    && pid == child.id()
+                {
+                    break addr.port();
+                }
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                anyhow::bail!("server did not start listening within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Ok(Server {
             port,
             data_dir: data_dir.to_path_buf(),
             child: Some(child),
             _tmp: None,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "server did not start listening on port {port}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(server)
+        })
     }
 
     pub fn url(&self) -> String {

@@ -23,8 +23,8 @@ async fn connect(server: &Server) -> tokio_postgres::Client {
 async fn data_survives_a_clean_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
-    let port = free_port();
-    let mut server = Server::start_on(port, &dir).unwrap();
+    let mut server = Server::start_on(0, &dir).unwrap();
+    let port = server.port;
     let client = connect(&server).await;
     client
         .batch_execute(
@@ -87,8 +87,8 @@ async fn data_survives_a_clean_restart() {
 async fn kill_9_loses_no_acknowledged_commit() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
-    let port = free_port();
-    let mut server = Server::start_on(port, &dir).unwrap();
+    let mut server = Server::start_on(0, &dir).unwrap();
+    let port = server.port;
     let setup = connect(&server).await;
     setup
         .batch_execute("CREATE TABLE acks (id int8 PRIMARY KEY, client int4, block int8)")

@@ -421,3 +421,49 @@ async fn arrays_in_binary_results() {
         vec![Some(1), None, Some(3)]
     );
 }
+
+/// A CancelRequest stops a running query with 57014, and so does statement_timeout; the
+/// session stays usable.
+#[tokio::test]
+async fn cancel_request_and_statement_timeout() {
+    let server = Server::start().expect("server");
+    let client = connect(&server).await;
+    let slow = "SELECT count(*) FROM generate_series(1, 5000000000)";
+
+    let token = client.cancel_token();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        token.cancel_query(NoTls).await
+    });
+    let started = std::time::Instant::now();
+    let err = client.query(slow, &[]).await.expect_err("cancelled");
+    assert_eq!(err.code().map(|c| c.code()), Some("57014"), "{err}");
+    assert_eq!(
+        err.as_db_error().map(|e| e.message()),
+        Some("canceling statement due to user request")
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    canceller.await.unwrap().unwrap();
+
+    client
+        .batch_execute("SET statement_timeout = '200ms'")
+        .await
+        .unwrap();
+    let err = client.simple_query(slow).await.expect_err("timed out");
+    assert_eq!(err.code().map(|c| c.code()), Some("57014"), "{err}");
+    assert_eq!(
+        err.as_db_error().map(|e| e.message()),
+        Some("canceling statement due to statement timeout")
+    );
+    // a fast statement is unaffected, and the session is fine
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM generate_series(1, 1000)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1000);
+    client
+        .batch_execute("SET statement_timeout = 0")
+        .await
+        .unwrap();
+}

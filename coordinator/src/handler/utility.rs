@@ -195,6 +195,25 @@ impl Settings {
         Ok(())
     }
 
+    /// `statement_timeout` as a duration; `None` when 0 (no timeout). Postgres units: a bare
+    /// number is milliseconds; `us`, `ms`, `s`, `min`, `h`, `d` suffixes.
+    pub fn statement_timeout(&self) -> Option<std::time::Duration> {
+        let v = self.vars.get("statement_timeout")?.trim().to_lowercase();
+        let split = v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len());
+        let (n, unit) = v.split_at(split);
+        let n: u64 = n.trim().parse().ok()?;
+        let ms = match unit.trim() {
+            "" | "ms" => n,
+            "us" => n / 1000,
+            "s" => n * 1000,
+            "min" => n * 60_000,
+            "h" => n * 3_600_000,
+            "d" => n * 86_400_000,
+            _ => return None,
+        };
+        (ms > 0).then(|| std::time::Duration::from_millis(ms))
+    }
+
     pub fn get(&self, name: &str) -> DbResult<String> {
         self.vars.get(&name.to_lowercase()).cloned().ok_or_else(|| {
             DbError::new(

@@ -3,6 +3,7 @@
 
 use std::fmt::Debug;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
@@ -11,6 +12,7 @@ use datafusion::common::ExprSchema;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::logical_expr::{Expr, ExprSchemable};
 use datafusion::sql::sqlparser::ast::{self, Statement};
+use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::{Sink, SinkExt, StreamExt, stream};
 use orochi_common::error::{DbError, DbResult};
 use pgwire::api::auth::sasl::scram::ScramAuth;
@@ -19,6 +21,7 @@ use pgwire::api::auth::{
     DefaultServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
     save_startup_parameters_to_metadata,
 };
+use pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
 use pgwire::api::copy::CopyHandler;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
@@ -124,6 +127,9 @@ impl PgWireServerHandlers for Connection {
             connections: self.connections.clone(),
             auth: self.auth.clone(),
         })
+    }
+    fn cancel_handler(&self) -> Arc<impl CancelHandler> {
+        Arc::new(DefaultCancelHandler::new(self.connections.clone()))
     }
     fn copy_handler(&self) -> Arc<impl CopyHandler> {
         Arc::new(Handler {
@@ -466,12 +472,95 @@ fn returning_schema(
     Ok(Arc::new(Schema::new(fields)))
 }
 
+/// Why a statement was stopped before it finished.
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    Cancel,
+    Timeout,
+}
+
+impl Stop {
+    fn error(self) -> DbError {
+        DbError::new(
+            orochi_common::error::SqlState::QueryCanceled,
+            match self {
+                Stop::Cancel => "canceling statement due to user request",
+                Stop::Timeout => "canceling statement due to statement timeout",
+            },
+        )
+    }
+}
+
+/// This connection's registration for CancelRequests.
+struct CancelHandle(Arc<pgwire::api::ConnectionHandle>);
+
+/// Resolves when the running statement must stop: a CancelRequest for this connection, or
+/// `statement_timeout` elapsed. Never resolves otherwise.
+type StopSignal = Shared<BoxFuture<'static, Stop>>;
+
+async fn stop_signal<C: ClientInfo>(client: &C, timeout: Option<Duration>) -> StopSignal {
+    let cancelled = match client.session_extensions().get::<CancelHandle>() {
+        Some(handle) => Some(handle.0.start_query().await),
+        None => None,
+    };
+    async move {
+        let cancel = async {
+            if let Some(rx) = cancelled
+                && rx.await.is_ok()
+            {
+                return Stop::Cancel;
+            }
+            // no handle, or the next statement replaced this one's
+            futures::future::pending().await
+        };
+        let timer = async {
+            match timeout {
+                Some(d) => {
+                    tokio::time::sleep(d).await;
+                    Stop::Timeout
+                }
+                None => futures::future::pending().await,
+            }
+        };
+        tokio::select! {
+            s = cancel => s,
+            s = timer => s,
+        }
+    }
+    .boxed()
+    .shared()
+}
+
+/// Runs a statement under the stop signal. Only queries are interrupted while they execute
+/// (dropping a running write would leave its transaction half done); every statement's
+/// result rows are interrupted while they stream.
+async fn execute_stoppable(
+    session: &mut Session,
+    stmt: &Statement,
+    params: &crate::session::Params,
+    stop: &StopSignal,
+) -> DbResult<StatementResult> {
+    if matches!(stmt, Statement::Query(_)) {
+        tokio::select! {
+            r = session.execute(stmt, params) => r,
+            reason = stop.clone() => {
+                // the query's implicit transaction only read; end it
+                session.end_interrupted().await;
+                Err(reason.error())
+            }
+        }
+    } else {
+        session.execute(stmt, params).await
+    }
+}
+
 /// Turns a session result into a pgwire response. `materialize` collects rows up front (needed
 /// when later statements of the same message could change what a lazy scan would read).
 async fn to_response(
     result: StatementResult,
     formats: impl Fn(usize) -> FieldFormat,
     materialize: bool,
+    stop: StopSignal,
 ) -> PgWireResult<Response> {
     Ok(match result {
         StatementResult::Command(tag) => Response::Execution(Tag::new(&tag)),
@@ -499,7 +588,12 @@ async fn to_response(
                     Err(e) => vec![Err(to_pgwire(&df_to_db(e), None))],
                 }
             });
-            let rows = rows.flat_map(stream::iter);
+            let peek = stop.clone();
+            let rows = rows.flat_map(stream::iter).take_until(stop).chain(
+                stream::once(async move { peek.peek().copied() }).filter_map(
+                    |stopped| async move { stopped.map(|s| Err(to_pgwire(&s.error(), None))) },
+                ),
+            );
             let mut resp = if materialize {
                 let collected: Vec<PgWireResult<DataRow>> = rows.collect().await;
                 if let Some(Err(_)) = collected.iter().find(|r| r.is_err()) {
@@ -540,10 +634,11 @@ impl SimpleQueryHandler for Handler {
         let mut session = self.session.lock().await;
         let mut out = Vec::with_capacity(stmts.len());
         for stmt in &stmts {
-            match session.execute(stmt, &vec![]).await {
+            let stop = stop_signal(_client, session.settings.statement_timeout()).await;
+            match execute_stoppable(&mut session, stmt, &vec![], &stop).await {
                 Ok(r) => {
                     let copy = matches!(r, StatementResult::CopyIn { .. });
-                    match to_response(r, |_| FieldFormat::Text, many).await {
+                    match to_response(r, |_| FieldFormat::Text, many, stop).await {
                         Ok(resp) => out.push(resp),
                         Err(PgWireError::UserError(info)) => {
                             out.push(Response::Error(info));
@@ -632,12 +727,12 @@ impl ExtendedQueryHandler for Handler {
             params.push(v);
         }
         let mut session = self.session.lock().await;
-        let result = session
-            .execute(&prepared.stmt, &params)
+        let stop = stop_signal(_client, session.settings.statement_timeout()).await;
+        let result = execute_stoppable(&mut session, &prepared.stmt, &params, &stop)
             .await
             .map_err(|e| to_pgwire(&e, None))?;
         let fmt = portal.result_column_format.clone();
-        to_response(result, move |i| fmt.format_for(i), false).await
+        to_response(result, move |i| fmt.format_for(i), false, stop).await
     }
 }
 
@@ -723,9 +818,11 @@ impl Handler {
         let secret = pgwire::messages::startup::SecretKey::I32(rand_secret());
         client.set_pid_and_secret_key(pid, secret.clone());
         let (handle, guard) = self.connections.register(pid, secret);
+        // kept under our own type: pgwire would otherwise race every statement against it
+        // and drop the statement's future on cancel, even halfway through a write
         client
             .session_extensions()
-            .insert::<Arc<pgwire::api::ConnectionHandle>>(handle);
+            .insert::<CancelHandle>(CancelHandle(handle));
         client
             .session_extensions()
             .insert::<pgwire::api::ConnectionGuard>(guard);
