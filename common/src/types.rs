@@ -76,6 +76,30 @@ impl SqlType {
         Field::new(name, self.arrow_type(), nullable).with_metadata(meta)
     }
 
+    /// Postgres' internal type name (`pg_type.typname`): `int4`, `bpchar`, `timestamptz`…
+    /// (the column name Postgres gives `CAST(<non-column> AS type)`).
+    pub fn typname(self) -> &'static str {
+        match self {
+            SqlType::Bool => "bool",
+            SqlType::Int2 => "int2",
+            SqlType::Int4 => "int4",
+            SqlType::Int8 => "int8",
+            SqlType::Float4 => "float4",
+            SqlType::Float8 => "float8",
+            SqlType::Numeric(_) => "numeric",
+            SqlType::Text => "text",
+            SqlType::Varchar(_) => "varchar",
+            SqlType::Char(_) => "bpchar",
+            SqlType::Bytea => "bytea",
+            SqlType::Date => "date",
+            SqlType::Timestamp => "timestamp",
+            SqlType::Timestamptz => "timestamptz",
+            SqlType::Uuid => "uuid",
+            SqlType::Json => "json",
+            SqlType::Jsonb => "jsonb",
+        }
+    }
+
     /// Postgres type OID (pg_type.oid).
     pub fn pg_oid(self) -> u32 {
         match self {

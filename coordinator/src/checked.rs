@@ -1,4 +1,5 @@
-//! Integer arithmetic that fails on overflow, as Postgres' does.
+//! Integer arithmetic that fails on overflow, and casts to integers that round, as Postgres'
+//! do.
 //!
 //! DataFusion evaluates `+`, `-`, `*` on integers with wrapping kernels (`2147483647::int4 + 1`
 //! is `-2147483648`); Postgres raises 22003 (`integer out of range`). [`CheckedIntegerArithmetic`]
@@ -120,13 +121,141 @@ fn integer_name(t: &DataType) -> &'static str {
     }
 }
 
+/// `CAST(x AS int2/int4/int8)` from numeric or floating point, as Postgres does it: numeric
+/// rounds half away from zero, float4/float8 round half to even (`rint`), and a result outside
+/// the target's range is 22003 — DataFusion's cast truncates toward zero instead.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct RoundingCast {
+    target: DataType,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for RoundingCast {
+    fn name(&self) -> &str {
+        "orochi_rounding_cast"
+    }
+
+    fn display_name(&self, args: &[Expr]) -> Result<String> {
+        Ok(format!("CAST({} AS {})", args[0], self.target))
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(self.target.clone())
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        use arrow::array::{Array, AsArray, Int64Array};
+        use arrow::datatypes::{Decimal128Type, Float32Type, Float64Type};
+        let scalar = matches!(args.args[0], ColumnarValue::Scalar(_));
+        let input = ColumnarValue::values_to_arrays(&args.args)?.remove(0);
+        let (min, max) = match self.target {
+            DataType::Int16 => (i16::MIN as i128, i16::MAX as i128),
+            DataType::Int32 => (i32::MIN as i128, i32::MAX as i128),
+            _ => (i64::MIN as i128, i64::MAX as i128),
+        };
+        let out_of_range = || {
+            db_to_df(DbError::new(
+                SqlState::NumericValueOutOfRange,
+                format!("{} out of range", integer_name(&self.target)),
+            ))
+        };
+        let float = |v: f64| -> Result<i64> {
+            let r = v.round_ties_even();
+            if !r.is_finite() || r < min as f64 || r > max as f64 {
+                return Err(out_of_range());
+            }
+            Ok(r as i64)
+        };
+        let mut values: Vec<Option<i64>> = Vec::with_capacity(input.len());
+        match input.data_type() {
+            DataType::Decimal128(_, scale) => {
+                let a = input.as_primitive::<Decimal128Type>();
+                let div = 10i128.pow((*scale).max(0) as u32);
+                for i in 0..a.len() {
+                    if a.is_null(i) {
+                        values.push(None);
+                        continue;
+                    }
+                    let v = a.value(i);
+                    let (q, r) = (v / div, v % div);
+                    // half away from zero
+                    let q = if r.abs() * 2 >= div {
+                        q + v.signum()
+                    } else {
+                        q
+                    };
+                    if q < min || q > max {
+                        return Err(out_of_range());
+                    }
+                    values.push(Some(q as i64));
+                }
+            }
+            DataType::Float64 => {
+                let a = input.as_primitive::<Float64Type>();
+                for i in 0..a.len() {
+                    values.push(if a.is_null(i) {
+                        None
+                    } else {
+                        Some(float(a.value(i))?)
+                    });
+                }
+            }
+            DataType::Float32 => {
+                let a = input.as_primitive::<Float32Type>();
+                for i in 0..a.len() {
+                    values.push(if a.is_null(i) {
+                        None
+                    } else {
+                        Some(float(a.value(i) as f64)?)
+                    });
+                }
+            }
+            other => {
+                return Err(DataFusionError::Internal(format!(
+                    "rounding cast from {other}"
+                )));
+            }
+        }
+        let wide: ArrayRef = Arc::new(Int64Array::from(values));
+        let array = arrow::compute::cast(&wide, &self.target)?;
+        if scalar {
+            Ok(ColumnarValue::Scalar(
+                datafusion::common::ScalarValue::try_from_array(&array, 0)?,
+            ))
+        } else {
+            Ok(ColumnarValue::Array(array))
+        }
+    }
+}
+
 fn is_integer(t: &DataType) -> bool {
     matches!(t, DataType::Int16 | DataType::Int32 | DataType::Int64)
 }
 
-/// Replaces integer `+`/`-`/`*` in `expr` (typed against `schema`) with checked calls.
+/// Replaces integer `+`/`-`/`*` in `expr` (typed against `schema`) with checked calls, and
+/// numeric/float → integer casts with [`RoundingCast`].
 pub fn check_integer_arithmetic(expr: Expr, schema: &DFSchema) -> Result<Transformed<Expr>> {
     expr.transform_up(|e| {
+        if let Expr::Cast(c) = &e
+            && is_integer(c.field.data_type())
+            && let Ok(from) = c.expr.get_type(schema)
+            && matches!(
+                from,
+                DataType::Decimal128(..) | DataType::Float32 | DataType::Float64
+            )
+        {
+            let udf = Arc::new(ScalarUDF::new_from_impl(RoundingCast {
+                target: c.field.data_type().clone(),
+                signature: Signature::any(1, Volatility::Immutable),
+            }));
+            return Ok(Transformed::yes(Expr::ScalarFunction(
+                ScalarFunction::new_udf(udf, vec![(*c.expr).clone()]),
+            )));
+        }
         let Expr::BinaryExpr(BinaryExpr { left, op, right }) = &e else {
             return Ok(Transformed::no(e));
         };

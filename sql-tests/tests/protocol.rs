@@ -316,7 +316,7 @@ async fn result_columns_have_postgres_names_and_types() {
     let stmt = client
         .prepare(
             "SELECT count(*), price::text, price::int4, u::text, 1 + 1, \
-             CASE WHEN id > 0 THEN 'pos' END, id AS ident, now() \
+             CASE WHEN id > 0 THEN 'pos' END, id AS ident, now(), 2.5::numeric::int4 \
              FROM names_t GROUP BY id, price, u",
         )
         .await
@@ -337,6 +337,7 @@ async fn result_columns_have_postgres_names_and_types() {
             ("case", Type::TEXT),
             ("ident", Type::INT4),
             ("now", Type::TIMESTAMPTZ),
+            ("int4", Type::INT4),
         ]
     );
     let row = client.query_one(&stmt, &[]).await.unwrap();
@@ -345,6 +346,8 @@ async fn result_columns_have_postgres_names_and_types() {
         row.get::<_, String>(3),
         "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
     );
+    assert_eq!(row.get::<_, i32>(2), 2); // numeric 1.50 rounds to 2, as in Postgres
+    assert_eq!(row.get::<_, i32>(8), 3);
 }
 
 /// With a password configured, logins go through SCRAM-SHA-256; a wrong password (or an

@@ -110,28 +110,50 @@ impl Evaluator {
 
 /// The column name Postgres gives an unaliased expression.
 pub fn output_name(e: &ast::Expr) -> String {
+    named(e).0
+}
+
+/// Postgres' `FigureColname`: a name and how strong it is (2: a column or function name, 1: a
+/// type name or `case`/`array`, 0: nothing, `?column?`). A cast keeps a strong inner name and
+/// otherwise takes its type's name (`2.5::numeric::int4` is `int4`, `price::text` is `price`).
+fn named(e: &ast::Expr) -> (String, u8) {
+    let strong = |s: &str| (s.to_string(), 2);
     match e {
-        ast::Expr::Identifier(i) => i.value.clone(),
+        ast::Expr::Identifier(i) => (i.value.clone(), 2),
         ast::Expr::CompoundIdentifier(parts) => {
-            parts.last().map(|i| i.value.clone()).unwrap_or_default()
+            (parts.last().map(|i| i.value.clone()).unwrap_or_default(), 2)
         }
-        ast::Expr::Function(f) => f
-            .name
-            .0
-            .last()
-            .map(|p| p.to_string().to_lowercase())
-            .unwrap_or_default(),
-        ast::Expr::Cast { expr, .. } | ast::Expr::Nested(expr) => output_name(expr),
-        ast::Expr::Case { .. } => "case".to_string(),
-        ast::Expr::Exists { .. } => "exists".to_string(),
-        ast::Expr::Array(_) => "array".to_string(),
-        ast::Expr::Extract { .. } => "extract".to_string(),
-        ast::Expr::Substring { .. } => "substring".to_string(),
-        ast::Expr::Position { .. } => "position".to_string(),
-        ast::Expr::Trim { .. } => "btrim".to_string(),
-        ast::Expr::Ceil { .. } => "ceil".to_string(),
-        ast::Expr::Floor { .. } => "floor".to_string(),
-        _ => "?column?".to_string(),
+        ast::Expr::Function(f) => (
+            f.name
+                .0
+                .last()
+                .map(|p| p.to_string().to_lowercase())
+                .unwrap_or_default(),
+            2,
+        ),
+        ast::Expr::Cast {
+            expr, data_type, ..
+        } => {
+            let inner = named(expr);
+            if inner.1 > 1 {
+                return inner;
+            }
+            match crate::handler::ddl::sql_type(data_type) {
+                Ok((t, _)) => (t.typname().to_string(), 1),
+                Err(_) => inner,
+            }
+        }
+        ast::Expr::Nested(expr) => named(expr),
+        ast::Expr::Case { .. } => ("case".to_string(), 1),
+        ast::Expr::Array(_) => ("array".to_string(), 1),
+        ast::Expr::Exists { .. } => strong("exists"),
+        ast::Expr::Extract { .. } => strong("extract"),
+        ast::Expr::Substring { .. } => strong("substring"),
+        ast::Expr::Position { .. } => strong("position"),
+        ast::Expr::Trim { .. } => strong("btrim"),
+        ast::Expr::Ceil { .. } => strong("ceil"),
+        ast::Expr::Floor { .. } => strong("floor"),
+        _ => ("?column?".to_string(), 0),
     }
 }
 
