@@ -87,6 +87,7 @@ impl<'a> Planner<'a> {
         };
         let mut query = *query;
         let names = assign_output_aliases(&mut query);
+        type_integer_literals(&mut query);
         let plan = self.plan_query(query)?;
         let schema = plan.schema().inner().clone();
         // A cast's result is of the target type, but DataFusion carries the source column's
@@ -240,6 +241,71 @@ impl ContextProvider for Planner<'_> {
     fn udwf_names(&self) -> Vec<String> {
         self.state.window_functions().keys().cloned().collect()
     }
+}
+
+/// Integer literals that fit in 32 bits are `integer` (int4) in Postgres; DataFusion makes
+/// every integer literal Int64. In select lists (of the query, its set operations, CTEs and
+/// derived tables) such literals get an explicit `::int4`, so `SELECT 1` and `int4col + 1` are
+/// int4 as in Postgres (and overflow as int4). Only select lists: a literal in ORDER BY/GROUP BY
+/// is a column position, and LIMIT/OFFSET want plain constants.
+fn type_integer_literals(query: &mut ast::Query) {
+    fn in_query(q: &mut ast::Query) {
+        if let Some(with) = q.with.as_mut() {
+            for cte in with.cte_tables.iter_mut() {
+                in_query(&mut cte.query);
+            }
+        }
+        in_set_expr(&mut q.body);
+    }
+    fn in_set_expr(body: &mut ast::SetExpr) {
+        match body {
+            ast::SetExpr::Select(select) => {
+                for item in select.projection.iter_mut() {
+                    match item {
+                        ast::SelectItem::UnnamedExpr(e)
+                        | ast::SelectItem::ExprWithAlias { expr: e, .. } => in_expr(e),
+                        _ => {}
+                    }
+                }
+                for twj in select.from.iter_mut() {
+                    in_table_factor(&mut twj.relation);
+                    for j in twj.joins.iter_mut() {
+                        in_table_factor(&mut j.relation);
+                    }
+                }
+            }
+            ast::SetExpr::SetOperation { left, right, .. } => {
+                in_set_expr(left);
+                in_set_expr(right);
+            }
+            ast::SetExpr::Query(q) => in_query(q),
+            _ => {}
+        }
+    }
+    fn in_table_factor(t: &mut ast::TableFactor) {
+        if let ast::TableFactor::Derived { subquery, .. } = t {
+            in_query(subquery);
+        }
+    }
+    fn in_expr(e: &mut ast::Expr) {
+        let _ = ast::visit_expressions_mut(e, |x| {
+            if let ast::Expr::Value(v) = x
+                && let ast::Value::Number(n, false) = &v.value
+                && n.bytes().all(|b| b.is_ascii_digit())
+                && n.parse::<i32>().is_ok()
+            {
+                *x = ast::Expr::Cast {
+                    kind: ast::CastKind::DoubleColon,
+                    expr: Box::new(x.clone()),
+                    data_type: ast::DataType::Int4(None),
+                    array: false,
+                    format: None,
+                };
+            }
+            std::ops::ControlFlow::<()>::Continue(())
+        });
+    }
+    in_query(query);
 }
 
 const OUTPUT_ALIAS_PREFIX: &str = "__orochi_out_";

@@ -333,7 +333,7 @@ async fn result_columns_have_postgres_names_and_types() {
             ("price", Type::TEXT),
             ("price", Type::INT4),
             ("u", Type::TEXT),
-            ("?column?", Type::INT8),
+            ("?column?", Type::INT4),
             ("case", Type::TEXT),
             ("ident", Type::INT4),
             ("now", Type::TIMESTAMPTZ),
@@ -399,6 +399,20 @@ async fn scram_password_authentication() {
     );
     // the authenticated session is unaffected
     assert!(client.simple_query("SELECT 1").await.is_ok());
+}
+
+/// Integer literals are int4 when they fit, as in Postgres (drivers decode them as i32).
+#[tokio::test]
+async fn integer_literals_are_int4() {
+    let server = Server::start().expect("server");
+    let client = connect(&server).await;
+    let row = client
+        .query_one("SELECT 1, 3000000000, 2 * 3", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 1);
+    assert_eq!(row.get::<_, i64>(1), 3_000_000_000);
+    assert_eq!(row.get::<_, i32>(2), 6);
 }
 
 /// Arrays come back typed (text[], int8[]) and decode from the binary format.
