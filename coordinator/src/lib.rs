@@ -12,6 +12,7 @@
 //! - [`catalog`]: schemas, tables, sequences (persisted).
 //! - [`config`]: the coordinator options (`CoordinatorOptions`).
 //! - [`error`]: DataFusion ↔ SQLSTATE error mapping.
+//! - [`system`]: `pg_catalog` tables built from the catalog.
 //! - [`standalone`]: starting a coordinator with an embedded worker.
 
 pub mod catalog;
@@ -26,3 +27,4 @@ pub mod planner;
 pub mod provider;
 pub mod session;
 pub mod standalone;
+pub mod system;

@@ -34,6 +34,8 @@ pub struct Planner<'a> {
     pub catalog: &'a Catalog,
     pub service: &'a Arc<dyn ShardService>,
     pub search_path: &'a [String],
+    /// The session's user (what `pg_roles`/`pg_user` show besides `postgres`).
+    pub user: &'a str,
     /// Statement-local tables, by bare name (checked before the catalog).
     pub extra: HashMap<String, Arc<dyn TableProvider>>,
 }
@@ -50,6 +52,7 @@ impl<'a> Planner<'a> {
             catalog,
             service,
             search_path,
+            user: "postgres",
             extra: HashMap::new(),
         }
     }
@@ -151,6 +154,18 @@ impl ContextProvider for Planner<'_> {
             TableReference::Partial { schema, table } => (Some(schema.as_ref()), table.as_ref()),
             TableReference::Full { schema, table, .. } => (Some(schema.as_ref()), table.as_ref()),
         };
+        // pg_catalog is searched first (implicitly, as in Postgres)
+        let system = match schema {
+            Some("pg_catalog") => true,
+            None => !self.search_path.iter().any(|s| s == "pg_catalog"),
+            Some(_) => false,
+        };
+        if system
+            && crate::system::TABLES.contains(&table)
+            && let Some(t) = crate::system::table(self.catalog, table, self.user)
+        {
+            return Ok(provider_as_source(t));
+        }
         match self.resolve_table(schema, table) {
             Some(def) => Ok(provider_as_source(Arc::new(OrochiTable::new(
                 def,

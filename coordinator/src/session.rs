@@ -158,12 +158,14 @@ impl Session {
     }
 
     pub fn planner(&self) -> Planner<'_> {
-        Planner::new(
+        let mut p = Planner::new(
             &self.state,
             &self.instance.catalog,
             &self.instance.service,
             &self.search_path,
-        )
+        );
+        p.user = &self.user;
+        p
     }
 
     fn set_txn_context(&mut self, txn: TxnId) {

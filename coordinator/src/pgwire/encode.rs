@@ -39,7 +39,8 @@ pub fn pg_type(field: &Field) -> Type {
         DataType::Boolean => Type::BOOL,
         DataType::Int8 | DataType::Int16 | DataType::UInt8 => Type::INT2,
         DataType::Int32 | DataType::UInt16 => Type::INT4,
-        DataType::Int64 | DataType::UInt32 => Type::INT8,
+        DataType::Int64 => Type::INT8,
+        DataType::UInt32 => Type::OID,
         DataType::UInt64 | DataType::Decimal128(..) | DataType::Decimal256(..) => Type::NUMERIC,
         DataType::Float16 | DataType::Float32 => Type::FLOAT4,
         DataType::Float64 => Type::FLOAT8,
@@ -319,7 +320,7 @@ fn encode_binary(a: &dyn Array, r: usize, ty: Option<SqlType>, buf: &mut BytesMu
         (DataType::Int64, _) => buf.put_i64(a.as_primitive::<t::Int64Type>().value(r)),
         (DataType::UInt8, _) => buf.put_i16(a.as_primitive::<t::UInt8Type>().value(r) as i16),
         (DataType::UInt16, _) => buf.put_i32(a.as_primitive::<t::UInt16Type>().value(r) as i32),
-        (DataType::UInt32, _) => buf.put_i64(a.as_primitive::<t::UInt32Type>().value(r) as i64),
+        (DataType::UInt32, _) => buf.put_u32(a.as_primitive::<t::UInt32Type>().value(r)),
         (DataType::List(f), _) => {
             encode_binary_array(a.as_list::<i32>().value(r).as_ref(), &pg_type(f), buf)?
         }

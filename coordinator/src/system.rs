@@ -1,0 +1,432 @@
+//! `pg_catalog` tables, built from our catalog when a statement names them (RFC 0001).
+//!
+//! First slice: `pg_namespace`, `pg_class` (tables and their primary-key indexes),
+//! `pg_attribute`, `pg_type`, `pg_index`, `pg_database`, `pg_roles`, `pg_user`,
+//! `pg_extension`, `pg_tables`, and the empty `pg_inherits` / `pg_partitioned_table`
+//! (no table inheritance or partitioning here). OIDs are stable: a table's is its id (from
+//! 16384), its primary-key index's is `id + INDEX_OID_OFFSET`, a schema's is fixed
+//! (`pg_catalog` 11, `public` 2200) or derived from its name.
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, BooleanArray, Int16Array, Int32Array, StringArray, UInt32Array};
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::record_batch::RecordBatch;
+use datafusion::datasource::{MemTable, TableProvider};
+use orochi_common::types::SqlType;
+
+use crate::catalog::Catalog;
+
+/// The tables this module provides, by name.
+pub const TABLES: &[&str] = &[
+    "pg_namespace",
+    "pg_class",
+    "pg_attribute",
+    "pg_type",
+    "pg_index",
+    "pg_database",
+    "pg_roles",
+    "pg_user",
+    "pg_extension",
+    "pg_tables",
+    "pg_inherits",
+    "pg_partitioned_table",
+];
+
+const INDEX_OID_OFFSET: u32 = 1 << 30;
+const SUPERUSER_OID: u32 = 10;
+const DATABASE_OID: u32 = 5;
+const EXTENSION_OID: u32 = 16_000;
+
+pub fn namespace_oid(name: &str) -> u32 {
+    match name {
+        "pg_catalog" => 11,
+        "public" => 2200,
+        "information_schema" => 13_000,
+        other => {
+            // stable across restarts: FNV-1a of the name, folded into [2^29, 2^30)
+            let mut h: u32 = 0x811c_9dc5;
+            for b in other.bytes() {
+                h ^= b as u32;
+                h = h.wrapping_mul(0x0100_0193);
+            }
+            (1 << 29) | (h & ((1 << 29) - 1))
+        }
+    }
+}
+
+/// A column builder for one system table.
+enum Col {
+    Oid(Vec<u32>),
+    Text(Vec<Option<String>>),
+    Bool(Vec<bool>),
+    I16(Vec<i16>),
+    I32(Vec<i32>),
+}
+
+struct Table {
+    fields: Vec<Field>,
+    cols: Vec<Col>,
+}
+
+impl Table {
+    fn new(spec: &[(&str, char)]) -> Table {
+        let mut fields = Vec::new();
+        let mut cols = Vec::new();
+        for (name, kind) in spec {
+            let (dt, col) = match kind {
+                'o' => (DataType::UInt32, Col::Oid(vec![])),
+                't' => (DataType::Utf8, Col::Text(vec![])),
+                'b' => (DataType::Boolean, Col::Bool(vec![])),
+                's' => (DataType::Int16, Col::I16(vec![])),
+                _ => (DataType::Int32, Col::I32(vec![])),
+            };
+            fields.push(Field::new(*name, dt, true));
+            cols.push(col);
+        }
+        Table { fields, cols }
+    }
+
+    fn row(&mut self, values: Vec<V>) {
+        for (col, v) in self.cols.iter_mut().zip(values) {
+            match (col, v) {
+                (Col::Oid(c), V::O(x)) => c.push(x),
+                (Col::Text(c), V::T(x)) => c.push(Some(x)),
+                (Col::Text(c), V::Null) => c.push(None),
+                (Col::Bool(c), V::B(x)) => c.push(x),
+                (Col::I16(c), V::S(x)) => c.push(x),
+                (Col::I32(c), V::I(x)) => c.push(x),
+                _ => unreachable!("system table row does not match its columns"),
+            }
+        }
+    }
+
+    fn provider(self) -> Arc<dyn TableProvider> {
+        let schema = Arc::new(Schema::new(self.fields));
+        let arrays: Vec<ArrayRef> = self
+            .cols
+            .into_iter()
+            .map(|c| -> ArrayRef {
+                match c {
+                    Col::Oid(v) => Arc::new(UInt32Array::from(v)),
+                    Col::Text(v) => Arc::new(StringArray::from(v)),
+                    Col::Bool(v) => Arc::new(BooleanArray::from(v)),
+                    Col::I16(v) => Arc::new(Int16Array::from(v)),
+                    Col::I32(v) => Arc::new(Int32Array::from(v)),
+                }
+            })
+            .collect();
+        let batch = RecordBatch::try_new(schema.clone(), arrays).expect("system table batch");
+        Arc::new(MemTable::try_new(schema, vec![vec![batch]]).expect("system table"))
+    }
+}
+
+enum V {
+    O(u32),
+    T(String),
+    B(bool),
+    S(i16),
+    I(i32),
+    Null,
+}
+
+fn t(s: &str) -> V {
+    V::T(s.to_string())
+}
+
+const ALL_TYPES: &[SqlType] = &[
+    SqlType::Bool,
+    SqlType::Bytea,
+    SqlType::Int8,
+    SqlType::Int2,
+    SqlType::Int4,
+    SqlType::Text,
+    SqlType::Json,
+    SqlType::Float4,
+    SqlType::Float8,
+    SqlType::Char(1),
+    SqlType::Varchar(None),
+    SqlType::Date,
+    SqlType::Timestamp,
+    SqlType::Timestamptz,
+    SqlType::Numeric(None),
+    SqlType::Uuid,
+    SqlType::Jsonb,
+];
+
+/// The system table `name` (unqualified), as of now; `None` if there is no such table.
+pub fn table(catalog: &Catalog, name: &str, user: &str) -> Option<Arc<dyn TableProvider>> {
+    let tables = catalog.all_tables();
+    let mut schemas = catalog.schemas();
+    schemas.insert(0, "pg_catalog".to_string());
+    Some(match name {
+        "pg_namespace" => {
+            let mut tb = Table::new(&[("oid", 'o'), ("nspname", 't'), ("nspowner", 'o')]);
+            for s in &schemas {
+                tb.row(vec![V::O(namespace_oid(s)), t(s), V::O(SUPERUSER_OID)]);
+            }
+            tb.provider()
+        }
+        "pg_class" => {
+            let mut tb = Table::new(&[
+                ("oid", 'o'),
+                ("relname", 't'),
+                ("relnamespace", 'o'),
+                ("reltype", 'o'),
+                ("relowner", 'o'),
+                ("relam", 'o'),
+                ("reltuples", 'i'),
+                ("relhasindex", 'b'),
+                ("relisshared", 'b'),
+                ("relpersistence", 't'),
+                ("relkind", 't'),
+                ("relnatts", 's'),
+                ("relchecks", 's'),
+                ("relhasrules", 'b'),
+                ("relhastriggers", 'b'),
+                ("relhassubclass", 'b'),
+                ("relrowsecurity", 'b'),
+                ("relispartition", 'b'),
+            ]);
+            for d in &tables {
+                let ns = namespace_oid(&d.schema);
+                let natts = d.visible_columns().len() as i16;
+                let has_pk = !d.hidden_rowid;
+                tb.row(vec![
+                    V::O(d.id as u32),
+                    t(&d.name),
+                    V::O(ns),
+                    V::O(0),
+                    V::O(SUPERUSER_OID),
+                    V::O(2),
+                    V::I(-1),
+                    V::B(has_pk),
+                    V::B(false),
+                    t("p"),
+                    t("r"),
+                    V::S(natts),
+                    V::S(0),
+                    V::B(false),
+                    V::B(false),
+                    V::B(false),
+                    V::B(false),
+                    V::B(false),
+                ]);
+                if has_pk {
+                    tb.row(vec![
+                        V::O(d.id as u32 + INDEX_OID_OFFSET),
+                        t(&format!("{}_pkey", d.name)),
+                        V::O(ns),
+                        V::O(0),
+                        V::O(SUPERUSER_OID),
+                        V::O(403),
+                        V::I(-1),
+                        V::B(false),
+                        V::B(false),
+                        t("p"),
+                        t("i"),
+                        V::S(d.primary_key.len() as i16),
+                        V::S(0),
+                        V::B(false),
+                        V::B(false),
+                        V::B(false),
+                        V::B(false),
+                        V::B(false),
+                    ]);
+                }
+            }
+            tb.provider()
+        }
+        "pg_attribute" => {
+            let mut tb = Table::new(&[
+                ("attrelid", 'o'),
+                ("attname", 't'),
+                ("atttypid", 'o'),
+                ("attnum", 's'),
+                ("atttypmod", 'i'),
+                ("attnotnull", 'b'),
+                ("atthasdef", 'b'),
+                ("attisdropped", 'b'),
+            ]);
+            for d in &tables {
+                for (n, &i) in d.visible_columns().iter().enumerate() {
+                    let c = &d.columns[i];
+                    tb.row(vec![
+                        V::O(d.id as u32),
+                        t(&c.name),
+                        V::O(c.ty.pg_oid()),
+                        V::S(n as i16 + 1),
+                        V::I(-1),
+                        V::B(!c.nullable),
+                        V::B(c.default.is_some()),
+                        V::B(false),
+                    ]);
+                }
+            }
+            tb.provider()
+        }
+        "pg_type" => {
+            let mut tb = Table::new(&[
+                ("oid", 'o'),
+                ("typname", 't'),
+                ("typnamespace", 'o'),
+                ("typlen", 's'),
+                ("typtype", 't'),
+                ("typelem", 'o'),
+            ]);
+            for ty in ALL_TYPES {
+                tb.row(vec![
+                    V::O(ty.pg_oid()),
+                    t(ty.typname()),
+                    V::O(11),
+                    V::S(-1),
+                    t("b"),
+                    V::O(0),
+                ]);
+            }
+            tb.row(vec![V::O(26), t("oid"), V::O(11), V::S(4), t("b"), V::O(0)]);
+            tb.provider()
+        }
+        "pg_index" => {
+            let mut tb = Table::new(&[
+                ("indexrelid", 'o'),
+                ("indrelid", 'o'),
+                ("indnatts", 's'),
+                ("indisunique", 'b'),
+                ("indisprimary", 'b'),
+                ("indkey", 't'),
+            ]);
+            for d in tables.iter().filter(|d| !d.hidden_rowid) {
+                let visible = d.visible_columns();
+                let key: Vec<String> = d
+                    .primary_key
+                    .iter()
+                    .map(|k| (visible.iter().position(|v| v == k).unwrap_or(0) + 1).to_string())
+                    .collect();
+                tb.row(vec![
+                    V::O(d.id as u32 + INDEX_OID_OFFSET),
+                    V::O(d.id as u32),
+                    V::S(d.primary_key.len() as i16),
+                    V::B(true),
+                    V::B(true),
+                    t(&key.join(" ")),
+                ]);
+            }
+            tb.provider()
+        }
+        "pg_database" => {
+            let mut tb = Table::new(&[
+                ("oid", 'o'),
+                ("datname", 't'),
+                ("datdba", 'o'),
+                ("encoding", 'i'),
+                ("datcollate", 't'),
+                ("datctype", 't'),
+                ("datistemplate", 'b'),
+                ("datallowconn", 'b'),
+            ]);
+            tb.row(vec![
+                V::O(DATABASE_OID),
+                t("postgres"),
+                V::O(SUPERUSER_OID),
+                V::I(6),
+                t("C.UTF-8"),
+                t("C.UTF-8"),
+                V::B(false),
+                V::B(true),
+            ]);
+            tb.provider()
+        }
+        "pg_roles" | "pg_user" => {
+            let (oid_col, name_col) = if name == "pg_roles" {
+                ("oid", "rolname")
+            } else {
+                ("usesysid", "usename")
+            };
+            let super_col = if name == "pg_roles" {
+                "rolsuper"
+            } else {
+                "usesuper"
+            };
+            let mut tb = Table::new(&[(oid_col, 'o'), (name_col, 't'), (super_col, 'b')]);
+            tb.row(vec![V::O(SUPERUSER_OID), t("postgres"), V::B(true)]);
+            if user != "postgres" {
+                tb.row(vec![V::O(SUPERUSER_OID + 1), t(user), V::B(true)]);
+            }
+            tb.provider()
+        }
+        "pg_extension" => {
+            let mut tb = Table::new(&[
+                ("oid", 'o'),
+                ("extname", 't'),
+                ("extowner", 'o'),
+                ("extnamespace", 'o'),
+                ("extrelocatable", 'b'),
+                ("extversion", 't'),
+            ]);
+            tb.row(vec![
+                V::O(13_500),
+                t("plpgsql"),
+                V::O(SUPERUSER_OID),
+                V::O(11),
+                V::B(false),
+                t("1.0"),
+            ]);
+            tb.row(vec![
+                V::O(EXTENSION_OID),
+                t("orochi"),
+                V::O(SUPERUSER_OID),
+                V::O(11),
+                V::B(false),
+                t(env!("CARGO_PKG_VERSION")),
+            ]);
+            tb.provider()
+        }
+        "pg_tables" => {
+            let mut tb = Table::new(&[
+                ("schemaname", 't'),
+                ("tablename", 't'),
+                ("tableowner", 't'),
+                ("tablespace", 't'),
+                ("hasindexes", 'b'),
+                ("hasrules", 'b'),
+                ("hastriggers", 'b'),
+                ("rowsecurity", 'b'),
+            ]);
+            for d in &tables {
+                tb.row(vec![
+                    t(&d.schema),
+                    t(&d.name),
+                    t("postgres"),
+                    V::Null,
+                    V::B(!d.hidden_rowid),
+                    V::B(false),
+                    V::B(false),
+                    V::B(false),
+                ]);
+            }
+            tb.provider()
+        }
+        "pg_inherits" => {
+            Table::new(&[("inhrelid", 'o'), ("inhparent", 'o'), ("inhseqno", 'i')]).provider()
+        }
+        "pg_partitioned_table" => {
+            Table::new(&[("partrelid", 'o'), ("partstrat", 't'), ("partnatts", 's')]).provider()
+        }
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespace_oids_are_stable_and_outside_table_ids() {
+        assert_eq!(namespace_oid("public"), 2200);
+        assert_eq!(namespace_oid("app"), namespace_oid("app"));
+        assert_ne!(namespace_oid("app"), namespace_oid("apq"));
+        let oid = namespace_oid("app");
+        assert!((1 << 29..1 << 30).contains(&oid));
+    }
+}
