@@ -154,6 +154,36 @@ const ALL_TYPES: &[SqlType] = &[
     SqlType::Jsonb,
 ];
 
+/// A `pg_class` row (columns as declared in [`table`]).
+fn class_row(
+    oid: u32,
+    name: &str,
+    ns: u32,
+    am: u32,
+    has_index: bool,
+    kind: &str,
+    natts: i16,
+) -> Vec<V> {
+    let mut row = vec![
+        V::O(oid),
+        t(name),
+        V::O(ns),
+        V::O(0),
+        V::O(SUPERUSER_OID),
+        V::O(am),
+        V::I(-1),
+        V::B(has_index),
+        V::B(false),
+        t("p"),
+        t(kind),
+        V::S(natts),
+        V::S(0),
+    ];
+    // relhasrules, relhastriggers, relhassubclass, relrowsecurity, relispartition
+    row.extend((0..5).map(|_| V::B(false)));
+    row
+}
+
 /// The system table `name` (unqualified), as of now; `None` if there is no such table.
 pub fn table(catalog: &Catalog, name: &str, user: &str) -> Option<Arc<dyn TableProvider>> {
     let tables = catalog.all_tables();
@@ -190,49 +220,14 @@ pub fn table(catalog: &Catalog, name: &str, user: &str) -> Option<Arc<dyn TableP
             ]);
             for d in &tables {
                 let ns = namespace_oid(&d.schema);
-                let natts = d.visible_columns().len() as i16;
                 let has_pk = !d.hidden_rowid;
-                tb.row(vec![
-                    V::O(d.id as u32),
-                    t(&d.name),
-                    V::O(ns),
-                    V::O(0),
-                    V::O(SUPERUSER_OID),
-                    V::O(2),
-                    V::I(-1),
-                    V::B(has_pk),
-                    V::B(false),
-                    t("p"),
-                    t("r"),
-                    V::S(natts),
-                    V::S(0),
-                    V::B(false),
-                    V::B(false),
-                    V::B(false),
-                    V::B(false),
-                    V::B(false),
-                ]);
+                let natts = d.visible_columns().len() as i16;
+                tb.row(class_row(d.id as u32, &d.name, ns, 2, has_pk, "r", natts));
                 if has_pk {
-                    tb.row(vec![
-                        V::O(d.id as u32 + INDEX_OID_OFFSET),
-                        t(&format!("{}_pkey", d.name)),
-                        V::O(ns),
-                        V::O(0),
-                        V::O(SUPERUSER_OID),
-                        V::O(403),
-                        V::I(-1),
-                        V::B(false),
-                        V::B(false),
-                        t("p"),
-                        t("i"),
-                        V::S(d.primary_key.len() as i16),
-                        V::S(0),
-                        V::B(false),
-                        V::B(false),
-                        V::B(false),
-                        V::B(false),
-                        V::B(false),
-                    ]);
+                    let name = format!("{}_pkey", d.name);
+                    let natts = d.primary_key.len() as i16;
+                    let oid = d.id as u32 + INDEX_OID_OFFSET;
+                    tb.row(class_row(oid, &name, ns, 403, false, "i", natts));
                 }
             }
             tb.provider()

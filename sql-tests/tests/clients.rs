@@ -2,24 +2,13 @@
 
 use futures::SinkExt;
 use orochi_sql_tests::Server;
-use tokio_postgres::NoTls;
-
-async fn connect(server: &Server) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(&server.url(), NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    client
-}
 
 /// A COPY whose final line has no newline and completes a write chunk:
 /// every row must arrive (a regression test for rows dropped at the end of COPY).
 #[tokio::test]
 async fn copy_from_stdin_keeps_every_row() {
     let server = Server::start().expect("server");
-    let client = connect(&server).await;
+    let client = server.connect().await;
     client
         .batch_execute("CREATE TABLE copy_t (id int PRIMARY KEY, v text)")
         .await
@@ -46,7 +35,7 @@ async fn copy_from_stdin_keeps_every_row() {
 #[tokio::test]
 async fn copy_bad_row_loads_nothing() {
     let server = Server::start().expect("server");
-    let client = connect(&server).await;
+    let client = server.connect().await;
     client
         .batch_execute("CREATE TABLE copy_bad (id int PRIMARY KEY)")
         .await

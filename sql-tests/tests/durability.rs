@@ -9,23 +9,13 @@ use orochi_sql_tests::{Server, binary, free_port};
 use tokio::sync::Mutex;
 use tokio_postgres::NoTls;
 
-async fn connect(server: &Server) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(&server.url(), NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    client
-}
-
 #[tokio::test]
 async fn data_survives_a_clean_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     let mut server = Server::start_on(0, &dir).unwrap();
     let port = server.port;
-    let client = connect(&server).await;
+    let client = server.connect().await;
     client
         .batch_execute(
             "CREATE SCHEMA app;
@@ -43,7 +33,7 @@ async fn data_survives_a_clean_restart() {
     assert!(server.terminate(), "SIGTERM must shut down cleanly");
 
     let server = Server::start_on(port, &dir).unwrap();
-    let client = connect(&server).await;
+    let client = server.connect().await;
     let rows = client
         .query(
             "SELECT id, name, price::text, note FROM app.items ORDER BY id",
@@ -89,7 +79,7 @@ async fn kill_9_loses_no_acknowledged_commit() {
     let dir = tmp.path().join("data");
     let mut server = Server::start_on(0, &dir).unwrap();
     let port = server.port;
-    let setup = connect(&server).await;
+    let setup = server.connect().await;
     setup
         .batch_execute("CREATE TABLE acks (id int8 PRIMARY KEY, client int4, block int8)")
         .await
@@ -153,7 +143,7 @@ async fn kill_9_loses_no_acknowledged_commit() {
     );
 
     let server = Server::start_on(port, &dir).unwrap();
-    let client = connect(&server).await;
+    let client = server.connect().await;
     let present: BTreeSet<i64> = client
         .query("SELECT id FROM acks", &[])
         .await

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use futures::SinkExt;
 use orochi_sql_tests::Server;
-use tokio_postgres::NoTls;
 
 const QUERY_MEMORY: u64 = 64 << 20;
 const ROW_CACHE: u64 = 32 << 20;
@@ -23,16 +22,6 @@ fn rss_bytes(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map(|kb| kb * 1024)
         .unwrap_or(0)
-}
-
-async fn connect(server: &Server) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(&server.url(), NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    client
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,7 +39,7 @@ async fn concurrent_scans_stay_within_memory_and_excess_fails_with_53200() {
     .unwrap();
     let server = Server::start_with(&["--config", config.to_str().unwrap()], &[]).expect("server");
     let pid = server.pid().expect("server pid");
-    let client = connect(&server).await;
+    let client = server.connect().await;
     client
         .batch_execute("CREATE TABLE big (id int8 PRIMARY KEY, g int4, v float8, s text)")
         .await
@@ -89,7 +78,7 @@ async fn concurrent_scans_stay_within_memory_and_excess_fails_with_53200() {
     };
     let mut tasks = Vec::new();
     for c in 0..20 {
-        let client = connect(&server).await;
+        let client = server.connect().await;
         tasks.push(tokio::spawn(async move {
             let sql = if c % 2 == 0 {
                 "SELECT g, count(*), sum(v) FROM big GROUP BY g ORDER BY g LIMIT 3"

@@ -13,16 +13,6 @@ use rust_decimal::Decimal;
 use tokio_postgres::types::Type;
 use tokio_postgres::{NoTls, SimpleQueryMessage};
 
-async fn connect(server: &Server) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(&server.url(), NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    client
-}
-
 const CREATE: &str = "CREATE TABLE all_types (
     id int4 PRIMARY KEY, i2 int2, i8 int8, f4 float4, f8 float8, n numeric(12,3), b bool,
     t text, vc varchar(20), ch char(5), by bytea, d date, ts timestamp, tz timestamptz,
@@ -31,7 +21,7 @@ const CREATE: &str = "CREATE TABLE all_types (
 #[tokio::test]
 async fn every_type_round_trips_as_binary_parameter_and_result() {
     let server = Server::start().expect("server");
-    let client = connect(&server).await;
+    let client = server.connect().await;
     client.batch_execute(CREATE).await.unwrap();
 
     let insert = client
@@ -161,7 +151,7 @@ async fn every_type_round_trips_as_binary_parameter_and_result() {
 #[tokio::test]
 async fn named_statements_are_reused_and_updates_report_counts() {
     let server = Server::start().expect("server");
-    let client = connect(&server).await;
+    let client = server.connect().await;
     client
         .batch_execute("CREATE TABLE kv (k int PRIMARY KEY, v int NOT NULL)")
         .await
@@ -223,7 +213,7 @@ async fn named_statements_are_reused_and_updates_report_counts() {
 #[tokio::test]
 async fn simple_protocol_tags_and_empty_query() {
     let server = Server::start().expect("server");
-    let client = connect(&server).await;
+    let client = server.connect().await;
     let msgs = client
         .simple_query(
             "CREATE TABLE s (a int PRIMARY KEY); INSERT INTO s VALUES (1), (2), (3); \
@@ -305,7 +295,7 @@ async fn max_connections_is_enforced_with_53300() {
 #[tokio::test]
 async fn result_columns_have_postgres_names_and_types() {
     let server = Server::start().expect("server");
-    let client = connect(&server).await;
+    let client = server.connect().await;
     client
         .batch_execute(
             "CREATE TABLE names_t (id int PRIMARY KEY, price numeric(10,2), u uuid);
@@ -405,7 +395,7 @@ async fn scram_password_authentication() {
 #[tokio::test]
 async fn integer_literals_are_int4() {
     let server = Server::start().expect("server");
-    let client = connect(&server).await;
+    let client = server.connect().await;
     let row = client
         .query_one("SELECT 1, 3000000000, 2 * 3", &[])
         .await
@@ -419,7 +409,7 @@ async fn integer_literals_are_int4() {
 #[tokio::test]
 async fn arrays_in_binary_results() {
     let server = Server::start().expect("server");
-    let client = connect(&server).await;
+    let client = server.connect().await;
     let row = client
         .query_one(
             "SELECT current_schemas(true), make_array(1::int8, NULL, 3::int8)",
@@ -444,7 +434,7 @@ async fn arrays_in_binary_results() {
 #[tokio::test]
 async fn cancel_request_and_statement_timeout() {
     let server = Server::start().expect("server");
-    let client = connect(&server).await;
+    let client = server.connect().await;
     let slow = "SELECT count(*) FROM generate_series(1, 5000000000)";
 
     let token = client.cancel_token();
