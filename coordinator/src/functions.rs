@@ -18,6 +18,7 @@ use datafusion::logical_expr::{
 };
 use datafusion::sql::sqlparser::ast;
 
+use crate::catalog::Catalog;
 use crate::handler::utility::SERVER_VERSION;
 
 /// A zero-argument function returning a value fixed for the session (until re-registered).
@@ -119,12 +120,126 @@ impl ScalarUDFImpl for CurrentSchemas {
     }
 }
 
+/// `pg_get_userbyid(oid)`: the role's name (`postgres` is oid 10, the only role so far).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct GetUserById {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for GetUserById {
+    fn name(&self) -> &str {
+        "pg_get_userbyid"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        map_oids(&args, |oid| {
+            ScalarValue::Utf8(Some(if oid == 10 {
+                "postgres".to_string()
+            } else {
+                format!("unknown (OID={oid})")
+            }))
+        })
+    }
+}
+
+/// `pg_table_is_visible(oid)`: whether the relation is found first by its bare name through
+/// the search path (`pg_catalog` first), as Postgres defines it.
+struct TableIsVisible {
+    catalog: Arc<Catalog>,
+    search_path: Vec<String>,
+    signature: Signature,
+}
+
+impl std::fmt::Debug for TableIsVisible {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TableIsVisible")
+            .field("search_path", &self.search_path)
+            .finish()
+    }
+}
+
+impl PartialEq for TableIsVisible {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.catalog, &other.catalog) && self.search_path == other.search_path
+    }
+}
+impl Eq for TableIsVisible {}
+impl std::hash::Hash for TableIsVisible {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.search_path.hash(state);
+    }
+}
+
+impl ScalarUDFImpl for TableIsVisible {
+    fn name(&self) -> &str {
+        "pg_table_is_visible"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        map_oids(&args, |oid| {
+            // a primary-key index shares its table's schema and visibility rules
+            let table_id = (oid % crate::system::INDEX_OID_OFFSET) as u64;
+            let visible = self.catalog.table_by_id(table_id).is_some_and(|def| {
+                let name = if oid >= crate::system::INDEX_OID_OFFSET {
+                    format!("{}_pkey", def.name)
+                } else {
+                    def.name.clone()
+                };
+                let first = self.search_path.iter().find(|s| {
+                    self.catalog.table(s, &name).is_some_and(|t| t.id == def.id)
+                        || (oid >= crate::system::INDEX_OID_OFFSET && **s == def.schema)
+                });
+                first.is_some_and(|s| *s == def.schema)
+            });
+            ScalarValue::Boolean(Some(visible))
+        })
+    }
+}
+
+/// Applies `f` to each oid argument (NULL stays NULL).
+fn map_oids(args: &ScalarFunctionArgs, f: impl Fn(u32) -> ScalarValue) -> Result<ColumnarValue> {
+    let scalar = matches!(args.args[0], ColumnarValue::Scalar(_));
+    let array = ColumnarValue::values_to_arrays(&args.args)?.remove(0);
+    let array = arrow::compute::cast(&array, &DataType::Int64)?;
+    let ints = array
+        .as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .expect("cast to Int64");
+    let values: Vec<ScalarValue> = (0..ints.len())
+        .map(|i| {
+            if ints.is_null(i) {
+                ScalarValue::try_from(&f(0).data_type()).unwrap_or(ScalarValue::Null)
+            } else {
+                f(ints.value(i) as u32)
+            }
+        })
+        .collect();
+    if scalar {
+        Ok(ColumnarValue::Scalar(
+            values.into_iter().next().unwrap_or(ScalarValue::Null),
+        ))
+    } else {
+        Ok(ColumnarValue::Array(ScalarValue::iter_to_array(values)?))
+    }
+}
+
 /// What the session functions report.
 pub struct SessionInfo<'a> {
     pub user: &'a str,
     pub database: &'a str,
     pub search_path: &'a [String],
     pub backend_pid: i32,
+    pub catalog: &'a Arc<Catalog>,
 }
 
 /// The functions to (re-)register for a session.
@@ -158,6 +273,16 @@ pub fn session_functions(info: &SessionInfo<'_>) -> Vec<ScalarUDF> {
         ScalarUDF::new_from_impl(CurrentSchemas {
             search_path: info.search_path.to_vec(),
             signature: Signature::exact(vec![DataType::Boolean], Volatility::Stable),
+        }),
+        ScalarUDF::new_from_impl(GetUserById {
+            signature: Signature::any(1, Volatility::Stable),
+        }),
+        ScalarUDF::new_from_impl(TableIsVisible {
+            catalog: info.catalog.clone(),
+            search_path: std::iter::once("pg_catalog".to_string())
+                .chain(info.search_path.iter().cloned())
+                .collect(),
+            signature: Signature::any(1, Volatility::Stable),
         }),
     ]
 }

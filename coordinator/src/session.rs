@@ -149,6 +149,7 @@ impl Session {
             database: &self.database,
             search_path: &self.search_path,
             backend_pid: self.backend_pid,
+            catalog: &self.instance.catalog,
         };
         for f in crate::functions::session_functions(&info) {
             if let Err(e) = self.state.register_udf(Arc::new(f)) {

@@ -2,7 +2,7 @@
 //!
 //! First slice: `pg_namespace`, `pg_class` (tables and their primary-key indexes),
 //! `pg_attribute`, `pg_type`, `pg_index`, `pg_database`, `pg_roles`, `pg_user`,
-//! `pg_extension`, `pg_tables`, and the empty `pg_inherits` / `pg_partitioned_table`
+//! `pg_extension`, `pg_tables`, `pg_am`, and the empty `pg_inherits` / `pg_partitioned_table`
 //! (no table inheritance or partitioning here). OIDs are stable: a table's is its id (from
 //! 16384), its primary-key index's is `id + INDEX_OID_OFFSET`, a schema's is fixed
 //! (`pg_catalog` 11, `public` 2200) or derived from its name.
@@ -31,9 +31,10 @@ pub const TABLES: &[&str] = &[
     "pg_tables",
     "pg_inherits",
     "pg_partitioned_table",
+    "pg_am",
 ];
 
-const INDEX_OID_OFFSET: u32 = 1 << 30;
+pub const INDEX_OID_OFFSET: u32 = 1 << 30;
 const SUPERUSER_OID: u32 = 10;
 const DATABASE_OID: u32 = 5;
 const EXTENSION_OID: u32 = 16_000;
@@ -400,6 +401,12 @@ pub fn table(catalog: &Catalog, name: &str, user: &str) -> Option<Arc<dyn TableP
                     V::B(false),
                 ]);
             }
+            tb.provider()
+        }
+        "pg_am" => {
+            let mut tb = Table::new(&[("oid", 'o'), ("amname", 't'), ("amtype", 't')]);
+            tb.row(vec![V::O(2), t("heap"), t("t")]);
+            tb.row(vec![V::O(403), t("btree"), t("i")]);
             tb.provider()
         }
         "pg_inherits" => {
