@@ -147,6 +147,29 @@ impl ScalarUDFImpl for GetUserById {
     }
 }
 
+/// `pg_encoding_to_char(int)`: the encoding's name (we only speak UTF8, Postgres' number 6).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct EncodingToChar {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for EncodingToChar {
+    fn name(&self) -> &str {
+        "pg_encoding_to_char"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        map_oids(&args, |code| {
+            ScalarValue::Utf8(Some(if code == 6 { "UTF8" } else { "" }.to_string()))
+        })
+    }
+}
+
 /// `pg_table_is_visible(oid)`: whether the relation is found first by its bare name through
 /// the search path (`pg_catalog` first), as Postgres defines it.
 struct TableIsVisible {
@@ -276,6 +299,9 @@ pub fn session_functions(info: &SessionInfo<'_>) -> Vec<ScalarUDF> {
         }),
         ScalarUDF::new_from_impl(GetUserById {
             signature: Signature::any(1, Volatility::Stable),
+        }),
+        ScalarUDF::new_from_impl(EncodingToChar {
+            signature: Signature::any(1, Volatility::Immutable),
         }),
         ScalarUDF::new_from_impl(TableIsVisible {
             catalog: info.catalog.clone(),

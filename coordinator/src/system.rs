@@ -63,6 +63,8 @@ enum Col {
     Bool(Vec<bool>),
     I16(Vec<i16>),
     I32(Vec<i32>),
+    /// `text[]`, always NULL for now (ACLs: no privileges yet).
+    NullTextArray(usize),
 }
 
 struct Table {
@@ -80,6 +82,10 @@ impl Table {
                 't' => (DataType::Utf8, Col::Text(vec![])),
                 'b' => (DataType::Boolean, Col::Bool(vec![])),
                 's' => (DataType::Int16, Col::I16(vec![])),
+                'a' => (
+                    DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true))),
+                    Col::NullTextArray(0),
+                ),
                 _ => (DataType::Int32, Col::I32(vec![])),
             };
             fields.push(Field::new(*name, dt, true));
@@ -97,6 +103,7 @@ impl Table {
                 (Col::Bool(c), V::B(x)) => c.push(x),
                 (Col::I16(c), V::S(x)) => c.push(x),
                 (Col::I32(c), V::I(x)) => c.push(x),
+                (Col::NullTextArray(n), V::Null) => *n += 1,
                 _ => unreachable!("system table row does not match its columns"),
             }
         }
@@ -114,6 +121,10 @@ impl Table {
                     Col::Bool(v) => Arc::new(BooleanArray::from(v)),
                     Col::I16(v) => Arc::new(Int16Array::from(v)),
                     Col::I32(v) => Arc::new(Int32Array::from(v)),
+                    Col::NullTextArray(n) => arrow::array::new_null_array(
+                        &DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true))),
+                        n,
+                    ),
                 }
             })
             .collect();
@@ -320,6 +331,9 @@ pub fn table(catalog: &Catalog, name: &str, user: &str) -> Option<Arc<dyn TableP
                 ("datctype", 't'),
                 ("datistemplate", 'b'),
                 ("datallowconn", 'b'),
+                ("datlocprovider", 't'),
+                ("daticulocale", 't'),
+                ("datacl", 'a'),
             ]);
             tb.row(vec![
                 V::O(DATABASE_OID),
@@ -330,6 +344,9 @@ pub fn table(catalog: &Catalog, name: &str, user: &str) -> Option<Arc<dyn TableP
                 t("C.UTF-8"),
                 V::B(false),
                 V::B(true),
+                t("c"),
+                V::Null,
+                V::Null,
             ]);
             tb.provider()
         }
