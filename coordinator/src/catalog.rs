@@ -155,15 +155,6 @@ impl Catalog {
             .cloned()
     }
 
-    pub fn table_by_id(&self, id: TableId) -> Option<Arc<TableDef>> {
-        self.inner
-            .read()
-            .tables
-            .values()
-            .find(|t| t.id == id)
-            .cloned()
-    }
-
     pub fn tables_in(&self, schema: &str) -> Vec<Arc<TableDef>> {
         self.inner
             .read()

@@ -120,15 +120,32 @@ impl ScalarUDFImpl for CurrentSchemas {
     }
 }
 
-/// `pg_get_userbyid(oid)`: the role's name (`postgres` is oid 10, the only role so far).
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct GetUserById {
+/// A one-argument function from an oid or code to its name: `pg_get_userbyid(oid)` (the
+/// role's name; `postgres` is oid 10, the only role so far) and `pg_encoding_to_char(int)`
+/// (we only speak UTF8, Postgres' encoding 6).
+#[derive(Debug)]
+struct NameOf {
+    name: &'static str,
+    lookup: fn(u32) -> String,
     signature: Signature,
 }
 
-impl ScalarUDFImpl for GetUserById {
+// identity is the function's name (function pointers do not compare meaningfully)
+impl PartialEq for NameOf {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+impl Eq for NameOf {}
+impl std::hash::Hash for NameOf {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+    }
+}
+
+impl ScalarUDFImpl for NameOf {
     fn name(&self) -> &str {
-        "pg_get_userbyid"
+        self.name
     }
     fn signature(&self) -> &Signature {
         &self.signature
@@ -137,37 +154,20 @@ impl ScalarUDFImpl for GetUserById {
         Ok(DataType::Utf8)
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        map_oids(&args, |oid| {
-            ScalarValue::Utf8(Some(if oid == 10 {
-                "postgres".to_string()
-            } else {
-                format!("unknown (OID={oid})")
-            }))
-        })
+        map_oids(&args, |oid| ScalarValue::Utf8(Some((self.lookup)(oid))))
     }
 }
 
-/// `pg_encoding_to_char(int)`: the encoding's name (we only speak UTF8, Postgres' number 6).
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct EncodingToChar {
-    signature: Signature,
+fn user_name(oid: u32) -> String {
+    if oid == 10 {
+        "postgres".to_string()
+    } else {
+        format!("unknown (OID={oid})")
+    }
 }
 
-impl ScalarUDFImpl for EncodingToChar {
-    fn name(&self) -> &str {
-        "pg_encoding_to_char"
-    }
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Utf8)
-    }
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        map_oids(&args, |code| {
-            ScalarValue::Utf8(Some(if code == 6 { "UTF8" } else { "" }.to_string()))
-        })
-    }
+fn encoding_name(code: u32) -> String {
+    if code == 6 { "UTF8" } else { "" }.to_string()
 }
 
 /// `pg_table_is_visible(oid)`: whether the relation is found first by its bare name through
@@ -209,10 +209,17 @@ impl ScalarUDFImpl for TableIsVisible {
         Ok(DataType::Boolean)
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        // one lookup map per call, not a catalog scan per row
+        let by_id: std::collections::HashMap<u64, Arc<orochi_common::schema::TableDef>> = self
+            .catalog
+            .all_tables()
+            .into_iter()
+            .map(|t| (t.id, t))
+            .collect();
         map_oids(&args, |oid| {
             // a primary-key index shares its table's schema and visibility rules
             let table_id = (oid % crate::system::INDEX_OID_OFFSET) as u64;
-            let visible = self.catalog.table_by_id(table_id).is_some_and(|def| {
+            let visible = by_id.get(&table_id).is_some_and(|def| {
                 let name = if oid >= crate::system::INDEX_OID_OFFSET {
                     format!("{}_pkey", def.name)
                 } else {
@@ -297,10 +304,14 @@ pub fn session_functions(info: &SessionInfo<'_>) -> Vec<ScalarUDF> {
             search_path: info.search_path.to_vec(),
             signature: Signature::exact(vec![DataType::Boolean], Volatility::Stable),
         }),
-        ScalarUDF::new_from_impl(GetUserById {
+        ScalarUDF::new_from_impl(NameOf {
+            name: "pg_get_userbyid",
+            lookup: user_name,
             signature: Signature::any(1, Volatility::Stable),
         }),
-        ScalarUDF::new_from_impl(EncodingToChar {
+        ScalarUDF::new_from_impl(NameOf {
+            name: "pg_encoding_to_char",
+            lookup: encoding_name,
             signature: Signature::any(1, Volatility::Immutable),
         }),
         ScalarUDF::new_from_impl(TableIsVisible {

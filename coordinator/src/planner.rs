@@ -91,7 +91,9 @@ impl<'a> Planner<'a> {
         let mut query = *query;
         let names = assign_output_aliases(&mut query);
         type_integer_literals(&mut query);
-        let plan = self.plan_query(query)?;
+        // already stripped above: plan directly
+        let plan =
+            SqlToRel::new(self).sql_statement_to_plan(ast::Statement::Query(Box::new(query)))?;
         let schema = plan.schema().inner().clone();
         // A cast's result is of the target type, but DataFusion carries the source column's
         // field metadata (our SQL type) through it: drop it there.

@@ -342,35 +342,29 @@ impl ShardService for LocalShardService {
                 value: w.value,
             })
             .collect();
-        let changes_empty = changes.is_empty();
-        let result = if changes_empty {
+        let empty = changes.is_empty();
+        let applied = if empty {
             Ok(())
+        } else if changes.len() > 1000 {
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || store.apply(&changes))
+                .await
+                .map_err(|e| DbError::internal(format!("commit task: {e}")))
+                .and_then(|r| r)
         } else {
-            let applied = if changes.len() > 1000 {
-                let store = self.store.clone();
-                tokio::task::spawn_blocking(move || store.apply(&changes))
-                    .await
-                    .map_err(|e| DbError::internal(format!("commit task: {e}")))
-                    .and_then(|r| r)
-            } else {
-                self.store.apply(&changes)
-            };
-            // Early lock release: the row locks go as soon as the changes are applied, not
-            // after the fsync. Safe for acknowledged commits because the row store has one
-            // log, flushed in order: a transaction that takes these rows next applies after
-            // us, and the flush it waits for before its own acknowledgement covers our
-            // changes too. Waiters no longer queue behind our fsync (Postgres holds its locks
-            // through the WAL flush instead).
-            self.locks.release_all(txn, &state.locks);
-            match applied {
-                Ok(()) => self.group_commit.wait_durable().await,
-                Err(e) => Err(e),
-            }
+            self.store.apply(&changes)
         };
-        if changes_empty {
-            self.locks.release_all(txn, &state.locks);
+        // Early lock release: the row locks go as soon as the changes are applied, not after
+        // the fsync. Safe for acknowledged commits because the row store has one log, flushed
+        // in order: a transaction that takes these rows next applies after us, and the flush
+        // it waits for before its own acknowledgement covers our changes too. Waiters no
+        // longer queue behind our fsync (Postgres holds its locks through the WAL flush).
+        self.locks.release_all(txn, &state.locks);
+        applied?;
+        if !empty {
+            self.group_commit.wait_durable().await?;
         }
-        result
+        Ok(())
     }
 
     async fn abort(&self, txn: TxnId) {

@@ -105,39 +105,19 @@ impl Connection {
 
 impl PgWireServerHandlers for Connection {
     fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
-        Arc::new(Handler {
-            session: self.session.clone(),
-            parser: self.parser.clone(),
-            connections: self.connections.clone(),
-            auth: self.auth.clone(),
-        })
+        self.handler()
     }
     fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
-        Arc::new(Handler {
-            session: self.session.clone(),
-            parser: self.parser.clone(),
-            connections: self.connections.clone(),
-            auth: self.auth.clone(),
-        })
+        self.handler()
     }
     fn startup_handler(&self) -> Arc<impl StartupHandler> {
-        Arc::new(Handler {
-            session: self.session.clone(),
-            parser: self.parser.clone(),
-            connections: self.connections.clone(),
-            auth: self.auth.clone(),
-        })
+        self.handler()
     }
     fn cancel_handler(&self) -> Arc<impl CancelHandler> {
         Arc::new(DefaultCancelHandler::new(self.connections.clone()))
     }
     fn copy_handler(&self) -> Arc<impl CopyHandler> {
-        Arc::new(Handler {
-            session: self.session.clone(),
-            parser: self.parser.clone(),
-            connections: self.connections.clone(),
-            auth: self.auth.clone(),
-        })
+        self.handler()
     }
 }
 
