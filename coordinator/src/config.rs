@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+/// What `memory_limit_bytes` must keep outside the query pool and the row cache.
+pub const MEMORY_RESERVE_BYTES: u64 = 192 << 20;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CoordinatorOptions {
@@ -12,10 +15,16 @@ pub struct CoordinatorOptions {
     pub listen: String,
     pub data_dir: PathBuf,
     pub max_connections: usize,
-    /// Memory limit for all queries together (DataFusion memory pool), in bytes.
-    pub query_memory_limit_bytes: usize,
-    /// Row store page cache, in bytes.
-    pub row_cache_bytes: u64,
+    /// The memory the server is sized to stay within (resident set), in bytes. The query pool
+    /// and the row cache are carved out of it; the rest is for connections, in-flight batches
+    /// and the row store's own bookkeeping.
+    pub memory_limit_bytes: u64,
+    /// Memory limit for all queries together (DataFusion memory pool), in bytes
+    /// [default: half of `memory_limit_bytes`]. A query over its share spills or fails with
+    /// 53200.
+    pub query_memory_limit_bytes: Option<u64>,
+    /// Row store page cache, in bytes [default: an eighth of `memory_limit_bytes`].
+    pub row_cache_bytes: Option<u64>,
     /// Threads of parallelism per query (0 = number of CPUs).
     pub query_parallelism: usize,
     /// Passwords by user (`[passwords]` table; `OROCHI_PASSWORD` sets `postgres`'s). Empty:
@@ -29,8 +38,9 @@ impl Default for CoordinatorOptions {
             listen: "127.0.0.1:5432".into(),
             data_dir: PathBuf::from("./orochi-data"),
             max_connections: 100,
-            query_memory_limit_bytes: 1 << 30,
-            row_cache_bytes: 256 << 20,
+            memory_limit_bytes: 2 << 30,
+            query_memory_limit_bytes: None,
+            row_cache_bytes: None,
             query_parallelism: 0,
             passwords: BTreeMap::new(),
         }
@@ -46,6 +56,31 @@ impl CoordinatorOptions {
                 .map(|n| n.get())
                 .unwrap_or(2)
         }
+    }
+
+    pub fn query_memory_limit_bytes(&self) -> u64 {
+        self.query_memory_limit_bytes
+            .unwrap_or(self.memory_limit_bytes / 2)
+    }
+
+    pub fn row_cache_bytes(&self) -> u64 {
+        self.row_cache_bytes.unwrap_or(self.memory_limit_bytes / 8)
+    }
+
+    /// Checks that the carved-out budgets leave room for the server itself.
+    pub fn validate(&self) -> Result<(), String> {
+        let carved = self.query_memory_limit_bytes() + self.row_cache_bytes();
+        if carved + MEMORY_RESERVE_BYTES > self.memory_limit_bytes {
+            return Err(format!(
+                "query_memory_limit_bytes ({}) + row_cache_bytes ({}) must leave at least {} MiB \
+                 of memory_limit_bytes ({}) for connections and bookkeeping",
+                self.query_memory_limit_bytes(),
+                self.row_cache_bytes(),
+                MEMORY_RESERVE_BYTES >> 20,
+                self.memory_limit_bytes
+            ));
+        }
+        Ok(())
     }
 
     pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {

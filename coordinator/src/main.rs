@@ -8,6 +8,12 @@ use clap::Parser;
 use orochi_coordinator::config::CoordinatorOptions;
 use tokio_util::sync::CancellationToken;
 
+/// mimalloc instead of glibc malloc: glibc keeps freed memory per thread arena, so a burst of
+/// concurrent scans left the server's RSS hundreds of MiB above what it was using (measured in
+/// docs/benchmarks.md, "Memory"); mimalloc returns freed pages to the OS.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "orochi-coordinator",
@@ -58,9 +64,14 @@ fn main() -> anyhow::Result<()> {
     if let Ok(password) = std::env::var("OROCHI_PASSWORD") {
         options.passwords.insert("postgres".into(), password);
     }
+    // Row store reads and commits run on the blocking pool, one short task at a time (a scan is
+    // one task per batch). A small pool bounds the threads, and each thread's stack and
+    // allocator caches, however many scans run at once; tasks beyond it queue.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("orochi")
+        .max_blocking_threads((4 * cores).max(8))
         .build()?;
     runtime.block_on(run(options))
 }

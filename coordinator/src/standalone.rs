@@ -21,6 +21,7 @@ pub struct Standalone {
 }
 
 pub fn open(options: CoordinatorOptions) -> anyhow::Result<Standalone> {
+    options.validate().map_err(anyhow::Error::msg)?;
     let dir = options.data_dir.clone();
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("creating data directory {}", dir.display()))?;
@@ -48,7 +49,7 @@ pub fn open(options: CoordinatorOptions) -> anyhow::Result<Standalone> {
     let service = LocalShardService::open(
         &dir.join("worker"),
         &StoreOptions {
-            cache_bytes: options.row_cache_bytes,
+            cache_bytes: options.row_cache_bytes(),
         },
     )
     .map_err(|e| anyhow::anyhow!("opening row store: {}", e.message))?;
@@ -60,7 +61,7 @@ pub fn open(options: CoordinatorOptions) -> anyhow::Result<Standalone> {
         .with_context(|| format!("creating spill directory {}", spill_dir.display()))?;
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_pool(Arc::new(FairSpillPool::new(
-            options.query_memory_limit_bytes,
+            options.query_memory_limit_bytes() as usize,
         )))
         .with_disk_manager_builder(
             DiskManagerBuilder::default().with_mode(DiskManagerMode::Directories(vec![spill_dir])),

@@ -1,5 +1,6 @@
-//! Memory: concurrent scans stay within the configured query memory, and a query that needs
-//! more fails with 53200 while the server keeps serving.
+//! Memory: the server's resident set stays under its configured `memory_limit_bytes` while it
+//! loads a table and serves 20 concurrent scans of it; a query that needs more than the query
+//! pool fails with 53200 while the server keeps serving.
 //!
 //! `make test` loads `OROCHI_MEMORY_ROWS` rows (default 400,000, to fit CI time with a debug
 //! build); `bench/memory.sh` runs the same test with 5,000,000 rows on a release build.
@@ -11,6 +12,7 @@ use std::time::Duration;
 use futures::SinkExt;
 use orochi_sql_tests::Server;
 
+const MEMORY_LIMIT: u64 = 768 << 20;
 const QUERY_MEMORY: u64 = 64 << 20;
 const ROW_CACHE: u64 = 32 << 20;
 
@@ -34,11 +36,25 @@ async fn concurrent_scans_stay_within_memory_and_excess_fails_with_53200() {
     let config = tmp.path().join("orochi.toml");
     std::fs::write(
         &config,
-        format!("query_memory_limit_bytes = {QUERY_MEMORY}\nrow_cache_bytes = {ROW_CACHE}\n"),
+        format!(
+            "memory_limit_bytes = {MEMORY_LIMIT}\nquery_memory_limit_bytes = {QUERY_MEMORY}\n\
+             row_cache_bytes = {ROW_CACHE}\n"
+        ),
     )
     .unwrap();
     let server = Server::start_with(&["--config", config.to_str().unwrap()], &[]).expect("server");
     let pid = server.pid().expect("server pid");
+    let peak = Arc::new(AtomicU64::new(rss_bytes(pid)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, stop) = (peak.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                peak.fetch_max(rss_bytes(pid), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
     let client = server.connect().await;
     client
         .batch_execute("CREATE TABLE big (id int8 PRIMARY KEY, g int4, v float8, s text)")
@@ -63,19 +79,9 @@ async fn concurrent_scans_stay_within_memory_and_excess_fails_with_53200() {
         assert_eq!(sink.finish().await.unwrap(), end - start);
         start = end;
     }
+    let loaded = rss_bytes(pid);
+    let load_peak = peak.swap(loaded, Ordering::Relaxed);
 
-    let baseline = rss_bytes(pid);
-    let peak = Arc::new(AtomicU64::new(baseline));
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let (peak, stop) = (peak.clone(), stop.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                peak.fetch_max(rss_bytes(pid), Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-    };
     let mut tasks = Vec::new();
     for c in 0..20 {
         let client = server.connect().await;
@@ -100,27 +106,34 @@ async fn concurrent_scans_stay_within_memory_and_excess_fails_with_53200() {
             Err(e) => assert_eq!(e.code().map(|c| c.code()), Some("53200"), "{e}"),
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    sampler.await.unwrap();
-    let peak = peak.load(Ordering::Relaxed);
+    let scan_peak = peak.load(Ordering::Relaxed);
     eprintln!(
-        "rows={rows} baseline_rss={} MiB peak_rss={} MiB (query pool {} MiB, row cache {} MiB), {ok}/20 queries succeeded",
-        baseline >> 20,
-        peak >> 20,
+        "rows={rows} load_peak_rss={} MiB loaded_rss={} MiB scan_peak_rss={} MiB \
+         (memory limit {} MiB, query pool {} MiB, row cache {} MiB), {ok}/20 queries succeeded",
+        load_peak >> 20,
+        loaded >> 20,
+        scan_peak >> 20,
+        MEMORY_LIMIT >> 20,
         QUERY_MEMORY >> 20,
         ROW_CACHE >> 20
     );
     assert!(ok >= 10, "most concurrent scans must succeed: {ok}/20");
-    // 20 concurrent scans may add at most the query pool, plus an allowance for what the
+    assert!(
+        load_peak.max(scan_peak) <= MEMORY_LIMIT,
+        "RSS peaked at {} MiB (load) and {} MiB (scans), over the {} MiB limit",
+        load_peak >> 20,
+        scan_peak >> 20,
+        MEMORY_LIMIT >> 20
+    );
+    // and the scans themselves may add at most the query pool, plus an allowance for what the
     // pool does not account: each connection's in-flight batches and socket buffers, and the
-    // row store's page cache filling up as the scans read it (sled's resident size is a
-    // multiple of its configured `cache_capacity`)
+    // row store's page cache filling up as the scans read it
     let allowance = 128 << 20;
     assert!(
-        peak <= baseline + QUERY_MEMORY + allowance,
+        scan_peak <= loaded + QUERY_MEMORY + allowance,
         "RSS grew from {} MiB to {} MiB during the scans",
-        baseline >> 20,
-        peak >> 20
+        loaded >> 20,
+        scan_peak >> 20
     );
 
     // a query whose state cannot spill (one array of every value) exceeds the pool
@@ -136,4 +149,13 @@ async fn concurrent_scans_stay_within_memory_and_excess_fails_with_53200() {
         .unwrap()
         .get(0);
     assert_eq!(n as u64, rows);
+    stop.store(true, Ordering::Relaxed);
+    sampler.await.unwrap();
+    let peak = peak.load(Ordering::Relaxed);
+    assert!(
+        peak <= MEMORY_LIMIT,
+        "RSS peaked at {} MiB with the over-limit query, over the {} MiB limit",
+        peak >> 20,
+        MEMORY_LIMIT >> 20
+    );
 }

@@ -220,13 +220,24 @@ impl ShardService for LocalShardService {
                 }
             }
         }
-        let (tx, rx) = tokio::sync::mpsc::channel::<DbResult<arrow::record_batch::RecordBatch>>(2);
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = produce_scan(&entry, &req, &overlay, &tx) {
-                let _ = tx.blocking_send(Err(e));
-            }
+        let cursor = ScanCursor::new(entry, req, overlay);
+        // One blocking task per batch, not one thread per scan: a thread never waits for a
+        // slow consumer, so the blocking pool (bounded, see main) serves any number of
+        // concurrent scans without parking a thread, its stack and allocator caches on each.
+        // The next batch is produced while the consumer works on this one.
+        let stream = futures::stream::try_unfold(Some(cursor.spawn_next()), |task| async move {
+            let Some(task) = task else {
+                return Ok(None);
+            };
+            let (cursor, batch) = task
+                .await
+                .map_err(|e| DbError::internal(format!("scan task: {e}")))?;
+            let Some(batch) = batch? else {
+                return Ok(None);
+            };
+            Ok(Some((batch, (!cursor.done).then(|| cursor.spawn_next()))))
         });
-        Ok(Box::pin(tokio_stream_from(rx)))
+        Ok(Box::pin(stream))
     }
 
     async fn write(&self, txn: TxnId, req: WriteRequest) -> DbResult<WriteResponse> {
@@ -415,80 +426,125 @@ impl ShardService for LocalShardService {
 
 /// Runs on a blocking thread: reads the shards and sends batches until done or the consumer
 /// goes away.
-fn produce_scan(
-    entry: &TableEntry,
-    req: &ScanRequest,
-    overlay: &HashMap<ShardIndex, HashMap<Vec<u8>, Option<Vec<u8>>>>,
-    tx: &tokio::sync::mpsc::Sender<DbResult<arrow::record_batch::RecordBatch>>,
-) -> DbResult<()> {
-    let batch_rows = req.batch_rows.max(1);
-    let mut builder = BatchBuilder::new(&entry.def, &req.projection, batch_rows);
-    let mut remaining = req.limit.unwrap_or(usize::MAX);
-    if remaining == 0 {
-        return Ok(());
-    }
-    let mut push = |builder: &mut BatchBuilder, bytes: &[u8]| -> DbResult<bool> {
-        let row = entry.decode_row(bytes)?;
-        builder.push(req.projection.iter().map(|&i| &row[i]))?;
-        remaining -= 1;
-        if builder.len() >= batch_rows && tx.blocking_send(builder.finish()).is_err() {
-            return Ok(false); // consumer gone
-        }
-        Ok(remaining > 0)
-    };
-    let empty = HashMap::new();
-    'outer: {
-        if let Some(keys) = &req.keys {
-            for key in keys {
-                let shard = entry.shard_of_key(key)?;
-                let own = overlay.get(&shard).unwrap_or(&empty);
-                let value = match own.get(key) {
-                    Some(v) => v.clone(),
-                    None => entry
-                        .tree(shard)?
-                        .get(key)
-                        .map_err(|e| {
-                            DbError::new(SqlState::IoError, format!("row store read: {e}"))
-                        })?
-                        .map(|v| v.to_vec()),
-                };
-                if let Some(v) = value
-                    && !push(&mut builder, &v)?
-                {
-                    break 'outer;
-                }
-            }
-            break 'outer;
-        }
-        for &shard in &req.shards {
-            let own = overlay.get(&shard).unwrap_or(&empty);
-            for item in entry.tree(shard)?.iter() {
-                let (k, v) = item
-                    .map_err(|e| DbError::new(SqlState::IoError, format!("row store read: {e}")))?;
-                if own.contains_key(k.as_ref()) {
-                    continue;
-                }
-                if !push(&mut builder, &v)? {
-                    break 'outer;
-                }
-            }
-            for v in own.values().flatten() {
-                if !push(&mut builder, v)? {
-                    break 'outer;
-                }
-            }
-        }
-    }
-    if !builder.is_empty() {
-        let _ = tx.blocking_send(builder.finish());
-    }
-    Ok(())
+/// A scan in progress: where it is, so that each batch can be produced by a separate
+/// blocking task.
+struct ScanCursor {
+    entry: Arc<TableEntry>,
+    req: ScanRequest,
+    /// The transaction's own writes, per shard: they replace stored rows with the same key.
+    overlay: HashMap<ShardIndex, HashMap<Vec<u8>, Option<Vec<u8>>>>,
+    /// Next entry of `req.shards` (or of `req.keys`) to start.
+    next: usize,
+    /// The shard being read, and its stored rows from where the last batch stopped.
+    current: Option<(ShardIndex, sled::Iter)>,
+    remaining: usize,
+    done: bool,
 }
 
-fn tokio_stream_from(
-    mut rx: tokio::sync::mpsc::Receiver<DbResult<arrow::record_batch::RecordBatch>>,
-) -> impl futures::Stream<Item = DbResult<arrow::record_batch::RecordBatch>> + Send + 'static {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+impl ScanCursor {
+    fn new(
+        entry: Arc<TableEntry>,
+        req: ScanRequest,
+        overlay: HashMap<ShardIndex, HashMap<Vec<u8>, Option<Vec<u8>>>>,
+    ) -> Self {
+        let remaining = req.limit.unwrap_or(usize::MAX);
+        ScanCursor {
+            entry,
+            req,
+            overlay,
+            next: 0,
+            current: None,
+            remaining,
+            done: remaining == 0,
+        }
+    }
+
+    /// Produces the next batch on the blocking pool.
+    fn spawn_next(
+        mut self,
+    ) -> tokio::task::JoinHandle<(Self, DbResult<Option<arrow::record_batch::RecordBatch>>)> {
+        tokio::task::spawn_blocking(move || {
+            let batch = self.next_batch();
+            (self, batch)
+        })
+    }
+
+    /// Up to `batch_rows` rows; `None` at the end. Sets `done` when nothing follows.
+    fn next_batch(&mut self) -> DbResult<Option<arrow::record_batch::RecordBatch>> {
+        let batch_rows = self.req.batch_rows.max(1);
+        let mut builder = BatchBuilder::new(&self.entry.def, &self.req.projection, batch_rows);
+        let io = |e: sled::Error| DbError::new(SqlState::IoError, format!("row store read: {e}"));
+        while !self.done && builder.len() < batch_rows {
+            if let Some(keys) = &self.req.keys {
+                let Some(key) = keys.get(self.next) else {
+                    self.done = true;
+                    break;
+                };
+                self.next += 1;
+                let shard = self.entry.shard_of_key(key)?;
+                let value = match self.overlay.get(&shard).and_then(|own| own.get(key)) {
+                    Some(v) => v.clone(),
+                    None => self
+                        .entry
+                        .tree(shard)?
+                        .get(key)
+                        .map_err(io)?
+                        .map(|v| v.to_vec()),
+                };
+                if let Some(v) = value {
+                    self.push(&mut builder, &v)?;
+                }
+                continue;
+            }
+            let Some((shard, iter)) = &mut self.current else {
+                let Some(&shard) = self.req.shards.get(self.next) else {
+                    self.done = true;
+                    break;
+                };
+                self.next += 1;
+                self.current = Some((shard, self.entry.tree(shard)?.iter()));
+                continue;
+            };
+            let shard = *shard;
+            match iter.next() {
+                Some(item) => {
+                    let (k, v) = item.map_err(io)?;
+                    if self
+                        .overlay
+                        .get(&shard)
+                        .is_some_and(|own| own.contains_key(k.as_ref()))
+                    {
+                        continue;
+                    }
+                    self.push(&mut builder, &v)?;
+                }
+                None => {
+                    // the stored rows of this shard are done; then its rows written by this
+                    // transaction
+                    self.current = None;
+                    if let Some(own) = self.overlay.remove(&shard) {
+                        for v in own.values().flatten() {
+                            self.push(&mut builder, v)?;
+                            if self.done {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        (!builder.is_empty()).then(|| builder.finish()).transpose()
+    }
+
+    fn push(&mut self, builder: &mut BatchBuilder, bytes: &[u8]) -> DbResult<()> {
+        let row = self.entry.decode_row(bytes)?;
+        builder.push(self.req.projection.iter().map(|&i| &row[i]))?;
+        self.remaining -= 1;
+        if self.remaining == 0 {
+            self.done = true;
+        }
+        Ok(())
+    }
 }
 
 /// Encodes a primary key from its values (helper for callers holding values, not rows).
