@@ -2,7 +2,7 @@
 //! single `match` over statement kinds and dispatches to `handler::*`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use arrow::datatypes::SchemaRef;
 use datafusion::common::ScalarValue;
@@ -93,6 +93,12 @@ pub struct Session {
     pub instance: Arc<Instance>,
     pub state: SessionState,
     pub txn: TxnStatus,
+    /// Savepoints of the open transaction block, oldest first: name and the write-set mark
+    /// to roll back to.
+    pub savepoints: Vec<(String, u64)>,
+    /// Raised when a statement's rows, streamed after it returned, end in an error: inside a
+    /// block that fails the block, as any error does.
+    pub stream_failed: Arc<AtomicBool>,
     pub search_path: Vec<String>,
     pub settings: handler::utility::Settings,
     pub copy: Option<handler::copy::CopyIn>,
@@ -128,6 +134,8 @@ impl Session {
             instance,
             state,
             txn: TxnStatus::Idle,
+            savepoints: Vec::new(),
+            stream_failed: Arc::new(AtomicBool::new(false)),
             search_path: vec!["public".to_string()],
             settings: handler::utility::Settings::default(),
             copy: None,
@@ -183,12 +191,18 @@ impl Session {
         stmt: &Statement,
         params: &Params,
     ) -> DbResult<StatementResult> {
+        self.settle_stream_failure();
         match stmt {
             Statement::StartTransaction { .. } => return Ok(self.handle_begin()),
             Statement::Commit { .. } => return self.handle_commit().await,
             Statement::Rollback {
                 savepoint: None, ..
             } => return Ok(self.handle_rollback().await),
+            // allowed in a failed block: it is how a client recovers from an error
+            Statement::Rollback {
+                savepoint: Some(name),
+                ..
+            } => return self.handle_rollback_to(&name.value).await,
             _ => {}
         }
         if let TxnStatus::Failed(_) = self.txn {
@@ -280,12 +294,8 @@ impl Session {
             Statement::Analyze(_) => Ok(StatementResult::Command("ANALYZE".into())),
             Statement::CreateExtension(ext) => utility::handle_create_extension(ext),
             Statement::Discard { .. } => Ok(StatementResult::Command("DISCARD ALL".into())),
-            Statement::Savepoint { .. }
-            | Statement::ReleaseSavepoint { .. }
-            | Statement::Rollback { .. } => Err(DbError::new(
-                SqlState::FeatureNotSupported,
-                "SAVEPOINT is not supported yet",
-            )),
+            Statement::Savepoint { name } => self.handle_savepoint(&name.value, txn).await,
+            Statement::ReleaseSavepoint { name } => self.handle_release(&name.value),
             other => Err(DbError::new(
                 SqlState::FeatureNotSupported,
                 format!("statement not supported yet: {}", statement_kind(other)),
@@ -305,7 +315,81 @@ impl Session {
         StatementResult::Begin
     }
 
+    /// Applies a failure of the last statement's row stream (see `stream_failed`).
+    pub fn settle_stream_failure(&mut self) {
+        if self.stream_failed.swap(false, Ordering::Relaxed)
+            && let TxnStatus::Block(t) = self.txn
+        {
+            self.txn = TxnStatus::Failed(t);
+        }
+    }
+
+    /// `SAVEPOINT name`: marks the block's write set (names may repeat; the newest wins).
+    async fn handle_savepoint(&mut self, name: &str, txn: TxnId) -> DbResult<StatementResult> {
+        if !matches!(self.txn, TxnStatus::Block(_)) {
+            return Err(DbError::new(
+                SqlState::NoActiveSqlTransaction,
+                "SAVEPOINT can only be used in transaction blocks",
+            ));
+        }
+        let mark = self.instance.service.savepoint(txn).await?;
+        self.savepoints.push((name.to_string(), mark));
+        Ok(StatementResult::Command("SAVEPOINT".into()))
+    }
+
+    /// The newest savepoint called `name`, as an index into `savepoints`.
+    fn find_savepoint(&self, name: &str, verb: &str) -> DbResult<usize> {
+        if matches!(self.txn, TxnStatus::Idle) {
+            return Err(DbError::new(
+                SqlState::NoActiveSqlTransaction,
+                format!("{verb} can only be used in transaction blocks"),
+            ));
+        }
+        self.savepoints
+            .iter()
+            .rposition(|(n, _)| n == name)
+            .ok_or_else(|| {
+                DbError::new(
+                    SqlState::InvalidSavepointSpecification,
+                    format!("savepoint \"{name}\" does not exist"),
+                )
+            })
+    }
+
+    /// `RELEASE [SAVEPOINT] name`: forgets it and every later savepoint; the writes stay.
+    fn handle_release(&mut self, name: &str) -> DbResult<StatementResult> {
+        let i = self.find_savepoint(name, "RELEASE SAVEPOINT")?;
+        self.savepoints.truncate(i);
+        Ok(StatementResult::Command("RELEASE".into()))
+    }
+
+    /// `ROLLBACK TO [SAVEPOINT] name`: undoes the writes made since, keeps the savepoint, and
+    /// brings a failed block back to life.
+    async fn handle_rollback_to(&mut self, name: &str) -> DbResult<StatementResult> {
+        let i = match self.find_savepoint(name, "ROLLBACK TO SAVEPOINT") {
+            Ok(i) => i,
+            Err(e) => {
+                // like any error in a block, this one fails it
+                if let TxnStatus::Block(t) = self.txn {
+                    self.txn = TxnStatus::Failed(t);
+                }
+                return Err(e);
+            }
+        };
+        let (TxnStatus::Block(t) | TxnStatus::Failed(t)) = self.txn else {
+            unreachable!("find_savepoint refuses Idle");
+        };
+        self.instance
+            .service
+            .rollback_to(t, self.savepoints[i].1)
+            .await?;
+        self.savepoints.truncate(i + 1);
+        self.txn = TxnStatus::Block(t);
+        Ok(StatementResult::Command("ROLLBACK".into()))
+    }
+
     async fn handle_commit(&mut self) -> DbResult<StatementResult> {
+        self.savepoints.clear();
         match std::mem::replace(&mut self.txn, TxnStatus::Idle) {
             TxnStatus::Idle => Ok(StatementResult::End("COMMIT")),
             TxnStatus::Block(t) => {
@@ -320,6 +404,7 @@ impl Session {
     }
 
     async fn handle_rollback(&mut self) -> StatementResult {
+        self.savepoints.clear();
         if let TxnStatus::Block(t) | TxnStatus::Failed(t) =
             std::mem::replace(&mut self.txn, TxnStatus::Idle)
         {

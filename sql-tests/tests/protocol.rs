@@ -474,3 +474,80 @@ async fn cancel_request_and_statement_timeout() {
         .await
         .unwrap();
 }
+
+/// Sends one simple-protocol message and returns the transaction status of the
+/// ReadyForQuery that ends its reply (`I`, `T` or `E`).
+async fn simple_query_status(socket: &mut tokio::net::TcpStream, sql: &str) -> u8 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut msg = vec![b'Q'];
+    msg.extend_from_slice(&((sql.len() + 5) as i32).to_be_bytes());
+    msg.extend_from_slice(sql.as_bytes());
+    msg.push(0);
+    socket.write_all(&msg).await.unwrap();
+    loop {
+        let kind = socket.read_u8().await.unwrap();
+        let len = socket.read_i32().await.unwrap() as usize;
+        let mut body = vec![0u8; len - 4];
+        socket.read_exact(&mut body).await.unwrap();
+        if kind == b'Z' {
+            return body[0];
+        }
+    }
+}
+
+/// ReadyForQuery carries the session's transaction state, including the way back from a
+/// failed block to an open one (ROLLBACK TO SAVEPOINT), which drivers rely on.
+#[tokio::test]
+async fn ready_for_query_reports_transaction_state() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::start().expect("server");
+    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", server.port))
+        .await
+        .unwrap();
+    let mut startup = Vec::new();
+    startup.extend_from_slice(&196_608i32.to_be_bytes()); // protocol 3.0
+    for s in ["user", "postgres", "database", "postgres"] {
+        startup.extend_from_slice(s.as_bytes());
+        startup.push(0);
+    }
+    startup.push(0);
+    let mut packet = ((startup.len() + 4) as i32).to_be_bytes().to_vec();
+    packet.extend_from_slice(&startup);
+    socket.write_all(&packet).await.unwrap();
+    loop {
+        let kind = socket.read_u8().await.unwrap();
+        let len = socket.read_i32().await.unwrap() as usize;
+        let mut body = vec![0u8; len - 4];
+        socket.read_exact(&mut body).await.unwrap();
+        if kind == b'Z' {
+            assert_eq!(body[0], b'I');
+            break;
+        }
+    }
+    let steps = [
+        ("CREATE TABLE rfq (id int PRIMARY KEY)", b'I'),
+        ("BEGIN", b'T'),
+        ("SAVEPOINT s", b'T'),
+        ("INSERT INTO rfq VALUES (1)", b'T'),
+        ("SELECT 1/0", b'E'),
+        ("SELECT 1", b'E'),
+        ("ROLLBACK TO SAVEPOINT s", b'T'),
+        ("INSERT INTO rfq VALUES (2)", b'T'),
+        ("ROLLBACK TO SAVEPOINT nope", b'E'),
+        ("ROLLBACK TO s; INSERT INTO rfq VALUES (3)", b'T'),
+        ("COMMIT", b'I'),
+    ];
+    for (sql, want) in steps {
+        let got = simple_query_status(&mut socket, sql).await;
+        assert_eq!(got as char, want as char, "after {sql}");
+    }
+    let client = server.connect().await;
+    let ids: Vec<i32> = client
+        .query("SELECT id FROM rfq ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids, vec![3]);
+}

@@ -3,6 +3,7 @@
 
 use std::fmt::Debug;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -536,11 +537,13 @@ async fn execute_stoppable(
 
 /// Turns a session result into a pgwire response. `materialize` collects rows up front (needed
 /// when later statements of the same message could change what a lazy scan would read).
+/// `failed` is raised if the rows end in an error (they stream after the statement returned).
 async fn to_response(
     result: StatementResult,
     formats: impl Fn(usize) -> FieldFormat,
     materialize: bool,
     stop: StopSignal,
+    failed: Arc<AtomicBool>,
 ) -> PgWireResult<Response> {
     Ok(match result {
         StatementResult::Command(tag) => Response::Execution(Tag::new(&tag)),
@@ -569,11 +572,19 @@ async fn to_response(
                 }
             });
             let peek = stop.clone();
-            let rows = rows.flat_map(stream::iter).take_until(stop).chain(
-                stream::once(async move { peek.peek().copied() }).filter_map(
-                    |stopped| async move { stopped.map(|s| Err(to_pgwire(&s.error(), None))) },
-                ),
-            );
+            let rows = rows
+                .flat_map(stream::iter)
+                .take_until(stop)
+                .chain(
+                    stream::once(async move { peek.peek().copied() }).filter_map(
+                        |stopped| async move { stopped.map(|s| Err(to_pgwire(&s.error(), None))) },
+                    ),
+                )
+                .inspect(move |r| {
+                    if r.is_err() {
+                        failed.store(true, Ordering::Relaxed);
+                    }
+                });
             let mut resp = if materialize {
                 let collected: Vec<PgWireResult<DataRow>> = rows.collect().await;
                 if let Some(Err(_)) = collected.iter().find(|r| r.is_err()) {
@@ -618,7 +629,8 @@ impl SimpleQueryHandler for Handler {
             match execute_stoppable(&mut session, stmt, &vec![], &stop).await {
                 Ok(r) => {
                     let copy = matches!(r, StatementResult::CopyIn { .. });
-                    match to_response(r, |_| FieldFormat::Text, many, stop).await {
+                    let failed = session.stream_failed.clone();
+                    match to_response(r, |_| FieldFormat::Text, many, stop, failed).await {
                         Ok(resp) => out.push(resp),
                         Err(PgWireError::UserError(info)) => {
                             out.push(Response::Error(info));
@@ -712,7 +724,8 @@ impl ExtendedQueryHandler for Handler {
             .await
             .map_err(|e| to_pgwire(&e, None))?;
         let fmt = portal.result_column_format.clone();
-        to_response(result, move |i| fmt.format_for(i), false, stop).await
+        let failed = session.stream_failed.clone();
+        to_response(result, move |i| fmt.format_for(i), false, stop, failed).await
     }
 }
 
@@ -785,6 +798,19 @@ impl StartupHandler for Handler {
 }
 
 impl Handler {
+    /// The session's transaction state as ReadyForQuery reports it; `None` while a statement
+    /// holds the session.
+    pub fn transaction_status(&self) -> Option<pgwire::messages::response::TransactionStatus> {
+        use pgwire::messages::response::TransactionStatus as S;
+        let mut session = self.session.try_lock().ok()?;
+        session.settle_stream_failure();
+        Some(match session.txn {
+            crate::session::TxnStatus::Idle => S::Idle,
+            crate::session::TxnStatus::Block(_) => S::Transaction,
+            crate::session::TxnStatus::Failed(_) => S::Error,
+        })
+    }
+
     /// After authentication: registers the connection for cancel requests, fills in the
     /// session's user and database, and sends AuthenticationOk, the ParameterStatus values
     /// and ReadyForQuery.

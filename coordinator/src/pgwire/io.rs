@@ -33,6 +33,19 @@ impl<S: AsyncWrite + Unpin> CoalescingIo<S> {
         }
     }
 
+    /// If the unsent output ends with a ReadyForQuery message, sets its transaction status
+    /// byte (`I`, `T` or `E`). Returns whether it did.
+    pub fn set_pending_ready_status(&mut self, status: u8) -> bool {
+        let pending = &mut self.out[self.sent..];
+        match pending.len().checked_sub(6) {
+            Some(at) if pending[at..at + 5] == [b'Z', 0, 0, 0, 5] => {
+                pending[at + 5] = status;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Sends everything buffered.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.sent < self.out.len() {
@@ -98,6 +111,18 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CoalescingIo<S> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn pending_ready_for_query_status_is_rewritten() {
+        let (server, _client) = tokio::io::duplex(64);
+        let mut io = CoalescingIo::new(server);
+        io.out
+            .extend_from_slice(b"C\0\0\0\x0dROLLBACK\0Z\0\0\0\x05E");
+        assert!(io.set_pending_ready_status(b'T'));
+        assert_eq!(io.out.last(), Some(&b'T'));
+        io.out.extend_from_slice(b"1\0\0\0\x04");
+        assert!(!io.set_pending_ready_status(b'I'));
+    }
+
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;

@@ -10,6 +10,7 @@ use pgwire::api::{
     ClientInfo, ConnectionManager, ErrorHandler, PgWireConnectionState, PgWireServerHandlers,
 };
 use pgwire::messages::PgWireFrontendMessage;
+use pgwire::messages::response::TransactionStatus;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -159,6 +160,20 @@ async fn process_connection(socket: TcpStream, conn: Arc<Connection>) -> std::io
         }
         if is_cancel_request {
             break;
+        }
+        // The session is the authority on transaction state. pgwire derives it from response
+        // kinds and has no way back from a failed block to an open one (ROLLBACK TO
+        // SAVEPOINT): make its state, and the ReadyForQuery just written, agree.
+        if matches!(socket.state(), PgWireConnectionState::ReadyForQuery)
+            && let Some(status) = handler.transaction_status()
+            && status != socket.transaction_status()
+        {
+            socket.set_transaction_status(status);
+            socket.get_mut().set_pending_ready_status(match status {
+                TransactionStatus::Idle => b'I',
+                TransactionStatus::Transaction => b'T',
+                TransactionStatus::Error => b'E',
+            });
         }
     }
     // send whatever is still buffered (a FATAL error, the last replies) before closing
