@@ -113,7 +113,9 @@ impl Datum {
                     .with_detail(format!("Token \"{s}\" is invalid."))
                 })?;
                 Ok(Datum::Json(if ty == SqlType::Jsonb {
-                    v.to_string()
+                    let mut out = String::with_capacity(s.len());
+                    jsonb_text(&v, &mut out);
+                    out
                 } else {
                     s.to_string()
                 }))
@@ -964,6 +966,39 @@ pub fn format_uuid(u: &[u8; 16]) -> String {
         let _ = write!(s, "{b:02x}");
     }
     s
+}
+
+/// jsonb as Postgres prints it: object keys ordered by length, then bytes (the last of
+/// duplicate keys wins), `": "` and `", "` separators.
+fn jsonb_text(v: &serde_json::Value, out: &mut String) {
+    use serde_json::Value;
+    match v {
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                jsonb_text(item, out);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|a, b| (a.0.len(), a.0.as_bytes()).cmp(&(b.0.len(), b.0.as_bytes())));
+            out.push('{');
+            for (i, (k, item)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push_str(": ");
+                jsonb_text(item, out);
+            }
+            out.push('}');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
 }
 
 #[cfg(test)]

@@ -275,7 +275,7 @@ pub struct SessionInfo<'a> {
 /// The functions to (re-)register for a session.
 pub fn session_functions(info: &SessionInfo<'_>) -> Vec<ScalarUDF> {
     let utf8 = |s: &str| ScalarValue::Utf8(Some(s.to_string()));
-    vec![
+    let mut functions = vec![
         constant(
             "version",
             utf8(&format!(
@@ -321,7 +321,9 @@ pub fn session_functions(info: &SessionInfo<'_>) -> Vec<ScalarUDF> {
                 .collect(),
             signature: Signature::any(1, Volatility::Stable),
         }),
-    ]
+    ];
+    functions.extend(crate::pgtypes::functions(info.catalog, info.search_path));
+    functions
 }
 
 /// `pg_catalog.count(x)` → `count(x)`: every function we have lives in `pg_catalog`, which is

@@ -9,6 +9,7 @@
 //! - [`exec`]: our physical operators ([`exec::shard_scan::ShardScanExec`]).
 //! - [`checked`]: integer arithmetic that fails on overflow (an analyzer rule).
 //! - [`functions`]: session information functions (`version()`, `current_schema()`, …).
+//! - [`pgtypes`]: built-in type identities, `format_type`, `regtype`/`regclass`.
 //! - [`catalog`]: schemas, tables, sequences (persisted).
 //! - [`config`]: the coordinator options (`CoordinatorOptions`).
 //! - [`error`]: DataFusion ↔ SQLSTATE error mapping.
@@ -22,6 +23,7 @@ pub mod error;
 pub mod exec;
 pub mod functions;
 pub mod handler;
+pub mod pgtypes;
 pub mod pgwire;
 pub mod planner;
 pub mod provider;

@@ -82,16 +82,10 @@ impl<'a> Planner<'a> {
     /// may repeat — DataFusion requires unique names, so they are planned under internal
     /// aliases and renamed only in the returned client-facing schema.
     pub fn plan_client_query(&self, query: ast::Query) -> Result<(LogicalPlan, SchemaRef)> {
-        // name resolution rewrites first, so output names see the final expressions
-        let mut stmt = ast::Statement::Query(Box::new(query));
-        crate::functions::strip_pg_catalog_qualifier(&mut stmt);
-        let ast::Statement::Query(query) = stmt else {
-            unreachable!("still a query")
-        };
-        let mut query = *query;
+        // Postgres spellings were normalized at parse time (`pgwire::parse`)
+        let mut query = query;
         let names = assign_output_aliases(&mut query);
         type_integer_literals(&mut query);
-        // already stripped above: plan directly
         let plan =
             SqlToRel::new(self).sql_statement_to_plan(ast::Statement::Query(Box::new(query)))?;
         let schema = plan.schema().inner().clone();

@@ -13,7 +13,6 @@ use arrow::array::{ArrayRef, BooleanArray, Int16Array, Int32Array, StringArray, 
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use datafusion::datasource::{MemTable, TableProvider};
-use orochi_common::types::SqlType;
 
 use crate::catalog::Catalog;
 
@@ -146,26 +145,6 @@ fn t(s: &str) -> V {
     V::T(s.to_string())
 }
 
-const ALL_TYPES: &[SqlType] = &[
-    SqlType::Bool,
-    SqlType::Bytea,
-    SqlType::Int8,
-    SqlType::Int2,
-    SqlType::Int4,
-    SqlType::Text,
-    SqlType::Json,
-    SqlType::Float4,
-    SqlType::Float8,
-    SqlType::Char(1),
-    SqlType::Varchar(None),
-    SqlType::Date,
-    SqlType::Timestamp,
-    SqlType::Timestamptz,
-    SqlType::Numeric(None),
-    SqlType::Uuid,
-    SqlType::Jsonb,
-];
-
 /// A `pg_class` row (columns as declared in [`table`]).
 fn class_row(
     oid: u32,
@@ -263,7 +242,7 @@ pub fn table(catalog: &Catalog, name: &str, user: &str) -> Option<Arc<dyn TableP
                         t(&c.name),
                         V::O(c.ty.pg_oid()),
                         V::S(n as i16 + 1),
-                        V::I(-1),
+                        V::I(crate::pgtypes::typmod(c.ty)),
                         V::B(!c.nullable),
                         V::B(c.default.is_some()),
                         V::B(false),
@@ -277,21 +256,71 @@ pub fn table(catalog: &Catalog, name: &str, user: &str) -> Option<Arc<dyn TableP
                 ("oid", 'o'),
                 ("typname", 't'),
                 ("typnamespace", 'o'),
+                ("typowner", 'o'),
                 ("typlen", 's'),
+                ("typbyval", 'b'),
                 ("typtype", 't'),
+                ("typcategory", 't'),
+                ("typdelim", 't'),
+                ("typrelid", 'o'),
                 ("typelem", 'o'),
+                ("typarray", 'o'),
+                ("typnotnull", 'b'),
+                ("typbasetype", 'o'),
+                ("typtypmod", 'i'),
+                ("typndims", 'i'),
+                ("typcollation", 'o'),
             ]);
-            for ty in ALL_TYPES {
+            let category = |oid: u32| match oid {
+                16 => "B",
+                20 | 21 | 23 | 26 | 700 | 701 | 1700 => "N",
+                19 | 25 | 1042 | 1043 => "S",
+                1082 | 1114 | 1184 => "D",
+                _ => "U",
+            };
+            // text-like types collate with the database default collation (oid 100)
+            let collation = |oid: u32| if category(oid) == "S" { 100 } else { 0 };
+            for ty in crate::pgtypes::PG_TYPES {
+                let byval = (1..=8).contains(&ty.len);
                 tb.row(vec![
-                    V::O(ty.pg_oid()),
-                    t(ty.typname()),
+                    V::O(ty.oid),
+                    t(ty.typname),
                     V::O(11),
-                    V::S(-1),
+                    V::O(10),
+                    V::S(ty.len),
+                    V::B(byval),
                     t("b"),
+                    t(category(ty.oid)),
+                    t(","),
                     V::O(0),
+                    V::O(0),
+                    V::O(ty.array),
+                    V::B(false),
+                    V::O(0),
+                    V::I(-1),
+                    V::I(0),
+                    V::O(collation(ty.oid)),
+                ]);
+                tb.row(vec![
+                    V::O(ty.array),
+                    t(&format!("_{}", ty.typname)),
+                    V::O(11),
+                    V::O(10),
+                    V::S(-1),
+                    V::B(false),
+                    t("b"),
+                    t("A"),
+                    t(","),
+                    V::O(0),
+                    V::O(ty.oid),
+                    V::O(0),
+                    V::B(false),
+                    V::O(0),
+                    V::I(-1),
+                    V::I(0),
+                    V::O(collation(ty.oid)),
                 ]);
             }
-            tb.row(vec![V::O(26), t("oid"), V::O(11), V::S(4), t("b"), V::O(0)]);
             tb.provider()
         }
         "pg_index" => {

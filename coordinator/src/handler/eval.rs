@@ -123,14 +123,34 @@ fn named(e: &ast::Expr) -> (String, u8) {
         ast::Expr::CompoundIdentifier(parts) => {
             (parts.last().map(|i| i.value.clone()).unwrap_or_default(), 2)
         }
-        ast::Expr::Function(f) => (
-            f.name
+        ast::Expr::Function(f) => {
+            let name = f
+                .name
                 .0
                 .last()
                 .map(|p| p.to_string().to_lowercase())
-                .unwrap_or_default(),
-            2,
-        ),
+                .unwrap_or_default();
+            // a cast we rewrote to a function (pgtypes): named like the cast it was
+            match crate::pgtypes::cast_function_type_name(&name) {
+                Some(cast) => {
+                    let inner = match &f.args {
+                        ast::FunctionArguments::List(l) => match l.args.first() {
+                            Some(ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(e))) => {
+                                named(e)
+                            }
+                            _ => (String::new(), 0),
+                        },
+                        _ => (String::new(), 0),
+                    };
+                    if inner.1 > 1 {
+                        inner
+                    } else {
+                        (cast.to_string(), 1)
+                    }
+                }
+                None => (name, 2),
+            }
+        }
         ast::Expr::Cast {
             expr, data_type, ..
         } => {

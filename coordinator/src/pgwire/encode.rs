@@ -141,11 +141,12 @@ pub fn sql_type_for_pg(t: &Type) -> Option<SqlType> {
         20 => SqlType::Int8,
         21 => SqlType::Int2,
         23 => SqlType::Int4,
-        25 | 19 | 705 => SqlType::Text,
+        // a bpchar parameter has no length of its own: its text is taken as is, and padded
+        // (or refused) by the column it is stored in
+        25 | 19 | 705 | 1042 => SqlType::Text,
         114 => SqlType::Json,
         700 => SqlType::Float4,
         701 => SqlType::Float8,
-        1042 => SqlType::Char(1),
         1043 => SqlType::Varchar(None),
         1082 => SqlType::Date,
         1114 => SqlType::Timestamp,

@@ -1,6 +1,7 @@
 //! pgwire's handler traits, implemented per connection on top of [`Session`]. No planning
 //! here: statements are parsed, then handed to the session; results are encoded.
 
+use std::collections::BTreeSet;
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +16,7 @@ use datafusion::logical_expr::{Expr, ExprSchemable};
 use datafusion::sql::sqlparser::ast::{self, Statement};
 use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::{Sink, SinkExt, StreamExt, stream};
-use orochi_common::error::{DbError, DbResult};
+use orochi_common::error::{DbError, DbResult, SqlState};
 use pgwire::api::auth::sasl::scram::ScramAuth;
 use pgwire::api::auth::sasl::{SASLState, SCRAM_SHA_256_METHOD};
 use pgwire::api::auth::{
@@ -39,6 +40,7 @@ use pgwire::api::{
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
 use pgwire::messages::data::DataRow;
+use pgwire::messages::extendedquery::{Parse, ParseComplete};
 use pgwire::messages::startup::Authentication;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use tokio::sync::Mutex;
@@ -59,6 +61,7 @@ pub struct Connection {
     parser: Arc<OrochiQueryParser>,
     connections: Arc<ConnectionManager>,
     auth: Arc<AuthState>,
+    statement_names: Arc<parking_lot::Mutex<BTreeSet<String>>>,
 }
 
 /// SCRAM configuration (`None`: trust) and this connection's place in the exchange.
@@ -84,6 +87,7 @@ impl Connection {
                 scram,
                 sasl: Mutex::new(SASLState::Initial),
             }),
+            statement_names: Default::default(),
         })
     }
 
@@ -100,6 +104,7 @@ impl Connection {
             parser: self.parser.clone(),
             connections: self.connections.clone(),
             auth: self.auth.clone(),
+            statement_names: self.statement_names.clone(),
         })
     }
 }
@@ -127,6 +132,8 @@ pub struct Handler {
     parser: Arc<OrochiQueryParser>,
     connections: Arc<ConnectionManager>,
     auth: Arc<AuthState>,
+    /// Names of the protocol-level prepared statements (Parse), for `DEALLOCATE ALL`.
+    statement_names: Arc<parking_lot::Mutex<BTreeSet<String>>>,
 }
 
 /// A parsed statement with its parameter types and result schema (for Describe).
@@ -625,6 +632,16 @@ impl SimpleQueryHandler for Handler {
         let mut session = self.session.lock().await;
         let mut out = Vec::with_capacity(stmts.len());
         for stmt in &stmts {
+            if let Statement::Deallocate { name, .. } = stmt {
+                match self.deallocate(_client, name) {
+                    Ok(r) => out.push(r),
+                    Err(e) => {
+                        out.push(Response::Error(Box::new(error_info(&e, None))));
+                        break;
+                    }
+                }
+                continue;
+            }
             let stop = stop_signal(_client, session.settings.statement_timeout()).await;
             match execute_stoppable(&mut session, stmt, &vec![], &stop).await {
                 Ok(r) => {
@@ -659,6 +676,29 @@ impl ExtendedQueryHandler for Handler {
 
     fn query_parser(&self) -> Arc<Self::QueryParser> {
         self.parser.clone()
+    }
+
+    /// pgwire's Parse handling, plus remembering the statement's name for `DEALLOCATE ALL`.
+    async fn on_parse<C>(&self, client: &mut C, message: Parse) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        use futures::SinkExt;
+        let name = message.name.clone().unwrap_or_default();
+        match StoredStatement::parse(client, &message, self.parser.clone()).await? {
+            Some(stmt) => client.portal_store().put_statement(Arc::new(stmt)),
+            None => client.portal_store().put_empty_statement(&name),
+        }
+        if !name.is_empty() {
+            self.statement_names.lock().insert(name);
+        }
+        client
+            .send(PgWireBackendMessage::ParseComplete(ParseComplete::new()))
+            .await?;
+        Ok(())
     }
 
     async fn do_describe_statement<C>(
@@ -711,6 +751,11 @@ impl ExtendedQueryHandler for Handler {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let prepared = &portal.statement.statement;
+        if let Statement::Deallocate { name, .. } = &prepared.stmt {
+            return self
+                .deallocate(_client, name)
+                .map_err(|e| to_pgwire(&e, None));
+        }
         let mut params = Vec::with_capacity(portal.parameters.len());
         for (i, p) in portal.parameters.iter().enumerate() {
             let t = prepared.param_types.get(i).cloned().unwrap_or(Type::TEXT);
@@ -798,6 +843,29 @@ impl StartupHandler for Handler {
 }
 
 impl Handler {
+    /// `DEALLOCATE [PREPARE] name | ALL`: forgets protocol-level prepared statements.
+    fn deallocate<C>(&self, client: &mut C, name: &ast::Ident) -> DbResult<Response>
+    where
+        C: ClientPortalStore,
+        C::PortalStore: PortalStore,
+    {
+        let store = client.portal_store();
+        if name.quote_style.is_none() && name.value.eq_ignore_ascii_case("all") {
+            for n in std::mem::take(&mut *self.statement_names.lock()) {
+                store.rm_statement(&n);
+            }
+            return Ok(Response::Execution(Tag::new("DEALLOCATE ALL")));
+        }
+        if !self.statement_names.lock().remove(&name.value) {
+            return Err(DbError::new(
+                SqlState::InvalidSqlStatementName,
+                format!("prepared statement \"{}\" does not exist", name.value),
+            ));
+        }
+        store.rm_statement(&name.value);
+        Ok(Response::Execution(Tag::new("DEALLOCATE")))
+    }
+
     /// The session's transaction state as ReadyForQuery reports it; `None` while a statement
     /// holds the session.
     pub fn transaction_status(&self) -> Option<pgwire::messages::response::TransactionStatus> {

@@ -15,6 +15,16 @@ pub struct SyntaxError {
 }
 
 pub fn parse_statements(sql: &str) -> Result<Vec<Statement>, SyntaxError> {
+    let mut stmts = parse_postgres(sql)?;
+    for stmt in &mut stmts {
+        // `pg_catalog.f()`, bare `current_schema`, casts to types DataFusion lacks
+        crate::functions::strip_pg_catalog_qualifier(stmt);
+        crate::pgtypes::rewrite_type_casts(stmt);
+    }
+    Ok(stmts)
+}
+
+fn parse_postgres(sql: &str) -> Result<Vec<Statement>, SyntaxError> {
     match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
         Ok(stmts) => Ok(stmts),
         Err(e) => {

@@ -1,0 +1,646 @@
+//! Postgres' type and relation identifiers: the built-in types we report (oid, internal name,
+//! display name, array type), `format_type(oid, typmod)`, and the `regtype`/`regclass`
+//! conversions drivers and psql use: `'int4'::regtype`, `oid::regtype::text`,
+//! `to_regtype('hstore')`, `'t'::regclass`, `to_regclass('t')`.
+//!
+//! `x::regtype` / `x::regclass` are rewritten to function calls before planning
+//! ([`rewrite_type_casts`]): a reg value is an oid (UInt32); cast to text it is the name.
+//! So are casts to `uuid`, `json` and `jsonb`, which DataFusion does not have.
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use arrow::array::{Array, StringArray};
+use arrow::datatypes::DataType;
+use datafusion::common::{Result, ScalarValue};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+use datafusion::sql::sqlparser::ast;
+use orochi_common::error::{DbError, SqlState};
+use orochi_common::types::SqlType;
+
+use crate::catalog::Catalog;
+use crate::system::INDEX_OID_OFFSET;
+
+/// A built-in type as `pg_type` and `format_type` describe it.
+pub struct PgType {
+    pub oid: u32,
+    /// `pg_type.typname`.
+    pub typname: &'static str,
+    /// What `format_type` and `::regtype::text` print.
+    pub display: &'static str,
+    /// `pg_type.typarray` (0: none).
+    pub array: u32,
+    /// `pg_type.typlen` (-1: variable).
+    pub len: i16,
+}
+
+const fn ty(
+    oid: u32,
+    typname: &'static str,
+    display: &'static str,
+    array: u32,
+    len: i16,
+) -> PgType {
+    PgType {
+        oid,
+        typname,
+        display,
+        array,
+        len,
+    }
+}
+
+/// The types we have (our column types, plus `oid` and `name` that catalogs use).
+pub const PG_TYPES: &[PgType] = &[
+    ty(16, "bool", "boolean", 1000, 1),
+    ty(17, "bytea", "bytea", 1001, -1),
+    ty(19, "name", "name", 1003, 64),
+    ty(20, "int8", "bigint", 1016, 8),
+    ty(21, "int2", "smallint", 1005, 2),
+    ty(23, "int4", "integer", 1007, 4),
+    ty(25, "text", "text", 1009, -1),
+    ty(26, "oid", "oid", 1028, 4),
+    ty(114, "json", "json", 199, -1),
+    ty(700, "float4", "real", 1021, 4),
+    ty(701, "float8", "double precision", 1022, 8),
+    ty(1042, "bpchar", "character", 1014, -1),
+    ty(1043, "varchar", "character varying", 1015, -1),
+    ty(1082, "date", "date", 1182, 4),
+    ty(1114, "timestamp", "timestamp without time zone", 1115, 8),
+    ty(1184, "timestamptz", "timestamp with time zone", 1185, 8),
+    ty(1700, "numeric", "numeric", 1231, -1),
+    ty(2950, "uuid", "uuid", 2951, 16),
+    ty(3802, "jsonb", "jsonb", 3807, -1),
+];
+
+pub fn by_oid(oid: u32) -> Option<&'static PgType> {
+    PG_TYPES.iter().find(|t| t.oid == oid)
+}
+
+/// The element type of an array type oid.
+pub fn element_of(array_oid: u32) -> Option<&'static PgType> {
+    PG_TYPES.iter().find(|t| t.array == array_oid)
+}
+
+/// What `oid::regtype::text` prints: the SQL name, or the number for an unknown oid.
+pub fn regtype_name(oid: u32) -> String {
+    match (element_of(oid), by_oid(oid)) {
+        (Some(t), _) => format!("{}[]", t.display),
+        (None, Some(t)) => t.display.to_string(),
+        (None, None) => oid.to_string(),
+    }
+}
+
+/// `pg_attribute.atttypmod` of a column type (-1: none), as Postgres encodes it.
+pub fn typmod(ty: SqlType) -> i32 {
+    match ty {
+        SqlType::Varchar(Some(n)) | SqlType::Char(n) => n as i32 + 4,
+        SqlType::Numeric(Some((p, s))) => ((p as i32) << 16 | (s as i32 & 0xffff)) + 4,
+        _ => -1,
+    }
+}
+
+/// `format_type(oid, typmod)`.
+pub fn format_type(oid: u32, typmod: Option<i32>) -> String {
+    let (base, array) = match element_of(oid) {
+        Some(t) => (t, "[]"),
+        None => match by_oid(oid) {
+            Some(t) => (t, ""),
+            None => return "???".to_string(),
+        },
+    };
+    let m = typmod.filter(|&m| m >= 4).map(|m| m - 4);
+    let name = match (base.oid, m) {
+        (1043, Some(n)) => format!("character varying({n})"),
+        (1042, Some(n)) => format!("character({n})"),
+        (1700, Some(m)) => format!("numeric({},{})", (m >> 16) & 0xffff, m & 0xffff),
+        // without a typmod Postgres prints the internal name of blank-padded char
+        (1042, None) if typmod.is_none() => "bpchar".to_string(),
+        _ => base.display.to_string(),
+    };
+    format!("{name}{array}")
+}
+
+/// The oid of a type name as `regtype` input accepts it: internal or SQL names, any case,
+/// optionally `pg_catalog.`-qualified, with a type modifier or `[]`.
+pub fn type_oid_by_name(name: &str) -> Option<u32> {
+    let mut n = name.trim().to_ascii_lowercase();
+    let array = n.ends_with("[]");
+    if array {
+        n.truncate(n.len() - 2);
+    }
+    if let Some(i) = n.find('(') {
+        // `varchar(20)`, `numeric(10,2)`, `timestamp(3) with time zone`
+        let close = n[i..].find(')').map_or(n.len(), |j| i + j + 1);
+        n.replace_range(i..close, "");
+    }
+    let n = n.trim().trim_start_matches("pg_catalog.").trim_matches('"');
+    let n = n.split_whitespace().collect::<Vec<_>>().join(" ");
+    let canonical = match n.as_str() {
+        "int" | "integer" => "int4",
+        "smallint" => "int2",
+        "bigint" => "int8",
+        "real" => "float4",
+        "double precision" | "float" => "float8",
+        "boolean" => "bool",
+        "decimal" => "numeric",
+        "char" | "character" => "bpchar",
+        "character varying" => "varchar",
+        "timestamp without time zone" => "timestamp",
+        "timestamp with time zone" => "timestamptz",
+        other => other,
+    };
+    let t = PG_TYPES
+        .iter()
+        .find(|t| t.typname == canonical || t.display == canonical)?;
+    Some(if array { t.array } else { t.oid })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Reg {
+    Type,
+    Class,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Mode {
+    /// `x::regtype`: a name that does not exist is an error; a number is taken as the oid.
+    Cast,
+    /// `to_regtype(name)`: NULL for a name that does not exist.
+    To,
+    /// `x::regtype::text`: the name (a number with no object prints as the number).
+    Name,
+}
+
+/// The reg* conversions. Relation names resolve through the session's search path.
+struct RegFunction {
+    name: &'static str,
+    reg: Reg,
+    mode: Mode,
+    catalog: Arc<Catalog>,
+    search_path: Vec<String>,
+    signature: Signature,
+}
+
+impl std::fmt::Debug for RegFunction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegFunction")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl PartialEq for RegFunction {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && self.search_path == other.search_path
+    }
+}
+impl Eq for RegFunction {}
+impl std::hash::Hash for RegFunction {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+        self.search_path.hash(state);
+    }
+}
+
+impl RegFunction {
+    /// `schema.name` or `name` (through the search path) → relation oid.
+    fn class_oid(&self, name: &str) -> Option<u32> {
+        let parts: Vec<String> = name
+            .split('.')
+            .map(|p| {
+                if p.starts_with('"') && p.ends_with('"') && p.len() >= 2 {
+                    p[1..p.len() - 1].to_string()
+                } else {
+                    p.trim().to_ascii_lowercase()
+                }
+            })
+            .collect();
+        let (schemas, rel): (Vec<String>, &str) = match parts.as_slice() {
+            [rel] => (self.search_path.clone(), rel),
+            [schema, rel] => (vec![schema.clone()], rel),
+            _ => return None,
+        };
+        for schema in &schemas {
+            if let Some(t) = self.catalog.table(schema, rel) {
+                return Some(t.id as u32);
+            }
+            if let Some(table) = rel.strip_suffix("_pkey")
+                && let Some(t) = self.catalog.table(schema, table)
+                && !t.hidden_rowid
+            {
+                return Some(t.id as u32 + INDEX_OID_OFFSET);
+            }
+        }
+        None
+    }
+
+    /// Relation oid → name, schema-qualified unless the search path finds it first.
+    fn class_name(&self, oid: u32) -> String {
+        let id = (oid % INDEX_OID_OFFSET) as u64;
+        let Some(def) = self.catalog.all_tables().into_iter().find(|t| t.id == id) else {
+            return oid.to_string();
+        };
+        let name = if oid >= INDEX_OID_OFFSET {
+            format!("{}_pkey", def.name)
+        } else {
+            def.name.clone()
+        };
+        if self.class_oid(&format!("\"{name}\"")) == Some(oid) {
+            name
+        } else {
+            format!("{}.{name}", def.schema)
+        }
+    }
+
+    fn convert(&self, v: &ScalarValue) -> Result<ScalarValue> {
+        let text = match v {
+            ScalarValue::Utf8(s) | ScalarValue::LargeUtf8(s) | ScalarValue::Utf8View(s) => {
+                s.clone()
+            }
+            other if other.is_null() => None,
+            other => {
+                // a number: the oid itself
+                let oid = other
+                    .cast_to(&DataType::Int64)?
+                    .to_string()
+                    .parse::<u32>()
+                    .unwrap_or(0);
+                return Ok(match self.mode {
+                    Mode::Name => ScalarValue::Utf8(Some(match self.reg {
+                        Reg::Type => regtype_name(oid),
+                        Reg::Class => self.class_name(oid),
+                    })),
+                    _ => ScalarValue::UInt32(Some(oid)),
+                });
+            }
+        };
+        let Some(text) = text else {
+            return Ok(match self.mode {
+                Mode::Name => ScalarValue::Utf8(None),
+                _ => ScalarValue::UInt32(None),
+            });
+        };
+        let oid = match self.reg {
+            Reg::Type => type_oid_by_name(&text),
+            Reg::Class => self.class_oid(&text),
+        };
+        match (oid, self.mode) {
+            (Some(oid), Mode::Name) => self.convert(&ScalarValue::UInt32(Some(oid))),
+            (Some(oid), _) => Ok(ScalarValue::UInt32(Some(oid))),
+            (None, Mode::To) => Ok(ScalarValue::UInt32(None)),
+            (None, _) => Err(crate::error::db_to_df(match self.reg {
+                Reg::Type => DbError::new(
+                    SqlState::UndefinedObject,
+                    format!("type \"{text}\" does not exist"),
+                ),
+                Reg::Class => DbError::new(
+                    SqlState::UndefinedTable,
+                    format!("relation \"{text}\" does not exist"),
+                ),
+            })),
+        }
+    }
+}
+
+impl ScalarUDFImpl for RegFunction {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(match self.mode {
+            Mode::Name => DataType::Utf8,
+            _ => DataType::UInt32,
+        })
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        match &args.args[0] {
+            ColumnarValue::Scalar(v) => Ok(ColumnarValue::Scalar(self.convert(v)?)),
+            ColumnarValue::Array(a) => {
+                let values = (0..a.len())
+                    .map(|i| ScalarValue::try_from_array(a, i).and_then(|v| self.convert(&v)))
+                    .collect::<Result<Vec<_>>>()?;
+                let out = if values.is_empty() {
+                    arrow::array::new_empty_array(&self.return_type(&[])?)
+                } else {
+                    ScalarValue::iter_to_array(values)?
+                };
+                Ok(ColumnarValue::Array(out))
+            }
+        }
+    }
+}
+
+/// `format_type(type_oid, typmod)`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct FormatType {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for FormatType {
+    fn name(&self) -> &str {
+        "format_type"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let scalar = args
+            .args
+            .iter()
+            .all(|a| matches!(a, ColumnarValue::Scalar(_)));
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let oids = arrow::compute::cast(&arrays[0], &DataType::Int64)?;
+        let mods = arrow::compute::cast(&arrays[1], &DataType::Int64)?;
+        let oids = oids
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .expect("cast to Int64");
+        let mods = mods
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .expect("cast to Int64");
+        let out: StringArray = (0..oids.len())
+            .map(|i| {
+                (!oids.is_null(i)).then(|| {
+                    let m = (!mods.is_null(i)).then(|| mods.value(i) as i32);
+                    format_type(oids.value(i) as u32, m)
+                })
+            })
+            .collect();
+        if scalar {
+            Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?))
+        } else {
+            Ok(ColumnarValue::Array(Arc::new(out)))
+        }
+    }
+}
+
+/// `x::uuid`, `x::json`, `x::jsonb` (and `'literal'::bytea`): DataFusion has no such types (we carry them as text with
+/// the Postgres type in the field metadata). The value is checked and normalized the way
+/// Postgres' input function does (22P02 for bad input), and the result field says its type,
+/// so clients see a uuid/json/jsonb column.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct TextTypeCast {
+    name: &'static str,
+    ty: SqlType,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for TextTypeCast {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(self.ty.arrow_type())
+    }
+    fn return_field_from_args(
+        &self,
+        _args: datafusion::logical_expr::ReturnFieldArgs,
+    ) -> Result<arrow::datatypes::FieldRef> {
+        Ok(Arc::new(self.ty.arrow_field(self.name, true)))
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let scalar = matches!(args.args[0], ColumnarValue::Scalar(_));
+        let array = ColumnarValue::values_to_arrays(&args.args)?.remove(0);
+        let text = arrow::compute::cast(&array, &DataType::Utf8)?;
+        let text = text
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("cast to Utf8");
+        let parse = |i: usize| {
+            (!text.is_null(i))
+                .then(|| {
+                    orochi_common::datum::Datum::parse(self.ty, text.value(i))
+                        .map_err(crate::error::db_to_df)
+                })
+                .transpose()
+        };
+        let out: arrow::array::ArrayRef = if self.ty == SqlType::Bytea {
+            Arc::new(
+                (0..text.len())
+                    .map(|i| {
+                        Ok(parse(i)?.map(|d| match d {
+                            orochi_common::datum::Datum::Bytea(b) => b,
+                            _ => Vec::new(),
+                        }))
+                    })
+                    .collect::<Result<arrow::array::BinaryArray>>()?,
+            )
+        } else {
+            Arc::new(
+                (0..text.len())
+                    .map(|i| Ok(parse(i)?.and_then(|d| d.to_text())))
+                    .collect::<Result<StringArray>>()?,
+            )
+        };
+        if scalar {
+            Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?))
+        } else {
+            Ok(ColumnarValue::Array(Arc::new(out)))
+        }
+    }
+}
+
+/// Casts to the types DataFusion does not have, by target type; and a string literal cast to
+/// bytea, which Postgres reads with bytea's input function (`'\\x00ff'::bytea` is two bytes),
+/// where DataFusion would take the string's own bytes.
+fn text_type_cast(t: &ast::DataType, e: &ast::Expr) -> Option<&'static str> {
+    match t {
+        ast::DataType::Uuid => Some(CAST_UUID),
+        ast::DataType::JSON => Some(CAST_JSON),
+        ast::DataType::JSONB => Some(CAST_JSONB),
+        ast::DataType::Bytea
+            if matches!(
+                e,
+                ast::Expr::Value(v) if matches!(
+                    v.value,
+                    ast::Value::SingleQuotedString(_) | ast::Value::EscapedStringLiteral(_)
+                )
+            ) =>
+        {
+            Some(CAST_BYTEA)
+        }
+        _ => None,
+    }
+}
+
+const CAST_UUID: &str = "__orochi_cast_uuid";
+const CAST_JSON: &str = "__orochi_cast_json";
+const CAST_JSONB: &str = "__orochi_cast_jsonb";
+const CAST_BYTEA: &str = "__orochi_cast_bytea";
+
+/// The type and relation functions of a session (relation names depend on its search path).
+pub fn functions(catalog: &Arc<Catalog>, search_path: &[String]) -> Vec<ScalarUDF> {
+    let search_path: Vec<String> = std::iter::once("pg_catalog".to_string())
+        .chain(search_path.iter().cloned())
+        .collect();
+    let reg = |name: &'static str, reg: Reg, mode: Mode| {
+        ScalarUDF::new_from_impl(RegFunction {
+            name,
+            reg,
+            mode,
+            catalog: catalog.clone(),
+            search_path: search_path.clone(),
+            signature: Signature::any(1, Volatility::Stable),
+        })
+    };
+    vec![
+        reg(REGTYPE, Reg::Type, Mode::Cast),
+        reg(REGTYPE_NAME, Reg::Type, Mode::Name),
+        reg("to_regtype", Reg::Type, Mode::To),
+        reg(REGCLASS, Reg::Class, Mode::Cast),
+        reg(REGCLASS_NAME, Reg::Class, Mode::Name),
+        reg("to_regclass", Reg::Class, Mode::To),
+        ScalarUDF::new_from_impl(FormatType {
+            signature: Signature::any(2, Volatility::Stable),
+        }),
+        text_cast(CAST_UUID, SqlType::Uuid),
+        text_cast(CAST_JSON, SqlType::Json),
+        text_cast(CAST_JSONB, SqlType::Jsonb),
+        text_cast(CAST_BYTEA, SqlType::Bytea),
+    ]
+}
+
+/// For a function that stands for a cast: the type name Postgres names such a column after.
+pub fn cast_function_type_name(function: &str) -> Option<&'static str> {
+    Some(match function {
+        CAST_UUID => "uuid",
+        CAST_JSON => "json",
+        CAST_JSONB => "jsonb",
+        CAST_BYTEA => "bytea",
+        REGTYPE => "regtype",
+        REGCLASS => "regclass",
+        REGTYPE_NAME | REGCLASS_NAME => "text",
+        _ => return None,
+    })
+}
+
+fn text_cast(name: &'static str, ty: SqlType) -> ScalarUDF {
+    ScalarUDF::new_from_impl(TextTypeCast {
+        name,
+        ty,
+        signature: Signature::any(1, Volatility::Immutable),
+    })
+}
+
+const REGTYPE: &str = "__orochi_regtype";
+const REGTYPE_NAME: &str = "__orochi_regtype_name";
+const REGCLASS: &str = "__orochi_regclass";
+const REGCLASS_NAME: &str = "__orochi_regclass_name";
+
+fn call(name: &str, args: Vec<ast::FunctionArg>) -> ast::Expr {
+    ast::Expr::Function(ast::Function {
+        name: ast::ObjectName::from(vec![ast::Ident::new(name)]),
+        uses_odbc_syntax: false,
+        parameters: ast::FunctionArguments::None,
+        args: ast::FunctionArguments::List(ast::FunctionArgumentList {
+            duplicate_treatment: None,
+            args,
+            clauses: vec![],
+        }),
+        filter: None,
+        null_treatment: None,
+        over: None,
+        within_group: vec![],
+    })
+}
+
+/// Which reg type a cast target is (`regtype`, `pg_catalog.regclass`, …).
+fn reg_target(t: &ast::DataType) -> Option<Reg> {
+    let name = match t {
+        ast::DataType::Regclass => return Some(Reg::Class),
+        ast::DataType::Custom(name, _) => name.0.last()?.as_ident()?.value.to_ascii_lowercase(),
+        _ => return None,
+    };
+    match name.as_str() {
+        "regtype" => Some(Reg::Type),
+        "regclass" => Some(Reg::Class),
+        _ => None,
+    }
+}
+
+fn is_text_type(t: &ast::DataType) -> bool {
+    matches!(
+        t,
+        ast::DataType::Text
+            | ast::DataType::Varchar(_)
+            | ast::DataType::CharacterVarying(_)
+            | ast::DataType::String(_)
+    ) || matches!(t, ast::DataType::Custom(n, _)
+        if n.0.last().and_then(|p| p.as_ident()).is_some_and(|i| i.value.eq_ignore_ascii_case("text")))
+}
+
+/// `x::regtype` → `__orochi_regtype(x)` (an oid); `x::regtype::text` → the type's name; the
+/// same for `regclass`. `x::uuid`/`json`/`jsonb` → a checking conversion.
+pub fn rewrite_type_casts(stmt: &mut ast::Statement) {
+    let _ = ast::visit_expressions_mut(stmt, |e| {
+        if let ast::Expr::Cast {
+            expr, data_type, ..
+        } = e
+        {
+            if let Some(f) = text_type_cast(data_type, expr) {
+                let arg = ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr((**expr).clone()));
+                *e = call(f, vec![arg]);
+            } else if let Some(reg) = reg_target(data_type) {
+                let f = match reg {
+                    Reg::Type => REGTYPE,
+                    Reg::Class => REGCLASS,
+                };
+                let arg = ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr((**expr).clone()));
+                *e = call(f, vec![arg]);
+            } else if is_text_type(data_type)
+                && let ast::Expr::Function(inner) = expr.as_ref()
+                && let Some(name) = inner.name.0.last().and_then(|p| p.as_ident())
+                && (name.value == REGTYPE || name.value == REGCLASS)
+                && let ast::FunctionArguments::List(list) = &inner.args
+            {
+                let f = if name.value == REGTYPE {
+                    REGTYPE_NAME
+                } else {
+                    REGCLASS_NAME
+                };
+                *e = call(f, list.args.clone());
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_names_and_format_type_follow_postgres() {
+        assert_eq!(type_oid_by_name("int4"), Some(23));
+        assert_eq!(type_oid_by_name("INTEGER"), Some(23));
+        assert_eq!(type_oid_by_name("pg_catalog.varchar(20)"), Some(1043));
+        assert_eq!(type_oid_by_name("timestamp with time zone"), Some(1184));
+        assert_eq!(type_oid_by_name("text[]"), Some(1009));
+        assert_eq!(type_oid_by_name("hstore"), None);
+        assert_eq!(format_type(23, None), "integer");
+        assert_eq!(format_type(1043, Some(24)), "character varying(20)");
+        assert_eq!(format_type(1043, Some(-1)), "character varying");
+        assert_eq!(format_type(1042, Some(9)), "character(5)");
+        assert_eq!(format_type(1042, None), "bpchar");
+        assert_eq!(
+            format_type(1700, Some(typmod(SqlType::Numeric(Some((12, 3)))))),
+            "numeric(12,3)"
+        );
+        assert_eq!(format_type(1007, None), "integer[]");
+        assert_eq!(format_type(1114, Some(-1)), "timestamp without time zone");
+        assert_eq!(format_type(99999, None), "???");
+    }
+}
