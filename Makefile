@@ -20,7 +20,8 @@ unit:
 slt: build
 	$(CARGO) build $(PROFILE_FLAGS) -p orochi-sql-tests --tests
 	./scripts/with-postgres.sh $(CARGO) test $(PROFILE_FLAGS) -p orochi-sql-tests --test slt
-	OROCHI_PYTHON=$$(./scripts/python-env.sh) ./scripts/with-postgres.sh $(CARGO) test $(PROFILE_FLAGS) -p orochi-sql-tests --test drivers
+	OROCHI_PYTHON=$$(./scripts/python-env.sh) OROCHI_NODE_PATH=$$(./scripts/node-env.sh) \
+		./scripts/with-postgres.sh $(CARGO) test $(PROFILE_FLAGS) -p orochi-sql-tests --test drivers
 	$(CARGO) test $(PROFILE_FLAGS) -p orochi-sql-tests --test clients --test protocol --test durability --test memory
 
 fmt:

@@ -236,10 +236,94 @@ fn is_integer(t: &DataType) -> bool {
     matches!(t, DataType::Int16 | DataType::Int32 | DataType::Int64)
 }
 
-/// Replaces integer `+`/`-`/`*` in `expr` (typed against `schema`) with checked calls, and
-/// numeric/float → integer casts with [`RoundingCast`].
+/// `CAST(timestamp AS text)` as Postgres prints it (`2024-02-29 13:14:15.5`, with `+00` for
+/// timestamptz); DataFusion's cast writes ISO 8601 (`2024-02-29T13:14:15.500`).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct TimestampText {
+    with_zone: bool,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for TimestampText {
+    fn name(&self) -> &str {
+        "orochi_timestamp_text"
+    }
+
+    fn display_name(&self, args: &[Expr]) -> Result<String> {
+        Ok(format!("CAST({} AS Utf8)", args[0]))
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let scalar = matches!(args.args[0], ColumnarValue::Scalar(_));
+        let array = ColumnarValue::values_to_arrays(&args.args)?.remove(0);
+        let micros = arrow::compute::cast(
+            &array,
+            &DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, None),
+        )?;
+        let micros = arrow::compute::cast(&micros, &DataType::Int64)?;
+        let micros = micros
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .expect("cast to Int64");
+        let out: arrow::array::StringArray = micros
+            .iter()
+            .map(|v| {
+                v.map(|us| {
+                    if self.with_zone {
+                        orochi_common::datum::format_timestamptz(us)
+                    } else {
+                        orochi_common::datum::format_timestamp(us)
+                    }
+                })
+            })
+            .collect();
+        if scalar {
+            Ok(ColumnarValue::Scalar(
+                datafusion::common::ScalarValue::try_from_array(&out, 0)?,
+            ))
+        } else {
+            Ok(ColumnarValue::Array(Arc::new(out)))
+        }
+    }
+}
+
+/// Replaces integer `+`/`-`/`*` in `expr` (typed against `schema`) with checked calls,
+/// numeric/float → integer casts with [`RoundingCast`], and timestamp → text casts with
+/// [`TimestampText`].
 pub fn check_integer_arithmetic(expr: Expr, schema: &DFSchema) -> Result<Transformed<Expr>> {
     expr.transform_up(|e| {
+        if let Expr::Cast(c) = &e
+            && matches!(
+                c.field.data_type(),
+                DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8
+            )
+            && let Ok(DataType::Timestamp(_, zone)) = c.expr.get_type(schema)
+        {
+            let udf = Arc::new(ScalarUDF::new_from_impl(TimestampText {
+                with_zone: zone.is_some(),
+                signature: Signature::any(1, Volatility::Immutable),
+            }));
+            let call = Expr::ScalarFunction(ScalarFunction::new_udf(udf, vec![(*c.expr).clone()]));
+            // keep the cast's own result type (Utf8View where DataFusion asked for it)
+            return Ok(Transformed::yes(
+                if c.field.data_type() == &DataType::Utf8 {
+                    call
+                } else {
+                    Expr::Cast(datafusion::logical_expr::Cast::new(
+                        Box::new(call),
+                        c.field.data_type().clone(),
+                    ))
+                },
+            ));
+        }
         if let Expr::Cast(c) = &e
             && is_integer(c.field.data_type())
             && let Ok(from) = c.expr.get_type(schema)

@@ -1,47 +1,87 @@
-//! Python drivers and ORMs (psycopg 3, psycopg2, asyncpg, SQLAlchemy 2) against a real
-//! `orochi-coordinator`: `sql-tests/drivers/python/test_drivers.py`, run with the interpreter
-//! in `OROCHI_PYTHON` (`make test` sets it up with `scripts/python-env.sh`). With
-//! `OROCHI_PG_URL` set (`scripts/with-postgres.sh`), the same script first runs against
-//! PostgreSQL, so its expectations are Postgres' own.
+//! Client drivers and ORMs against a real `orochi-coordinator`, each with a script that
+//! connects, creates a table, inserts with bound parameters, reads every supported type back,
+//! rolls back, uses a savepoint and checks that a unique violation arrives as 23505:
+//!
+//! - Python: psycopg 3, psycopg2, asyncpg, SQLAlchemy 2 (`drivers/python/test_drivers.py`,
+//!   run with the interpreter in `OROCHI_PYTHON`, set up by `scripts/python-env.sh`);
+//! - Node.js: node-postgres (`drivers/node/test_drivers.js`, with `NODE_PATH` from
+//!   `OROCHI_NODE_PATH`, set up by `scripts/node-env.sh`).
+//!
+//! `make test` sets both. With `OROCHI_PG_URL` set (`scripts/with-postgres.sh`) every script
+//! first runs against PostgreSQL, so its expectations are Postgres' own.
 
 use std::path::Path;
 use std::process::Command;
 
 use orochi_sql_tests::Server;
 
-fn run_script(python: &str, dsn: &str, against: &str) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("drivers/python/test_drivers.py");
-    let out = Command::new(python)
-        .arg(&script)
-        .env("OROCHI_TEST_DSN", dsn)
-        .output()
-        .expect("running the Python driver tests");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("--- {against} ---\n{stdout}{stderr}");
-    assert!(
-        out.status.success(),
-        "Python driver tests failed against {against}"
-    );
-    assert!(
-        stdout.lines().filter(|l| l.starts_with("ok ")).count() >= 4,
-        "expected the four driver tests to run against {against}"
-    );
+fn required_env(name: &str, how: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: `make test` sets it ({how})"))
 }
 
-#[test]
-fn python_drivers_and_orms() {
-    let python = std::env::var("OROCHI_PYTHON").expect(
-        "OROCHI_PYTHON: the Python with the drivers installed (`make test` sets it from \
-         scripts/python-env.sh)",
+/// Runs `program script` against `dsn`; every line starting `ok ` is a passed test.
+fn run_script(
+    program: &str,
+    script: &str,
+    env: &[(&str, &str)],
+    dsn: &str,
+    against: &str,
+) -> usize {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
+    let out = Command::new(program)
+        .arg(&script)
+        .envs(env.iter().copied())
+        .env("OROCHI_TEST_DSN", dsn)
+        .output()
+        .unwrap_or_else(|e| panic!("running {program} {}: {e}", script.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!(
+        "--- {} against {against} ---\n{stdout}{stderr}",
+        script.display()
     );
+    assert!(
+        out.status.success(),
+        "{} failed against {against}",
+        script.display()
+    );
+    stdout.lines().filter(|l| l.starts_with("ok ")).count()
+}
+
+fn against_both(run: impl Fn(&str, &str) -> usize, expected: usize) {
     if let Ok(pg) = std::env::var("OROCHI_PG_URL") {
-        run_script(&python, &pg, "PostgreSQL");
+        assert_eq!(run(&pg, "PostgreSQL"), expected);
     }
     let server = Server::start().expect("server");
     let dsn = format!(
         "host=127.0.0.1 port={} user=postgres dbname=postgres",
         server.port
     );
-    run_script(&python, &dsn, "OrochiDB");
+    assert_eq!(run(&dsn, "OrochiDB"), expected);
+}
+
+#[test]
+fn python_drivers_and_orms() {
+    let python = required_env("OROCHI_PYTHON", "scripts/python-env.sh");
+    against_both(
+        |dsn, against| run_script(&python, "drivers/python/test_drivers.py", &[], dsn, against),
+        4,
+    );
+}
+
+#[test]
+fn node_postgres() {
+    let node_path = required_env("OROCHI_NODE_PATH", "scripts/node-env.sh");
+    against_both(
+        |dsn, against| {
+            run_script(
+                "node",
+                "drivers/node/test_drivers.js",
+                &[("NODE_PATH", &node_path)],
+                dsn,
+                against,
+            )
+        },
+        1,
+    );
 }
