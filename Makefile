@@ -21,6 +21,7 @@ slt: build
 	$(CARGO) build $(PROFILE_FLAGS) -p orochi-sql-tests --tests
 	./scripts/with-postgres.sh $(CARGO) test $(PROFILE_FLAGS) -p orochi-sql-tests --test slt
 	OROCHI_PYTHON=$$(./scripts/python-env.sh) OROCHI_NODE_PATH=$$(./scripts/node-env.sh) \
+		OROCHI_JDBC_JAR=$$(./scripts/java-env.sh) \
 		./scripts/with-postgres.sh $(CARGO) test $(PROFILE_FLAGS) -p orochi-sql-tests --test drivers
 	$(CARGO) test $(PROFILE_FLAGS) -p orochi-sql-tests --test clients --test protocol --test durability --test memory
 

@@ -5,9 +5,11 @@
 //! - Python: psycopg 3, psycopg2, asyncpg, SQLAlchemy 2 (`drivers/python/test_drivers.py`,
 //!   run with the interpreter in `OROCHI_PYTHON`, set up by `scripts/python-env.sh`);
 //! - Node.js: node-postgres (`drivers/node/test_drivers.js`, with `NODE_PATH` from
-//!   `OROCHI_NODE_PATH`, set up by `scripts/node-env.sh`).
+//!   `OROCHI_NODE_PATH`, set up by `scripts/node-env.sh`);
+//! - Java: Debian's PostgreSQL JDBC driver (`drivers/java/DriverTest.java`, run as a
+//!   single-file program with the jar in `OROCHI_JDBC_JAR`, set up by `scripts/java-env.sh`).
 //!
-//! `make test` sets both. With `OROCHI_PG_URL` set (`scripts/with-postgres.sh`) every script
+//! `make test` sets all three. With `OROCHI_PG_URL` set (`scripts/with-postgres.sh`) every script
 //! first runs against PostgreSQL, so its expectations are Postgres' own.
 
 use std::path::Path;
@@ -19,9 +21,10 @@ fn required_env(name: &str, how: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: `make test` sets it ({how})"))
 }
 
-/// Runs `program script` against `dsn`; every line starting `ok ` is a passed test.
+/// Runs `program [args] script` against `dsn`; every line starting `ok ` is a passed test.
 fn run_script(
     program: &str,
+    args: &[&str],
     script: &str,
     env: &[(&str, &str)],
     dsn: &str,
@@ -29,6 +32,7 @@ fn run_script(
 ) -> usize {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
     let out = Command::new(program)
+        .args(args)
         .arg(&script)
         .envs(env.iter().copied())
         .env("OROCHI_TEST_DSN", dsn)
@@ -64,7 +68,16 @@ fn against_both(run: impl Fn(&str, &str) -> usize, expected: usize) {
 fn python_drivers_and_orms() {
     let python = required_env("OROCHI_PYTHON", "scripts/python-env.sh");
     against_both(
-        |dsn, against| run_script(&python, "drivers/python/test_drivers.py", &[], dsn, against),
+        |dsn, against| {
+            run_script(
+                &python,
+                &[],
+                "drivers/python/test_drivers.py",
+                &[],
+                dsn,
+                against,
+            )
+        },
         4,
     );
 }
@@ -76,8 +89,27 @@ fn node_postgres() {
         |dsn, against| {
             run_script(
                 "node",
+                &[],
                 "drivers/node/test_drivers.js",
                 &[("NODE_PATH", &node_path)],
+                dsn,
+                against,
+            )
+        },
+        1,
+    );
+}
+
+#[test]
+fn jdbc() {
+    let jar = required_env("OROCHI_JDBC_JAR", "scripts/java-env.sh");
+    against_both(
+        |dsn, against| {
+            run_script(
+                "java",
+                &["-cp", &jar],
+                "drivers/java/DriverTest.java",
+                &[],
                 dsn,
                 against,
             )
