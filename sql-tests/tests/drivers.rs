@@ -9,7 +9,9 @@
 //! - Java: Debian's PostgreSQL JDBC driver (`drivers/java/DriverTest.java`, run as a
 //!   single-file program with the jar in `OROCHI_JDBC_JAR`, set up by `scripts/java-env.sh`).
 //!
-//! `make test` sets all three. With `OROCHI_PG_URL` set (`scripts/with-postgres.sh`) every script
+//! - Rust: tokio-postgres (in this file; its type round trips are in `protocol.rs`).
+//!
+//! `make test` sets the three environment variables. With `OROCHI_PG_URL` set (`scripts/with-postgres.sh`) every script
 //! first runs against PostgreSQL, so its expectations are Postgres' own.
 
 use std::path::Path;
@@ -116,4 +118,51 @@ fn jdbc() {
         },
         1,
     );
+}
+
+/// tokio-postgres, the Rust driver (the type round trips are in `protocol.rs`): its
+/// `Transaction` rolls back on drop, its savepoints are nested transactions, and a unique
+/// violation is a `tokio_postgres::Error` whose code is `SqlState::UNIQUE_VIOLATION`.
+#[tokio::test]
+async fn tokio_postgres_transactions_savepoints_and_errors() {
+    use tokio_postgres::error::SqlState;
+    let server = Server::start().expect("server");
+    let mut client = server.connect().await;
+    client
+        .batch_execute("CREATE TABLE rs_tp (id int4 PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    client
+        .execute("INSERT INTO rs_tp VALUES ($1, $2)", &[&1i32, &"one"])
+        .await
+        .unwrap();
+    {
+        let txn = client.transaction().await.unwrap();
+        txn.execute("INSERT INTO rs_tp VALUES ($1, $2)", &[&2i32, &"two"])
+            .await
+            .unwrap();
+        // dropped without commit: rolled back
+    }
+    {
+        let mut txn = client.transaction().await.unwrap();
+        txn.execute("INSERT INTO rs_tp VALUES ($1, $2)", &[&3i32, &"three"])
+            .await
+            .unwrap();
+        let sp = txn.savepoint("sp").await.unwrap();
+        let err = sp
+            .execute("INSERT INTO rs_tp VALUES ($1, $2)", &[&1i32, &"dup"])
+            .await
+            .expect_err("duplicate key");
+        assert_eq!(err.code(), Some(&SqlState::UNIQUE_VIOLATION));
+        sp.rollback().await.unwrap();
+        txn.commit().await.unwrap();
+    }
+    let rows: Vec<(i32, String)> = client
+        .query("SELECT id, v FROM rs_tp ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(rows, vec![(1, "one".into()), (3, "three".into())]);
 }
