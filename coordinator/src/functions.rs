@@ -330,9 +330,43 @@ pub fn session_functions(info: &SessionInfo<'_>) -> Vec<ScalarUDF> {
 /// what Postgres clients (pgbench, psql, drivers) qualify built-ins with.
 ///
 /// Also: bare `current_schema` (a reserved word in Postgres, called without parentheses like
-/// `current_user`) becomes the function call.
+/// `current_user`) becomes the function call; `a OPERATOR(pg_catalog.~) b` (psql's spelling)
+/// becomes `a ~ b`; `COLLATE "default"` / `"C"` / `pg_catalog.default` is dropped (text
+/// compares by bytes here, which is what the C collation means, and the default).
 pub fn strip_pg_catalog_qualifier(stmt: &mut ast::Statement) {
     let _ = ast::visit_expressions_mut(stmt, |e| {
+        if let ast::Expr::Collate { expr, collation } = e
+            && collation
+                .0
+                .last()
+                .and_then(|p| p.as_ident())
+                .is_some_and(|i| matches!(i.value.as_str(), "default" | "C" | "POSIX"))
+        {
+            *e = (**expr).clone();
+        }
+        if let ast::Expr::BinaryOp { op, .. } = e
+            && let ast::BinaryOperator::PGCustomBinaryOperator(parts) = op
+            && let Some(symbol) = parts.last()
+            && (parts.len() == 1 || parts[0] == "pg_catalog")
+        {
+            let plain = match symbol.as_str() {
+                "~" => Some(ast::BinaryOperator::PGRegexMatch),
+                "~*" => Some(ast::BinaryOperator::PGRegexIMatch),
+                "!~" => Some(ast::BinaryOperator::PGRegexNotMatch),
+                "!~*" => Some(ast::BinaryOperator::PGRegexNotIMatch),
+                "=" => Some(ast::BinaryOperator::Eq),
+                "<>" => Some(ast::BinaryOperator::NotEq),
+                "<" => Some(ast::BinaryOperator::Lt),
+                "<=" => Some(ast::BinaryOperator::LtEq),
+                ">" => Some(ast::BinaryOperator::Gt),
+                ">=" => Some(ast::BinaryOperator::GtEq),
+                "||" => Some(ast::BinaryOperator::StringConcat),
+                _ => None,
+            };
+            if let Some(plain) = plain {
+                *op = plain;
+            }
+        }
         if let ast::Expr::Identifier(i) = e
             && i.quote_style.is_none()
             && i.value.eq_ignore_ascii_case("current_schema")

@@ -84,6 +84,15 @@ pub fn element_of(array_oid: u32) -> Option<&'static PgType> {
     PG_TYPES.iter().find(|t| t.array == array_oid)
 }
 
+/// `typcollation`/`attcollation`: text-like types collate with the database default (oid
+/// 100), others have none.
+pub fn collation_of(type_oid: u32) -> u32 {
+    match type_oid {
+        19 | 25 | 1042 | 1043 => 100,
+        _ => 0,
+    }
+}
+
 /// What `oid::regtype::text` prints: the SQL name, or the number for an unknown oid.
 pub fn regtype_name(oid: u32) -> String {
     match (element_of(oid), by_oid(oid)) {
@@ -336,6 +345,31 @@ impl ScalarUDFImpl for RegFunction {
     }
 }
 
+/// `pg_get_expr(expr, relation[, pretty])`: our catalogs store expressions already as
+/// Postgres prints them, so this returns its first argument.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct GetExpr {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for GetExpr {
+    fn name(&self) -> &str {
+        "pg_get_expr"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let first = args.args.into_iter().next().ok_or_else(|| {
+            datafusion::error::DataFusionError::Plan("pg_get_expr needs arguments".into())
+        })?;
+        first.cast_to(&DataType::Utf8, None)
+    }
+}
+
 /// `format_type(type_oid, typmod)`.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct FormatType {
@@ -503,6 +537,9 @@ pub fn functions(catalog: &Arc<Catalog>, search_path: &[String]) -> Vec<ScalarUD
         reg(REGCLASS, Reg::Class, Mode::Cast),
         reg(REGCLASS_NAME, Reg::Class, Mode::Name),
         reg("to_regclass", Reg::Class, Mode::To),
+        ScalarUDF::new_from_impl(GetExpr {
+            signature: Signature::variadic_any(Volatility::Stable),
+        }),
         ScalarUDF::new_from_impl(FormatType {
             signature: Signature::any(2, Volatility::Stable),
         }),

@@ -22,6 +22,8 @@ pub const TABLES: &[&str] = &[
     "pg_class",
     "pg_attribute",
     "pg_type",
+    "pg_attrdef",
+    "pg_collation",
     "pg_index",
     "pg_database",
     "pg_roles",
@@ -170,8 +172,11 @@ fn class_row(
         V::S(natts),
         V::S(0),
     ];
-    // relhasrules, relhastriggers, relhassubclass, relrowsecurity, relispartition
-    row.extend((0..5).map(|_| V::B(false)));
+    // relhasrules, relhastriggers, relhassubclass, relrowsecurity, relforcerowsecurity,
+    // relispartition
+    row.extend((0..6).map(|_| V::B(false)));
+    // reltablespace, reloftype, reltoastrelid (none), relreplident (default)
+    row.extend([V::O(0), V::O(0), V::O(0), t("d")]);
     row
 }
 
@@ -207,7 +212,12 @@ pub fn table(catalog: &Catalog, name: &str, user: &str) -> Option<Arc<dyn TableP
                 ("relhastriggers", 'b'),
                 ("relhassubclass", 'b'),
                 ("relrowsecurity", 'b'),
+                ("relforcerowsecurity", 'b'),
                 ("relispartition", 'b'),
+                ("reltablespace", 'o'),
+                ("reloftype", 'o'),
+                ("reltoastrelid", 'o'),
+                ("relreplident", 't'),
             ]);
             for d in &tables {
                 let ns = namespace_oid(&d.schema);
@@ -233,6 +243,9 @@ pub fn table(catalog: &Catalog, name: &str, user: &str) -> Option<Arc<dyn TableP
                 ("attnotnull", 'b'),
                 ("atthasdef", 'b'),
                 ("attisdropped", 'b'),
+                ("attcollation", 'o'),
+                ("attidentity", 't'),
+                ("attgenerated", 't'),
             ]);
             for d in &tables {
                 for (n, &i) in d.visible_columns().iter().enumerate() {
@@ -246,8 +259,48 @@ pub fn table(catalog: &Catalog, name: &str, user: &str) -> Option<Arc<dyn TableP
                         V::B(!c.nullable),
                         V::B(c.default.is_some()),
                         V::B(false),
+                        V::O(crate::pgtypes::collation_of(c.ty.pg_oid())),
+                        t(""),
+                        t(""),
                     ]);
                 }
+            }
+            tb.provider()
+        }
+        "pg_attrdef" => {
+            // adbin holds the expression as Postgres prints it; pg_get_expr returns it
+            let mut tb = Table::new(&[
+                ("oid", 'o'),
+                ("adrelid", 'o'),
+                ("adnum", 's'),
+                ("adbin", 't'),
+            ]);
+            for d in &tables {
+                for (n, &i) in d.visible_columns().iter().enumerate() {
+                    if let Some(sql) = &d.columns[i].default_sql {
+                        let oid = (d.id as u32).wrapping_mul(1000).wrapping_add(n as u32 + 1);
+                        tb.row(vec![
+                            V::O(oid),
+                            V::O(d.id as u32),
+                            V::S(n as i16 + 1),
+                            t(sql),
+                        ]);
+                    }
+                }
+            }
+            tb.provider()
+        }
+        "pg_collation" => {
+            let mut tb = Table::new(&[
+                ("oid", 'o'),
+                ("collname", 't'),
+                ("collnamespace", 'o'),
+                ("collprovider", 't'),
+            ]);
+            for (oid, name, provider) in
+                [(100, "default", "d"), (950, "C", "c"), (951, "POSIX", "c")]
+            {
+                tb.row(vec![V::O(oid), t(name), V::O(11), t(provider)]);
             }
             tb.provider()
         }
@@ -278,8 +331,7 @@ pub fn table(catalog: &Catalog, name: &str, user: &str) -> Option<Arc<dyn TableP
                 1082 | 1114 | 1184 => "D",
                 _ => "U",
             };
-            // text-like types collate with the database default collation (oid 100)
-            let collation = |oid: u32| if category(oid) == "S" { 100 } else { 0 };
+            let collation = crate::pgtypes::collation_of;
             for ty in crate::pgtypes::PG_TYPES {
                 let byval = (1..=8).contains(&ty.len);
                 tb.row(vec![

@@ -209,7 +209,7 @@ pub async fn handle_create_table(
                 ast::ColumnOption::Null => {}
                 ast::ColumnOption::Default(e) => {
                     col.default = Some(column_default(s, e, ty)?);
-                    col.default_sql = Some(e.to_string());
+                    col.default_sql = Some(default_as_postgres_prints_it(e, ty));
                 }
                 ast::ColumnOption::PrimaryKey(_) => {
                     if !primary_key.is_empty() {
@@ -483,7 +483,7 @@ pub async fn handle_alter_table(
                         ast::ColumnOption::Null => {}
                         ast::ColumnOption::Default(e) => {
                             col.default = Some(column_default(s, e, ty)?);
-                            col.default_sql = Some(e.to_string());
+                            col.default_sql = Some(default_as_postgres_prints_it(e, ty));
                         }
                         other => {
                             return Err(not_supported(format!(
@@ -688,4 +688,24 @@ async fn add_primary_key(
     // put_table below (in the caller) bumps the version again; keep it consistent
     new.version -= 1;
     Ok(new)
+}
+
+/// A column default the way `pg_get_expr` prints it: a string constant carries a cast to the
+/// column's type (`'x'::text`, `'x'::character varying`); anything else as written.
+fn default_as_postgres_prints_it(e: &ast::Expr, ty: SqlType) -> String {
+    match e {
+        ast::Expr::Value(v)
+            if matches!(
+                v.value,
+                ast::Value::SingleQuotedString(_) | ast::Value::EscapedStringLiteral(_)
+            ) =>
+        {
+            let name = match ty {
+                SqlType::Char(_) => "bpchar".to_string(),
+                _ => crate::pgtypes::format_type(ty.pg_oid(), None),
+            };
+            format!("{e}::{name}")
+        }
+        _ => e.to_string(),
+    }
 }
