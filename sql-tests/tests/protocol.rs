@@ -478,12 +478,18 @@ async fn cancel_request_and_statement_timeout() {
 /// Sends one simple-protocol message and returns the transaction status of the
 /// ReadyForQuery that ends its reply (`I`, `T` or `E`).
 async fn simple_query_status(socket: &mut tokio::net::TcpStream, sql: &str) -> u8 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let mut msg = vec![b'Q'];
     msg.extend_from_slice(&((sql.len() + 5) as i32).to_be_bytes());
     msg.extend_from_slice(sql.as_bytes());
     msg.push(0);
     socket.write_all(&msg).await.unwrap();
+    ready_status(socket).await
+}
+
+/// Reads backend messages up to ReadyForQuery and returns its transaction status byte.
+async fn ready_status(socket: &mut tokio::net::TcpStream) -> u8 {
+    use tokio::io::AsyncReadExt;
     loop {
         let kind = socket.read_u8().await.unwrap();
         let len = socket.read_i32().await.unwrap() as usize;
@@ -499,7 +505,7 @@ async fn simple_query_status(socket: &mut tokio::net::TcpStream, sql: &str) -> u
 /// failed block to an open one (ROLLBACK TO SAVEPOINT), which drivers rely on.
 #[tokio::test]
 async fn ready_for_query_reports_transaction_state() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let server = Server::start().expect("server");
     let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", server.port))
         .await
@@ -514,16 +520,7 @@ async fn ready_for_query_reports_transaction_state() {
     let mut packet = ((startup.len() + 4) as i32).to_be_bytes().to_vec();
     packet.extend_from_slice(&startup);
     socket.write_all(&packet).await.unwrap();
-    loop {
-        let kind = socket.read_u8().await.unwrap();
-        let len = socket.read_i32().await.unwrap() as usize;
-        let mut body = vec![0u8; len - 4];
-        socket.read_exact(&mut body).await.unwrap();
-        if kind == b'Z' {
-            assert_eq!(body[0], b'I');
-            break;
-        }
-    }
+    assert_eq!(ready_status(&mut socket).await, b'I');
     let steps = [
         ("CREATE TABLE rfq (id int PRIMARY KEY)", b'I'),
         ("BEGIN", b'T'),
