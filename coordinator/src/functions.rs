@@ -209,27 +209,11 @@ impl ScalarUDFImpl for TableIsVisible {
         Ok(DataType::Boolean)
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        // one lookup map per call, not a catalog scan per row
-        let by_id: std::collections::HashMap<u64, Arc<orochi_common::schema::TableDef>> = self
-            .catalog
-            .all_tables()
-            .into_iter()
-            .map(|t| (t.id, t))
-            .collect();
+        use crate::system::{relation_name, relation_oid, tables_by_id};
+        let tables = tables_by_id(&self.catalog);
         map_oids(&args, |oid| {
-            // a primary-key index shares its table's schema and visibility rules
-            let table_id = (oid % crate::system::INDEX_OID_OFFSET) as u64;
-            let visible = by_id.get(&table_id).is_some_and(|def| {
-                let name = if oid >= crate::system::INDEX_OID_OFFSET {
-                    format!("{}_pkey", def.name)
-                } else {
-                    def.name.clone()
-                };
-                let first = self.search_path.iter().find(|s| {
-                    self.catalog.table(s, &name).is_some_and(|t| t.id == def.id)
-                        || (oid >= crate::system::INDEX_OID_OFFSET && **s == def.schema)
-                });
-                first.is_some_and(|s| *s == def.schema)
+            let visible = relation_name(&tables, oid).is_some_and(|(_, name)| {
+                relation_oid(&self.catalog, &self.search_path, &name) == Some(oid)
             });
             ScalarValue::Boolean(Some(visible))
         })
@@ -275,6 +259,10 @@ pub struct SessionInfo<'a> {
 /// The functions to (re-)register for a session.
 pub fn session_functions(info: &SessionInfo<'_>) -> Vec<ScalarUDF> {
     let utf8 = |s: &str| ScalarValue::Utf8(Some(s.to_string()));
+    // relation names resolve through pg_catalog first, unless the search path places it
+    let relation_search_path: Vec<String> = std::iter::once("pg_catalog".to_string())
+        .chain(info.search_path.iter().cloned())
+        .collect();
     let mut functions = vec![
         constant(
             "version",
@@ -316,13 +304,14 @@ pub fn session_functions(info: &SessionInfo<'_>) -> Vec<ScalarUDF> {
         }),
         ScalarUDF::new_from_impl(TableIsVisible {
             catalog: info.catalog.clone(),
-            search_path: std::iter::once("pg_catalog".to_string())
-                .chain(info.search_path.iter().cloned())
-                .collect(),
+            search_path: relation_search_path.clone(),
             signature: Signature::any(1, Volatility::Stable),
         }),
     ];
-    functions.extend(crate::pgtypes::functions(info.catalog, info.search_path));
+    functions.extend(crate::pgtypes::functions(
+        info.catalog,
+        &relation_search_path,
+    ));
     functions
 }
 

@@ -21,7 +21,7 @@ use orochi_common::error::{DbError, SqlState};
 use orochi_common::types::SqlType;
 
 use crate::catalog::Catalog;
-use crate::system::INDEX_OID_OFFSET;
+use crate::system::{TablesById, relation_name, relation_oid, tables_by_id};
 
 /// A built-in type as `pg_type` and `format_type` describe it.
 pub struct PgType {
@@ -227,44 +227,30 @@ impl RegFunction {
                 }
             })
             .collect();
-        let (schemas, rel): (Vec<String>, &str) = match parts.as_slice() {
-            [rel] => (self.search_path.clone(), rel),
-            [schema, rel] => (vec![schema.clone()], rel),
-            _ => return None,
-        };
-        for schema in &schemas {
-            if let Some(t) = self.catalog.table(schema, rel) {
-                return Some(t.id as u32);
-            }
-            if let Some(table) = rel.strip_suffix("_pkey")
-                && let Some(t) = self.catalog.table(schema, table)
-                && !t.hidden_rowid
-            {
-                return Some(t.id as u32 + INDEX_OID_OFFSET);
-            }
-        }
-        None
-    }
-
-    /// Relation oid → name, schema-qualified unless the search path finds it first.
-    fn class_name(&self, oid: u32) -> String {
-        let id = (oid % INDEX_OID_OFFSET) as u64;
-        let Some(def) = self.catalog.all_tables().into_iter().find(|t| t.id == id) else {
-            return oid.to_string();
-        };
-        let name = if oid >= INDEX_OID_OFFSET {
-            format!("{}_pkey", def.name)
-        } else {
-            def.name.clone()
-        };
-        if self.class_oid(&format!("\"{name}\"")) == Some(oid) {
-            name
-        } else {
-            format!("{}.{name}", def.schema)
+        match parts.as_slice() {
+            [rel] => relation_oid(&self.catalog, &self.search_path, rel),
+            [schema, rel] => relation_oid(&self.catalog, std::slice::from_ref(schema), rel),
+            _ => None,
         }
     }
 
-    fn convert(&self, v: &ScalarValue) -> Result<ScalarValue> {
+    /// Relation oid → name, schema-qualified unless the search path finds it first; a number
+    /// with no relation prints as the number.
+    fn class_name(&self, tables: &TablesById, oid: u32) -> String {
+        match relation_name(tables, oid) {
+            Some((schema, name)) => {
+                if relation_oid(&self.catalog, &self.search_path, &name) == Some(oid) {
+                    name
+                } else {
+                    format!("{schema}.{name}")
+                }
+            }
+            None => oid.to_string(),
+        }
+    }
+
+    /// One value; `tables` is only read for relation names.
+    fn convert(&self, v: &ScalarValue, tables: &TablesById) -> Result<ScalarValue> {
         let text = match v {
             ScalarValue::Utf8(s) | ScalarValue::LargeUtf8(s) | ScalarValue::Utf8View(s) => {
                 s.clone()
@@ -272,15 +258,14 @@ impl RegFunction {
             other if other.is_null() => None,
             other => {
                 // a number: the oid itself
-                let oid = other
-                    .cast_to(&DataType::Int64)?
-                    .to_string()
-                    .parse::<u32>()
-                    .unwrap_or(0);
+                let ScalarValue::Int64(Some(n)) = other.cast_to(&DataType::Int64)? else {
+                    return Ok(ScalarValue::UInt32(None));
+                };
+                let oid = u32::try_from(n).unwrap_or(0);
                 return Ok(match self.mode {
                     Mode::Name => ScalarValue::Utf8(Some(match self.reg {
                         Reg::Type => regtype_name(oid),
-                        Reg::Class => self.class_name(oid),
+                        Reg::Class => self.class_name(tables, oid),
                     })),
                     _ => ScalarValue::UInt32(Some(oid)),
                 });
@@ -297,7 +282,7 @@ impl RegFunction {
             Reg::Class => self.class_oid(&text),
         };
         match (oid, self.mode) {
-            (Some(oid), Mode::Name) => self.convert(&ScalarValue::UInt32(Some(oid))),
+            (Some(oid), Mode::Name) => self.convert(&ScalarValue::UInt32(Some(oid)), tables),
             (Some(oid), _) => Ok(ScalarValue::UInt32(Some(oid))),
             (None, Mode::To) => Ok(ScalarValue::UInt32(None)),
             (None, _) => Err(crate::error::db_to_df(match self.reg {
@@ -328,11 +313,17 @@ impl ScalarUDFImpl for RegFunction {
         })
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let tables = match (self.reg, self.mode) {
+            (Reg::Class, Mode::Name) => tables_by_id(&self.catalog),
+            _ => TablesById::new(),
+        };
         match &args.args[0] {
-            ColumnarValue::Scalar(v) => Ok(ColumnarValue::Scalar(self.convert(v)?)),
+            ColumnarValue::Scalar(v) => Ok(ColumnarValue::Scalar(self.convert(v, &tables)?)),
             ColumnarValue::Array(a) => {
                 let values = (0..a.len())
-                    .map(|i| ScalarValue::try_from_array(a, i).and_then(|v| self.convert(&v)))
+                    .map(|i| {
+                        ScalarValue::try_from_array(a, i).and_then(|v| self.convert(&v, &tables))
+                    })
                     .collect::<Result<Vec<_>>>()?;
                 let out = if values.is_empty() {
                     arrow::array::new_empty_array(&self.return_type(&[])?)
@@ -516,10 +507,9 @@ const CAST_JSONB: &str = "__orochi_cast_jsonb";
 const CAST_BYTEA: &str = "__orochi_cast_bytea";
 
 /// The type and relation functions of a session (relation names depend on its search path).
+/// `search_path` is the one relation names resolve through (`pg_catalog` included).
 pub fn functions(catalog: &Arc<Catalog>, search_path: &[String]) -> Vec<ScalarUDF> {
-    let search_path: Vec<String> = std::iter::once("pg_catalog".to_string())
-        .chain(search_path.iter().cloned())
-        .collect();
+    let search_path = search_path.to_vec();
     let reg = |name: &'static str, reg: Reg, mode: Mode| {
         ScalarUDF::new_from_impl(RegFunction {
             name,
@@ -658,6 +648,34 @@ pub fn rewrite_type_casts(stmt: &mut ast::Statement) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every column type is in the table, under the oid and name the wire layer uses.
+    #[test]
+    fn every_column_type_is_listed_consistently() {
+        use SqlType::*;
+        for t in [
+            Bool,
+            Int2,
+            Int4,
+            Int8,
+            Float4,
+            Float8,
+            Numeric(None),
+            Text,
+            Varchar(None),
+            Char(1),
+            Bytea,
+            Date,
+            Timestamp,
+            Timestamptz,
+            Uuid,
+            Json,
+            Jsonb,
+        ] {
+            let listed = by_oid(t.pg_oid()).unwrap_or_else(|| panic!("{t} not listed"));
+            assert_eq!(listed.typname, t.typname(), "{t}");
+        }
+    }
 
     #[test]
     fn type_names_and_format_type_follow_postgres() {

@@ -36,6 +36,40 @@ pub const TABLES: &[&str] = &[
 ];
 
 pub const INDEX_OID_OFFSET: u32 = 1 << 30;
+
+/// Tables by id, for turning many relation oids into names (build once per call, not per row).
+pub type TablesById = std::collections::HashMap<u64, Arc<orochi_common::schema::TableDef>>;
+
+pub fn tables_by_id(catalog: &Catalog) -> TablesById {
+    catalog
+        .all_tables()
+        .into_iter()
+        .map(|t| (t.id, t))
+        .collect()
+}
+
+/// The relation an unqualified `name` means through `search_path`, as Postgres resolves it:
+/// the first schema holding a table of that name, or the primary-key index `<table>_pkey`.
+pub fn relation_oid(catalog: &Catalog, search_path: &[String], name: &str) -> Option<u32> {
+    search_path.iter().find_map(|schema| {
+        if let Some(t) = catalog.table(schema, name) {
+            return Some(t.id as u32);
+        }
+        let table = catalog.table(schema, name.strip_suffix("_pkey")?)?;
+        (!table.hidden_rowid).then_some(table.id as u32 + INDEX_OID_OFFSET)
+    })
+}
+
+/// Schema and name of relation `oid` (a table, or its primary-key index).
+pub fn relation_name(tables: &TablesById, oid: u32) -> Option<(&str, String)> {
+    let def = tables.get(&((oid % INDEX_OID_OFFSET) as u64))?;
+    let name = if oid >= INDEX_OID_OFFSET {
+        format!("{}_pkey", def.name)
+    } else {
+        def.name.clone()
+    };
+    Some((def.schema.as_str(), name))
+}
 const SUPERUSER_OID: u32 = 10;
 const DATABASE_OID: u32 = 5;
 const EXTENSION_OID: u32 = 16_000;

@@ -700,11 +700,7 @@ fn default_as_postgres_prints_it(e: &ast::Expr, ty: SqlType) -> String {
                 ast::Value::SingleQuotedString(_) | ast::Value::EscapedStringLiteral(_)
             ) =>
         {
-            let name = match ty {
-                SqlType::Char(_) => "bpchar".to_string(),
-                _ => crate::pgtypes::format_type(ty.pg_oid(), None),
-            };
-            format!("{e}::{name}")
+            format!("{e}::{}", crate::pgtypes::format_type(ty.pg_oid(), None))
         }
         _ => e.to_string(),
     }

@@ -130,25 +130,21 @@ fn named(e: &ast::Expr) -> (String, u8) {
                 .last()
                 .map(|p| p.to_string().to_lowercase())
                 .unwrap_or_default();
-            // a cast we rewrote to a function (pgtypes): named like the cast it was
-            match crate::pgtypes::cast_function_type_name(&name) {
-                Some(cast) => {
-                    let inner = match &f.args {
-                        ast::FunctionArguments::List(l) => match l.args.first() {
-                            Some(ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(e))) => {
-                                named(e)
-                            }
-                            _ => (String::new(), 0),
-                        },
-                        _ => (String::new(), 0),
-                    };
+            let first_arg = match &f.args {
+                ast::FunctionArguments::List(l) => l.args.first(),
+                _ => None,
+            };
+            match (crate::pgtypes::cast_function_type_name(&name), first_arg) {
+                // a cast we rewrote to a function (pgtypes): named like the cast it was
+                (Some(cast), Some(ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(e)))) => {
+                    let inner = named(e);
                     if inner.1 > 1 {
                         inner
                     } else {
                         (cast.to_string(), 1)
                     }
                 }
-                None => (name, 2),
+                _ => (name, 2),
             }
         }
         ast::Expr::Cast {
