@@ -19,7 +19,7 @@ unit:
 
 slt: build
 	$(CARGO) build $(PROFILE_FLAGS) -p orochi-sql-tests --tests
-	./scripts/with-postgres.sh $(CARGO) test $(PROFILE_FLAGS) -p orochi-sql-tests --test slt
+	./scripts/with-postgres.sh $(CARGO) test $(PROFILE_FLAGS) -p orochi-sql-tests --test slt --test psql
 	OROCHI_PYTHON=$$(./scripts/python-env.sh) OROCHI_NODE_PATH=$$(./scripts/node-env.sh) \
 		OROCHI_JDBC_JAR=$$(./scripts/java-env.sh) \
 		./scripts/with-postgres.sh $(CARGO) test $(PROFILE_FLAGS) -p orochi-sql-tests --test drivers

@@ -161,6 +161,8 @@ impl ScalarUDFImpl for NameOf {
 fn user_name(oid: u32) -> String {
     if oid == 10 {
         "postgres".to_string()
+    } else if oid == crate::system::DATABASE_OWNER_OID {
+        "pg_database_owner".to_string()
     } else {
         format!("unknown (OID={oid})")
     }
@@ -312,6 +314,18 @@ pub fn session_functions(info: &SessionInfo<'_>) -> Vec<ScalarUDF> {
         info.catalog,
         &relation_search_path,
     ));
+    for name in [
+        crate::system::GET_INDEXDEF,
+        crate::system::GET_CONSTRAINTDEF,
+    ] {
+        functions.push(ScalarUDF::new_from_impl(
+            crate::system::ObjectDefinition::new(
+                name,
+                info.catalog.clone(),
+                relation_search_path.clone(),
+            ),
+        ));
+    }
     functions
 }
 

@@ -29,4 +29,5 @@ pub mod planner;
 pub mod provider;
 pub mod session;
 pub mod standalone;
+pub mod subquery;
 pub mod system;

@@ -70,6 +70,7 @@ impl<'a> Planner<'a> {
 
     pub fn plan_statement(&self, mut stmt: ast::Statement) -> Result<LogicalPlan> {
         crate::functions::strip_pg_catalog_qualifier(&mut stmt);
+        self.wrap_scalar_subqueries(&mut stmt);
         SqlToRel::new(self).sql_statement_to_plan(stmt)
     }
 
@@ -85,9 +86,13 @@ impl<'a> Planner<'a> {
         // Postgres spellings were normalized at parse time (`pgwire::parse`)
         let mut query = query;
         let names = assign_output_aliases(&mut query);
+        crate::system::prune_selects_over_empty_tables(&mut query, &|name| {
+            self.state.aggregate_functions().contains_key(name)
+        });
         type_integer_literals(&mut query);
-        let plan =
-            SqlToRel::new(self).sql_statement_to_plan(ast::Statement::Query(Box::new(query)))?;
+        let mut stmt = ast::Statement::Query(Box::new(query));
+        self.wrap_scalar_subqueries(&mut stmt);
+        let plan = SqlToRel::new(self).sql_statement_to_plan(stmt)?;
         let schema = plan.schema().inner().clone();
         // A cast's result is of the target type, but DataFusion carries the source column's
         // field metadata (our SQL type) through it: drop it there.
@@ -132,6 +137,13 @@ impl<'a> Planner<'a> {
         Ok((plan, schema))
     }
 
+    /// See [`crate::subquery`].
+    fn wrap_scalar_subqueries(&self, stmt: &mut ast::Statement) {
+        let is_aggregate = |name: &str| self.state.aggregate_functions().contains_key(name);
+        crate::system::prune_subqueries_over_empty_tables(stmt, &is_aggregate);
+        crate::subquery::wrap_scalar_subqueries(stmt, &is_aggregate);
+    }
+
     /// Plans a scalar expression over `schema` (columns may be qualified by `schema`'s tables).
     pub fn plan_expr(&self, expr: ast::Expr, schema: &DFSchema) -> Result<Expr> {
         SqlToRel::new(self).sql_to_expr(expr, schema, &mut PlannerContext::new())
@@ -157,7 +169,7 @@ impl ContextProvider for Planner<'_> {
             Some(_) => false,
         };
         if system
-            && crate::system::TABLES.contains(&table)
+            && (crate::system::TABLES.contains(&table) || crate::system::is_empty_table(table))
             && let Some(t) = crate::system::table(self.catalog, table, self.user)
         {
             return Ok(provider_as_source(t));

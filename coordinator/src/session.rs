@@ -130,6 +130,21 @@ impl Session {
             .with_default_features()
             .build();
         state.add_analyzer_rule(Arc::new(crate::checked::CheckedIntegerArithmetic));
+        {
+            use datafusion::execution::FunctionRegistry;
+            let single = datafusion::logical_expr::AggregateUDF::new_from_impl(
+                crate::subquery::SingleRow::default(),
+            );
+            state
+                .register_udaf(Arc::new(single))
+                .expect("registering an aggregate cannot fail");
+            let value = datafusion::logical_expr::ScalarUDF::new_from_impl(
+                crate::subquery::SubqueryValue::default(),
+            );
+            state
+                .register_udf(Arc::new(value))
+                .expect("registering a function cannot fail");
+        }
         let mut session = Session {
             instance,
             state,

@@ -13,6 +13,7 @@ use arrow::array::{ArrayRef, BooleanArray, Int16Array, Int32Array, StringArray, 
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use datafusion::datasource::{MemTable, TableProvider};
+use datafusion::sql::sqlparser::ast;
 
 use crate::catalog::Catalog;
 
@@ -30,12 +31,372 @@ pub const TABLES: &[&str] = &[
     "pg_user",
     "pg_extension",
     "pg_tables",
-    "pg_inherits",
-    "pg_partitioned_table",
     "pg_am",
+    "pg_constraint",
 ];
 
+/// Catalogs of features OrochiDB does not have (inheritance, partitioning, row security,
+/// publications, extended statistics, triggers, rules, role membership, user-defined functions): always empty, with their Postgres
+/// columns (`a`: an array, typed `text[]` here).
+pub const EMPTY_TABLES: &[(&str, &[(&str, char)])] = &[
+    (
+        "pg_inherits",
+        &[
+            ("inhrelid", 'o'),
+            ("inhparent", 'o'),
+            ("inhseqno", 'i'),
+            ("inhdetachpending", 'b'),
+        ],
+    ),
+    (
+        "pg_partitioned_table",
+        &[
+            ("partrelid", 'o'),
+            ("partstrat", 't'),
+            ("partnatts", 's'),
+            ("partdefid", 'o'),
+        ],
+    ),
+    (
+        "pg_policy",
+        &[
+            ("oid", 'o'),
+            ("polname", 't'),
+            ("polrelid", 'o'),
+            ("polcmd", 't'),
+            ("polpermissive", 'b'),
+            ("polroles", 'a'),
+            ("polqual", 't'),
+            ("polwithcheck", 't'),
+        ],
+    ),
+    (
+        "pg_statistic_ext",
+        &[
+            ("oid", 'o'),
+            ("stxrelid", 'o'),
+            ("stxname", 't'),
+            ("stxnamespace", 'o'),
+            ("stxowner", 'o'),
+            ("stxstattarget", 'i'),
+            ("stxkeys", 't'),
+            ("stxkind", 'a'),
+            ("stxexprs", 't'),
+        ],
+    ),
+    (
+        "pg_publication",
+        &[
+            ("oid", 'o'),
+            ("pubname", 't'),
+            ("pubowner", 'o'),
+            ("puballtables", 'b'),
+            ("pubinsert", 'b'),
+            ("pubupdate", 'b'),
+            ("pubdelete", 'b'),
+            ("pubtruncate", 'b'),
+            ("pubviaroot", 'b'),
+        ],
+    ),
+    (
+        "pg_publication_namespace",
+        &[("oid", 'o'), ("pnpubid", 'o'), ("pnnspid", 'o')],
+    ),
+    (
+        "pg_publication_rel",
+        &[
+            ("oid", 'o'),
+            ("prpubid", 'o'),
+            ("prrelid", 'o'),
+            ("prqual", 't'),
+            ("prattrs", 't'),
+        ],
+    ),
+    (
+        "pg_auth_members",
+        &[
+            ("oid", 'o'),
+            ("roleid", 'o'),
+            ("member", 'o'),
+            ("grantor", 'o'),
+            ("admin_option", 'b'),
+        ],
+    ),
+    (
+        // no user-defined functions; built-ins are not listed yet
+        "pg_proc",
+        &[
+            ("oid", 'o'),
+            ("proname", 't'),
+            ("pronamespace", 'o'),
+            ("proowner", 'o'),
+            ("prokind", 't'),
+            ("proretset", 'b'),
+            ("prorettype", 'o'),
+            ("pronargs", 's'),
+            ("proargtypes", 't'),
+        ],
+    ),
+    (
+        "pg_trigger",
+        &[
+            ("oid", 'o'),
+            ("tgrelid", 'o'),
+            ("tgparentid", 'o'),
+            ("tgname", 't'),
+            ("tgfoid", 'o'),
+            ("tgtype", 's'),
+            ("tgenabled", 't'),
+            ("tgisinternal", 'b'),
+        ],
+    ),
+    (
+        "pg_rewrite",
+        &[
+            ("oid", 'o'),
+            ("rulename", 't'),
+            ("ev_class", 'o'),
+            ("ev_type", 't'),
+            ("ev_enabled", 't'),
+            ("is_instead", 'b'),
+        ],
+    ),
+];
+
+/// Whether `name` (unqualified) is one of [`EMPTY_TABLES`].
+pub fn is_empty_table(name: &str) -> bool {
+    EMPTY_TABLES.iter().any(|(n, _)| *n == name)
+}
+
+fn empty_relation(t: &ast::TableFactor) -> Option<ast::TableFactor> {
+    let ast::TableFactor::Table { name, .. } = t else {
+        return None;
+    };
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .filter_map(|p| p.as_ident().map(|i| i.value.to_lowercase()))
+        .collect();
+    let table = match parts.as_slice() {
+        [t] => t,
+        [s, t] if s == "pg_catalog" => t,
+        _ => return None,
+    };
+    is_empty_table(table).then(|| t.clone())
+}
+fn inner_empty_relation(from: &[ast::TableWithJoins]) -> Option<ast::TableFactor> {
+    from.iter().find_map(|twj| {
+        let outer = |op: &ast::JoinOperator| {
+            !matches!(
+                op,
+                ast::JoinOperator::Join(_)
+                    | ast::JoinOperator::Inner(_)
+                    | ast::JoinOperator::CrossJoin(_)
+                    | ast::JoinOperator::LeftOuter(_)
+                    | ast::JoinOperator::Left(_)
+            )
+        };
+        if twj.joins.iter().any(|j| outer(&j.join_operator)) {
+            return None; // a RIGHT/FULL join may keep rows of the other side
+        }
+        empty_relation(&twj.relation).or_else(|| {
+            twj.joins
+                .iter()
+                .filter(|j| {
+                    matches!(
+                        j.join_operator,
+                        ast::JoinOperator::Join(_)
+                            | ast::JoinOperator::Inner(_)
+                            | ast::JoinOperator::CrossJoin(_)
+                    )
+                })
+                .find_map(|j| empty_relation(&j.relation))
+        })
+    })
+}
+/// Whether the SELECT itself aggregates (aggregates inside its subqueries do not count).
+fn aggregates(select: &ast::Select, is_aggregate: &dyn Fn(&str) -> bool) -> bool {
+    struct Finder<'a> {
+        depth: usize,
+        is_aggregate: &'a dyn Fn(&str) -> bool,
+    }
+    impl ast::Visitor for Finder<'_> {
+        type Break = ();
+        fn pre_visit_query(&mut self, _q: &ast::Query) -> std::ops::ControlFlow<()> {
+            self.depth += 1;
+            std::ops::ControlFlow::Continue(())
+        }
+        fn post_visit_query(&mut self, _q: &ast::Query) -> std::ops::ControlFlow<()> {
+            self.depth -= 1;
+            std::ops::ControlFlow::Continue(())
+        }
+        fn pre_visit_expr(&mut self, e: &ast::Expr) -> std::ops::ControlFlow<()> {
+            match e {
+                ast::Expr::Function(f)
+                    if self.depth == 0
+                        && f.name
+                            .0
+                            .last()
+                            .and_then(|p| p.as_ident())
+                            .is_some_and(|i| (self.is_aggregate)(&i.value.to_lowercase())) =>
+                {
+                    std::ops::ControlFlow::Break(())
+                }
+                _ => std::ops::ControlFlow::Continue(()),
+            }
+        }
+    }
+    use ast::Visit;
+    let grouped = !matches!(&select.group_by, ast::GroupByExpr::Expressions(g, _) if g.is_empty());
+    grouped
+        || select.having.is_some()
+        || select.projection.iter().any(|item| {
+            let mut finder = Finder {
+                depth: 0,
+                is_aggregate,
+            };
+            item.visit(&mut finder).is_break()
+        })
+}
+
+/// Whether a query body returns no rows because it reads an empty catalog (see
+/// [`prune_selects_over_empty_tables`]).
+fn produces_no_rows(body: &ast::SetExpr, is_aggregate: &dyn Fn(&str) -> bool) -> bool {
+    match body {
+        ast::SetExpr::Select(select) => {
+            !aggregates(select, is_aggregate) && inner_empty_relation(&select.from).is_some()
+        }
+        ast::SetExpr::SetOperation {
+            left, right, op, ..
+        } => match op {
+            ast::SetOperator::Union => {
+                produces_no_rows(left, is_aggregate) && produces_no_rows(right, is_aggregate)
+            }
+            ast::SetOperator::Intersect => {
+                produces_no_rows(left, is_aggregate) || produces_no_rows(right, is_aggregate)
+            }
+            _ => produces_no_rows(left, is_aggregate),
+        },
+        ast::SetExpr::Query(q) => produces_no_rows(&q.body, is_aggregate),
+        _ => false,
+    }
+}
+
+/// Subqueries over an empty catalog, as expressions, replaced by their value: no row. A scalar
+/// subquery is NULL, `ARRAY(…)` an empty array, `EXISTS` false, `IN` false (`NOT IN` true).
+/// psql's `\du` lists role memberships with `ARRAY(SELECT … FROM pg_auth_members …)`.
+pub fn prune_subqueries_over_empty_tables(
+    stmt: &mut ast::Statement,
+    is_aggregate: &dyn Fn(&str) -> bool,
+) {
+    let _ = ast::visit_expressions_mut(stmt, |e| {
+        let replacement = match e {
+            ast::Expr::Subquery(q) if produces_no_rows(&q.body, is_aggregate) => {
+                Some(ast::Expr::value(ast::Value::Null))
+            }
+            ast::Expr::Exists { subquery, negated }
+                if produces_no_rows(&subquery.body, is_aggregate) =>
+            {
+                Some(ast::Expr::value(ast::Value::Boolean(*negated)))
+            }
+            ast::Expr::InSubquery {
+                subquery, negated, ..
+            } if produces_no_rows(&subquery.body, is_aggregate) => {
+                Some(ast::Expr::value(ast::Value::Boolean(*negated)))
+            }
+            ast::Expr::Function(f)
+                if f.name.to_string().eq_ignore_ascii_case("array")
+                    && matches!(&f.args, ast::FunctionArguments::Subquery(q) if produces_no_rows(&q.body, is_aggregate)) =>
+            {
+                Some(ast::Expr::Array(ast::Array {
+                    elem: vec![],
+                    named: true,
+                }))
+            }
+            _ => None,
+        };
+        if let Some(r) = replacement {
+            *e = r;
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+}
+
+/// A `SELECT` that reads one of [`EMPTY_TABLES`] as an inner relation, without aggregating,
+/// returns no rows, whatever its select list and WHERE say. Those often use what only the
+/// missing feature has (psql's `\d` asks for row-security policies with `array(SELECT …)`
+/// over `polroles`, for publications with `pg_relation_is_publishable`), so such a `SELECT`
+/// becomes `SELECT NULL AS <name>, … FROM <that table> WHERE false`: the same columns by
+/// name, the same (empty) result, and nothing left to plan that we lack. Set operations are
+/// pruned branch by branch. `is_aggregate` tells aggregate function names.
+pub fn prune_selects_over_empty_tables(
+    query: &mut ast::Query,
+    is_aggregate: &dyn Fn(&str) -> bool,
+) {
+    fn in_set_expr(body: &mut ast::SetExpr, is_aggregate: &dyn Fn(&str) -> bool) -> bool {
+        match body {
+            ast::SetExpr::Select(select) => {
+                if aggregates(select, is_aggregate) {
+                    return false;
+                }
+                let Some(empty) = inner_empty_relation(&select.from) else {
+                    return false;
+                };
+                if select.projection.iter().any(|i| {
+                    matches!(
+                        i,
+                        ast::SelectItem::Wildcard(_) | ast::SelectItem::QualifiedWildcard(..)
+                    )
+                }) {
+                    return false; // `*` over the tables plans as it is
+                }
+                let null = || ast::Expr::value(ast::Value::Null);
+                let mut used: Vec<String> = Vec::new();
+                for (i, item) in select.projection.iter_mut().enumerate() {
+                    let alias = match item {
+                        ast::SelectItem::ExprWithAlias { alias, .. } => alias.clone(),
+                        ast::SelectItem::UnnamedExpr(e) => {
+                            let name = crate::handler::eval::output_name(e);
+                            // unique names only (a later branch of a UNION, or `a.x, b.x`)
+                            if used.contains(&name) {
+                                ast::Ident::new(format!("{name}_{i}"))
+                            } else {
+                                ast::Ident::new(name)
+                            }
+                        }
+                        _ => continue,
+                    };
+                    used.push(alias.value.clone());
+                    *item = ast::SelectItem::ExprWithAlias {
+                        expr: null(),
+                        alias,
+                    };
+                }
+                select.from = vec![ast::TableWithJoins {
+                    relation: empty,
+                    joins: vec![],
+                }];
+                select.selection = Some(ast::Expr::value(ast::Value::Boolean(false)));
+                true
+            }
+            ast::SetExpr::SetOperation { left, right, .. } => {
+                let l = in_set_expr(left, is_aggregate);
+                let r = in_set_expr(right, is_aggregate);
+                l && r
+            }
+            ast::SetExpr::Query(q) => in_set_expr(&mut q.body, is_aggregate),
+            _ => false,
+        }
+    }
+    if in_set_expr(&mut query.body, is_aggregate) {
+        // every branch is empty: an ORDER BY may name what is gone
+        query.order_by = None;
+    }
+}
+
 pub const INDEX_OID_OFFSET: u32 = 1 << 30;
+/// A primary-key constraint's oid is its table's id plus this.
+pub const CONSTRAINT_OID_OFFSET: u32 = 1 << 29;
 
 /// Tables by id, for turning many relation oids into names (build once per call, not per row).
 pub type TablesById = std::collections::HashMap<u64, Arc<orochi_common::schema::TableDef>>;
@@ -71,6 +432,8 @@ pub fn relation_name(tables: &TablesById, oid: u32) -> Option<(&str, String)> {
     Some((def.schema.as_str(), name))
 }
 const SUPERUSER_OID: u32 = 10;
+/// `pg_database_owner`, which owns the `public` schema since Postgres 15.
+pub const DATABASE_OWNER_OID: u32 = 6171;
 const DATABASE_OID: u32 = 5;
 const EXTENSION_OID: u32 = 16_000;
 
@@ -223,7 +586,12 @@ pub fn table(catalog: &Catalog, name: &str, user: &str) -> Option<Arc<dyn TableP
         "pg_namespace" => {
             let mut tb = Table::new(&[("oid", 'o'), ("nspname", 't'), ("nspowner", 'o')]);
             for s in &schemas {
-                tb.row(vec![V::O(namespace_oid(s)), t(s), V::O(SUPERUSER_OID)]);
+                let owner = if s == "public" {
+                    DATABASE_OWNER_OID
+                } else {
+                    SUPERUSER_OID
+                };
+                tb.row(vec![V::O(namespace_oid(s)), t(s), V::O(owner)]);
             }
             tb.provider()
         }
@@ -416,6 +784,13 @@ pub fn table(catalog: &Catalog, name: &str, user: &str) -> Option<Arc<dyn TableP
                 ("indnatts", 's'),
                 ("indisunique", 'b'),
                 ("indisprimary", 'b'),
+                ("indisexclusion", 'b'),
+                ("indimmediate", 'b'),
+                ("indisclustered", 'b'),
+                ("indisvalid", 'b'),
+                ("indisready", 'b'),
+                ("indislive", 'b'),
+                ("indisreplident", 'b'),
                 ("indkey", 't'),
             ]);
             for d in tables.iter().filter(|d| !d.hidden_rowid) {
@@ -431,6 +806,13 @@ pub fn table(catalog: &Catalog, name: &str, user: &str) -> Option<Arc<dyn TableP
                     V::S(d.primary_key.len() as i16),
                     V::B(true),
                     V::B(true),
+                    V::B(false),
+                    V::B(true),
+                    V::B(false),
+                    V::B(true),
+                    V::B(true),
+                    V::B(true),
+                    V::B(false),
                     t(&key.join(" ")),
                 ]);
             }
@@ -465,18 +847,44 @@ pub fn table(catalog: &Catalog, name: &str, user: &str) -> Option<Arc<dyn TableP
             ]);
             tb.provider()
         }
-        "pg_roles" | "pg_user" => {
-            let (oid_col, name_col) = if name == "pg_roles" {
-                ("oid", "rolname")
-            } else {
-                ("usesysid", "usename")
+        "pg_roles" => {
+            let mut tb = Table::new(&[
+                ("oid", 'o'),
+                ("rolname", 't'),
+                ("rolsuper", 'b'),
+                ("rolinherit", 'b'),
+                ("rolcreaterole", 'b'),
+                ("rolcreatedb", 'b'),
+                ("rolcanlogin", 'b'),
+                ("rolreplication", 'b'),
+                ("rolbypassrls", 'b'),
+                ("rolconnlimit", 'i'),
+                ("rolvaliduntil", 't'),
+            ]);
+            let superuser = |oid, name: &str| {
+                let mut row = vec![V::O(oid), t(name)];
+                row.extend((0..7).map(|_| V::B(true)));
+                row.extend([V::I(-1), V::Null]);
+                row
             };
-            let super_col = if name == "pg_roles" {
-                "rolsuper"
-            } else {
-                "usesuper"
-            };
-            let mut tb = Table::new(&[(oid_col, 'o'), (name_col, 't'), (super_col, 'b')]);
+            tb.row(superuser(SUPERUSER_OID, "postgres"));
+            if user != "postgres" {
+                tb.row(superuser(SUPERUSER_OID + 1, user));
+            }
+            // the predefined role that owns `public` (Postgres 15)
+            let mut owner = vec![
+                V::O(DATABASE_OWNER_OID),
+                t("pg_database_owner"),
+                V::B(false),
+            ];
+            owner.push(V::B(true));
+            owner.extend((0..5).map(|_| V::B(false)));
+            owner.extend([V::I(-1), V::Null]);
+            tb.row(owner);
+            tb.provider()
+        }
+        "pg_user" => {
+            let mut tb = Table::new(&[("usesysid", 'o'), ("usename", 't'), ("usesuper", 'b')]);
             tb.row(vec![V::O(SUPERUSER_OID), t("postgres"), V::B(true)]);
             if user != "postgres" {
                 tb.row(vec![V::O(SUPERUSER_OID + 1), t(user), V::B(true)]);
@@ -541,14 +949,218 @@ pub fn table(catalog: &Catalog, name: &str, user: &str) -> Option<Arc<dyn TableP
             tb.row(vec![V::O(403), t("btree"), t("i")]);
             tb.provider()
         }
-        "pg_inherits" => {
-            Table::new(&[("inhrelid", 'o'), ("inhparent", 'o'), ("inhseqno", 'i')]).provider()
+        "pg_constraint" => {
+            // primary keys only: no UNIQUE, CHECK or FOREIGN KEY constraints yet
+            let mut tb = Table::new(&[
+                ("oid", 'o'),
+                ("conname", 't'),
+                ("connamespace", 'o'),
+                ("contype", 't'),
+                ("condeferrable", 'b'),
+                ("condeferred", 'b'),
+                ("convalidated", 'b'),
+                ("conrelid", 'o'),
+                ("contypid", 'o'),
+                ("conindid", 'o'),
+                ("conparentid", 'o'),
+                ("confrelid", 'o'),
+                ("confupdtype", 't'),
+                ("confdeltype", 't'),
+                ("confmatchtype", 't'),
+                ("conislocal", 'b'),
+                ("coninhcount", 'i'),
+                ("connoinherit", 'b'),
+            ]);
+            for d in tables.iter().filter(|d| !d.hidden_rowid) {
+                tb.row(vec![
+                    V::O(d.id as u32 + CONSTRAINT_OID_OFFSET),
+                    t(&format!("{}_pkey", d.name)),
+                    V::O(namespace_oid(&d.schema)),
+                    t("p"),
+                    V::B(false),
+                    V::B(false),
+                    V::B(true),
+                    V::O(d.id as u32),
+                    V::O(0),
+                    V::O(d.id as u32 + INDEX_OID_OFFSET),
+                    V::O(0),
+                    V::O(0),
+                    t(" "),
+                    t(" "),
+                    t(" "),
+                    V::B(true),
+                    V::I(0),
+                    V::B(true),
+                ]);
+            }
+            tb.provider()
         }
-        "pg_partitioned_table" => {
-            Table::new(&[("partrelid", 'o'), ("partstrat", 't'), ("partnatts", 's')]).provider()
+        other => {
+            let (_, columns) = EMPTY_TABLES.iter().find(|(n, _)| *n == other)?;
+            Table::new(columns).provider()
         }
-        _ => return None,
     })
+}
+
+/// `pg_get_indexdef(index_oid [, column, pretty])` and `pg_get_constraintdef(oid [, pretty])`
+/// for the primary-key indexes and constraints we have; NULL for an unknown oid, as Postgres.
+pub struct ObjectDefinition {
+    name: &'static str,
+    catalog: Arc<Catalog>,
+    /// relations unqualified in pretty output are those visible through this
+    search_path: Vec<String>,
+    signature: datafusion::logical_expr::Signature,
+}
+
+impl std::fmt::Debug for ObjectDefinition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+impl PartialEq for ObjectDefinition {
+    fn eq(&self, o: &Self) -> bool {
+        self.name == o.name && self.search_path == o.search_path
+    }
+}
+impl Eq for ObjectDefinition {}
+impl std::hash::Hash for ObjectDefinition {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.name.hash(h);
+        self.search_path.hash(h);
+    }
+}
+
+pub const GET_INDEXDEF: &str = "pg_get_indexdef";
+pub const GET_CONSTRAINTDEF: &str = "pg_get_constraintdef";
+
+impl ObjectDefinition {
+    pub fn new(name: &'static str, catalog: Arc<Catalog>, search_path: Vec<String>) -> Self {
+        ObjectDefinition {
+            name,
+            catalog,
+            search_path,
+            signature: datafusion::logical_expr::Signature::variadic_any(
+                datafusion::logical_expr::Volatility::Stable,
+            ),
+        }
+    }
+
+    fn definition(
+        &self,
+        tables: &TablesById,
+        oid: u32,
+        column: i64,
+        pretty: bool,
+    ) -> Option<String> {
+        let offset = if self.name == GET_INDEXDEF {
+            INDEX_OID_OFFSET
+        } else {
+            CONSTRAINT_OID_OFFSET
+        };
+        let table = tables.get(&(oid.checked_sub(offset)? as u64))?;
+        if table.hidden_rowid {
+            return None;
+        }
+        let quote = crate::pgtypes::quote_ident;
+        let cols: Vec<String> = table
+            .primary_key
+            .iter()
+            .map(|&k| quote(&table.columns[k].name))
+            .collect();
+        if self.name == GET_CONSTRAINTDEF {
+            return Some(format!("PRIMARY KEY ({})", cols.join(", ")));
+        }
+        if column > 0 {
+            return cols.get(column as usize - 1).cloned();
+        }
+        let visible = self
+            .search_path
+            .iter()
+            .find(|s| self.catalog.table(s, &table.name).is_some())
+            .is_some_and(|s| *s == table.schema);
+        let relation = if pretty && visible {
+            quote(&table.name)
+        } else {
+            format!("{}.{}", quote(&table.schema), quote(&table.name))
+        };
+        Some(format!(
+            "CREATE UNIQUE INDEX {} ON {relation} USING btree ({})",
+            quote(&format!("{}_pkey", table.name)),
+            cols.join(", ")
+        ))
+    }
+}
+
+impl datafusion::logical_expr::ScalarUDFImpl for ObjectDefinition {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn signature(&self) -> &datafusion::logical_expr::Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> datafusion::common::Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(
+        &self,
+        args: datafusion::logical_expr::ScalarFunctionArgs,
+    ) -> datafusion::common::Result<datafusion::logical_expr::ColumnarValue> {
+        use arrow::array::Array;
+        use datafusion::logical_expr::ColumnarValue;
+        let scalar = args
+            .args
+            .iter()
+            .all(|a| matches!(a, ColumnarValue::Scalar(_)));
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let int = |i: usize| -> datafusion::common::Result<Option<arrow::array::Int64Array>> {
+            let Some(a) = arrays.get(i) else {
+                return Ok(None);
+            };
+            let a = arrow::compute::cast(a, &DataType::Int64)?;
+            Ok(Some(
+                a.as_any()
+                    .downcast_ref::<arrow::array::Int64Array>()
+                    .expect("cast to Int64")
+                    .clone(),
+            ))
+        };
+        let oids = int(0)?.expect("at least one argument");
+        // pg_get_indexdef(oid, column, pretty) / pg_get_constraintdef(oid, pretty)
+        let (column, pretty_at) = if self.name == GET_INDEXDEF && arrays.len() > 1 {
+            (int(1)?, 2)
+        } else {
+            (None, 1)
+        };
+        let pretty = match arrays.get(pretty_at) {
+            Some(a) => Some(
+                arrow::compute::cast(a, &DataType::Boolean)?
+                    .as_any()
+                    .downcast_ref::<BooleanArray>()
+                    .expect("cast to Boolean")
+                    .clone(),
+            ),
+            None => None,
+        };
+        let tables = tables_by_id(&self.catalog);
+        let out: StringArray = (0..oids.len())
+            .map(|i| {
+                if oids.is_null(i) {
+                    return None;
+                }
+                let col = column.as_ref().map(|c| c.value(i)).unwrap_or(0);
+                let pretty = pretty.as_ref().is_some_and(|p| p.is_valid(i) && p.value(i));
+                self.definition(&tables, oids.value(i) as u32, col, pretty)
+            })
+            .collect();
+        if scalar {
+            Ok(ColumnarValue::Scalar(
+                datafusion::common::ScalarValue::try_from_array(&out, 0)?,
+            ))
+        } else {
+            Ok(ColumnarValue::Array(Arc::new(out)))
+        }
+    }
 }
 
 #[cfg(test)]

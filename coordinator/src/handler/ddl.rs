@@ -187,7 +187,13 @@ pub async fn handle_create_table(
         if serial {
             let seq = format!("{name}_{cname}_seq");
             col.default = Some(ColumnDefault::Sequence(format!("{schema}.{seq}")));
-            col.default_sql = Some(format!("nextval('{seq}'::regclass)"));
+            // as Postgres prints it under the default search path: qualified outside `public`
+            let shown = if schema == "public" {
+                seq.clone()
+            } else {
+                format!("{schema}.{seq}")
+            };
+            col.default_sql = Some(format!("nextval('{shown}'::regclass)"));
             col.nullable = false;
             let max = match ty {
                 SqlType::Int2 => i16::MAX as i64,

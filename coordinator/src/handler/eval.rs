@@ -160,6 +160,15 @@ fn named(e: &ast::Expr) -> (String, u8) {
             }
         }
         ast::Expr::Nested(expr) => named(expr),
+        // Postgres names a scalar subquery after its single output column
+        ast::Expr::Subquery(q) => match q.body.as_ref() {
+            ast::SetExpr::Select(s) => match s.projection.first() {
+                Some(ast::SelectItem::ExprWithAlias { alias, .. }) => strong(&alias.value),
+                Some(ast::SelectItem::UnnamedExpr(e)) => (named(e).0, 2),
+                _ => ("?column?".to_string(), 0),
+            },
+            _ => ("?column?".to_string(), 0),
+        },
         ast::Expr::Case { .. } => ("case".to_string(), 1),
         ast::Expr::Array(_) => ("array".to_string(), 1),
         ast::Expr::Exists { .. } => strong("exists"),
