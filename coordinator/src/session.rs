@@ -84,6 +84,12 @@ pub enum StatementResult {
     CopyIn {
         columns: usize,
     },
+    /// `COPY … TO STDOUT`: these rows, in this format.
+    CopyOut {
+        schema: SchemaRef,
+        stream: SendableRecordBatchStream,
+        options: crate::handler::copy::CopyOptions,
+    },
 }
 
 /// Bound parameter values of an extended-protocol statement, `$1` first.
@@ -290,12 +296,19 @@ impl Session {
             Statement::AlterTable(at) => ddl::handle_alter_table(self, at, txn).await,
             Statement::Copy {
                 source,
-                to,
+                to: true,
                 target,
                 options,
                 legacy_options,
                 ..
-            } => copy::handle_copy(self, source, *to, target, options, legacy_options),
+            } => copy::handle_copy_to(self, source, target, options, legacy_options, params).await,
+            Statement::Copy {
+                source,
+                target,
+                options,
+                legacy_options,
+                ..
+            } => copy::handle_copy_from(self, source, target, options, legacy_options),
             Statement::Explain {
                 statement,
                 analyze,

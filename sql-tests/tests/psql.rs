@@ -137,6 +137,60 @@ fn meta_commands_print_what_postgres_prints() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// COPY TO STDOUT in text, CSV (header, delimiter, NULL, quote) and binary formats, of a table
+/// and of a query, and psql's `\copy` out to a file and back in: what PostgreSQL prints.
+#[test]
+fn copy_out_and_psql_copy_match_postgres() {
+    let pg = std::env::var("OROCHI_PG_URL")
+        .expect("OROCHI_PG_URL is not set: `make test` runs this under scripts/with-postgres.sh");
+    let (pg_host, pg_port) = host_port(&pg);
+    let db = "orochi_copy_diff";
+    run_psql(
+        &pg_host,
+        &pg_port,
+        "postgres",
+        &format!("DROP DATABASE IF EXISTS {db};\nCREATE DATABASE {db};\n"),
+    );
+    let server = Server::start().expect("server");
+    let or_port = server.port.to_string();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script = |file: &str| {
+        let path = dir.path().join(file);
+        COPY_SCRIPT.replace("{path}", &path.display().to_string())
+    };
+    let expected = run_psql(&pg_host, &pg_port, db, &script("pg.csv"));
+    let actual = run_psql("127.0.0.1", &or_port, "postgres", &script("orochi.csv"));
+    assert_eq!(
+        expected, actual,
+        "PostgreSQL:\n{expected}\nOrochiDB:\n{actual}"
+    );
+}
+
+const COPY_SCRIPT: &str = r#"
+CREATE TABLE cp (id int PRIMARY KEY, t text, n numeric(8,2), b boolean, d date,
+                 ts timestamp, j jsonb, by bytea, f float8);
+INSERT INTO cp VALUES
+ (1, E'tab\there', 1.5, true, '2024-01-02', '2024-01-02 03:04:05.5', '{"a": [1, 2]}', '\x00ff', 1.25),
+ (2, E'line\nbreak, "quoted" \\ back', -2, false, NULL, NULL, NULL, NULL, -0.5),
+ (3, '', NULL, NULL, '1999-12-31', '2000-01-01 00:00:00', '[]', '\x', 1e300),
+ (4, NULL, 0, true, NULL, NULL, '"s"', NULL, NULL);
+COPY (SELECT * FROM cp ORDER BY id) TO STDOUT;
+COPY (SELECT * FROM cp ORDER BY id) TO STDOUT (FORMAT csv, HEADER);
+COPY (SELECT t, id FROM cp ORDER BY id) TO STDOUT WITH (FORMAT csv, DELIMITER ';', NULL 'NULL', QUOTE '''');
+COPY (SELECT * FROM cp ORDER BY id) TO STDOUT WITH (DELIMITER '|', NULL '');
+COPY (SELECT id, n, b, f FROM cp ORDER BY id) TO STDOUT (FORMAT binary);
+COPY (SELECT 1 AS x WHERE false) TO STDOUT;
+CREATE TABLE one (k int PRIMARY KEY, v text);
+INSERT INTO one VALUES (7, 'seven');
+COPY one TO STDOUT;
+COPY one (v) TO STDOUT CSV;
+\copy (SELECT * FROM cp ORDER BY id) TO '{path}' WITH (FORMAT csv, HEADER)
+CREATE TABLE cp2 (id int PRIMARY KEY, t text, n numeric(8,2), b boolean, d date,
+                  ts timestamp, j jsonb, by bytea, f float8);
+\copy cp2 FROM '{path}' WITH (FORMAT csv, HEADER)
+SELECT * FROM cp2 ORDER BY id;
+"#;
+
 /// `\l` lists our one database as Postgres lists its own (PostgreSQL also has templates).
 #[test]
 fn list_databases() {

@@ -1,5 +1,7 @@
-//! `COPY table FROM STDIN` in text and CSV formats. Rows are parsed as data arrives and written
+//! `COPY table FROM STDIN` in text and CSV formats: rows are parsed as data arrives and written
 //! in chunks into the statement's transaction, so a bad row anywhere leaves nothing behind.
+//! `COPY table|(query) TO STDOUT` in text, CSV and binary formats: the rows of a query, encoded
+//! by the wire layer (`pgwire::encode::encode_copy_rows`).
 
 use std::sync::Arc;
 
@@ -18,6 +20,7 @@ const COPY_CHUNK_ROWS: usize = 5_000;
 pub enum CopyFormat {
     Text,
     Csv { quote: u8, escape: u8 },
+    Binary,
 }
 
 pub struct CopyIn {
@@ -37,48 +40,21 @@ pub struct CopyIn {
     pub error: Option<DbError>,
 }
 
-pub fn handle_copy(
-    s: &mut Session,
-    source: &ast::CopySource,
-    to: bool,
-    target: &ast::CopyTarget,
+/// The options of a COPY statement, with Postgres' defaults filled in.
+#[derive(Debug, Clone)]
+pub struct CopyOptions {
+    pub format: CopyFormat,
+    pub delimiter: u8,
+    pub null: String,
+    pub header: bool,
+}
+
+fn copy_options(
     options: &[ast::CopyOption],
     legacy: &[ast::CopyLegacyOption],
-) -> DbResult<StatementResult> {
-    if to || !matches!(target, ast::CopyTarget::Stdin) {
-        return Err(DbError::new(
-            SqlState::FeatureNotSupported,
-            "only COPY ... FROM STDIN is supported yet",
-        ));
-    }
-    let ast::CopySource::Table {
-        table_name,
-        columns,
-    } = source
-    else {
-        return Err(DbError::new(
-            SqlState::SyntaxError,
-            "COPY FROM requires a table",
-        ));
-    };
-    let def = resolve_table(s, table_name)?;
-    let targets: Vec<usize> = if columns.is_empty() {
-        def.visible_columns()
-    } else {
-        columns
-            .iter()
-            .map(|c| {
-                let n = normalize_ident(c);
-                def.column_index(&n).ok_or_else(|| {
-                    DbError::new(
-                        SqlState::UndefinedColumn,
-                        format!("column \"{n}\" of relation \"{}\" does not exist", def.name),
-                    )
-                })
-            })
-            .collect::<DbResult<_>>()?
-    };
+) -> DbResult<CopyOptions> {
     let mut csv = false;
+    let mut binary = false;
     let mut delimiter: Option<u8> = None;
     let mut null: Option<String> = None;
     let mut header = false;
@@ -99,10 +75,11 @@ pub fn handle_copy(
             ast::CopyOption::Format(f) => match f.value.to_lowercase().as_str() {
                 "csv" => csv = true,
                 "text" => csv = false,
+                "binary" => binary = true,
                 other => {
                     return Err(DbError::new(
-                        SqlState::FeatureNotSupported,
-                        format!("COPY format \"{other}\" is not supported yet"),
+                        SqlState::InvalidParameterValue,
+                        format!("COPY format \"{other}\" not recognized"),
                     ));
                 }
             },
@@ -123,8 +100,10 @@ pub fn handle_copy(
     for o in legacy {
         match o {
             ast::CopyLegacyOption::Csv(_) => csv = true,
+            ast::CopyLegacyOption::Binary => binary = true,
             ast::CopyLegacyOption::Delimiter(c) => delimiter = Some(single_byte(*c, "delimiter")?),
             ast::CopyLegacyOption::Null(n) => null = Some(n.clone()),
+            ast::CopyLegacyOption::Header => header = true,
             other => {
                 return Err(DbError::new(
                     SqlState::FeatureNotSupported,
@@ -133,7 +112,21 @@ pub fn handle_copy(
             }
         }
     }
-    let format = if csv {
+    if binary && (csv || delimiter.is_some() || null.is_some() || header) {
+        return Err(DbError::new(
+            SqlState::SyntaxError,
+            "cannot specify DELIMITER, NULL or HEADER in BINARY mode",
+        ));
+    }
+    if header && !csv {
+        return Err(DbError::new(
+            SqlState::FeatureNotSupported,
+            "COPY HEADER available only in CSV mode",
+        ));
+    }
+    let format = if binary {
+        CopyFormat::Binary
+    } else if csv {
         CopyFormat::Csv {
             quote,
             escape: escape.unwrap_or(quote),
@@ -141,10 +134,7 @@ pub fn handle_copy(
     } else {
         CopyFormat::Text
     };
-    let columns = targets.len();
-    s.copy = Some(CopyIn {
-        def,
-        targets,
+    Ok(CopyOptions {
         delimiter: delimiter.unwrap_or(if csv { b',' } else { b'\t' }),
         null: null.unwrap_or_else(|| {
             if csv {
@@ -153,6 +143,135 @@ pub fn handle_copy(
                 "\\N".to_string()
             }
         }),
+        header,
+        format,
+    })
+}
+
+/// The visible columns `columns` names (all visible columns when empty), by physical index.
+fn target_columns(def: &TableDef, columns: &[ast::Ident]) -> DbResult<Vec<usize>> {
+    if columns.is_empty() {
+        return Ok(def.visible_columns());
+    }
+    columns
+        .iter()
+        .map(|c| {
+            let n = normalize_ident(c);
+            def.column_index(&n).ok_or_else(|| {
+                DbError::new(
+                    SqlState::UndefinedColumn,
+                    format!("column \"{n}\" of relation \"{}\" does not exist", def.name),
+                )
+            })
+        })
+        .collect()
+}
+
+/// `COPY … TO STDOUT`: runs the table's (or the query's) rows through the query path and hands
+/// them to the wire layer, which encodes them in the chosen format.
+pub async fn handle_copy_to(
+    s: &mut Session,
+    source: &ast::CopySource,
+    target: &ast::CopyTarget,
+    options: &[ast::CopyOption],
+    legacy: &[ast::CopyLegacyOption],
+    params: &crate::session::Params,
+) -> DbResult<StatementResult> {
+    if !matches!(target, ast::CopyTarget::Stdout) {
+        return Err(DbError::new(
+            SqlState::InsufficientPrivilege,
+            "COPY to a file is not allowed: use COPY TO STDOUT, or psql's \\copy",
+        ));
+    }
+    let options = copy_options(options, legacy)?;
+    let query = match source {
+        ast::CopySource::Query(q) => (**q).clone(),
+        ast::CopySource::Table {
+            table_name,
+            columns,
+        } => {
+            let def = resolve_table(s, table_name)?;
+            table_query(&def, &target_columns(&def, columns)?)?
+        }
+    };
+    match crate::handler::query::handle_query(s, &query, params).await? {
+        StatementResult::Rows { schema, stream, .. } => Ok(StatementResult::CopyOut {
+            schema,
+            stream,
+            options,
+        }),
+        _ => Err(DbError::internal("COPY query returned no rows")),
+    }
+}
+
+/// `SELECT "c1", … FROM "schema"."table"`, parsed (names from the catalog, quoted).
+fn table_query(def: &TableDef, columns: &[usize]) -> DbResult<ast::Query> {
+    let quote = |n: &str| format!("\"{}\"", n.replace('"', "\"\""));
+    let list: Vec<String> = columns
+        .iter()
+        .map(|&i| quote(&def.columns[i].name))
+        .collect();
+    let sql = format!(
+        "SELECT {} FROM {}.{}",
+        list.join(", "),
+        quote(&def.schema),
+        quote(&def.name)
+    );
+    let mut stmts = datafusion::sql::sqlparser::parser::Parser::parse_sql(
+        &datafusion::sql::sqlparser::dialect::PostgreSqlDialect {},
+        &sql,
+    )
+    .map_err(|e| DbError::internal(format!("COPY query: {e}")))?;
+    match stmts.pop() {
+        Some(ast::Statement::Query(q)) => Ok(*q),
+        _ => Err(DbError::internal("COPY query is not a query")),
+    }
+}
+
+/// `COPY … FROM STDIN`: the sub-protocol's data arrives through [`copy_data`].
+pub fn handle_copy_from(
+    s: &mut Session,
+    source: &ast::CopySource,
+    target: &ast::CopyTarget,
+    options: &[ast::CopyOption],
+    legacy: &[ast::CopyLegacyOption],
+) -> DbResult<StatementResult> {
+    if !matches!(target, ast::CopyTarget::Stdin) {
+        return Err(DbError::new(
+            SqlState::InsufficientPrivilege,
+            "COPY from a file is not allowed: use COPY FROM STDIN, or psql's \\copy",
+        ));
+    }
+    let ast::CopySource::Table {
+        table_name,
+        columns,
+    } = source
+    else {
+        return Err(DbError::new(
+            SqlState::SyntaxError,
+            "COPY FROM requires a table",
+        ));
+    };
+    let def = resolve_table(s, table_name)?;
+    let targets = target_columns(&def, columns)?;
+    let CopyOptions {
+        format,
+        delimiter,
+        null,
+        header,
+    } = copy_options(options, legacy)?;
+    if format == CopyFormat::Binary {
+        return Err(DbError::new(
+            SqlState::FeatureNotSupported,
+            "COPY FROM STDIN in binary format is not supported yet",
+        ));
+    }
+    let columns = targets.len();
+    s.copy = Some(CopyIn {
+        def,
+        targets,
+        delimiter,
+        null,
         header,
         format,
         buffer: Vec::new(),
@@ -170,7 +289,8 @@ pub fn handle_copy(
 /// Splits the next complete record off the front of `buf` (CSV records may span lines).
 fn next_record(buf: &[u8], format: &CopyFormat) -> Option<usize> {
     match format {
-        CopyFormat::Text => buf.iter().position(|&b| b == b'\n'),
+        // binary input is refused before any data arrives
+        CopyFormat::Text | CopyFormat::Binary => buf.iter().position(|&b| b == b'\n'),
         CopyFormat::Csv { quote, escape } => {
             let mut in_quotes = false;
             let mut i = 0;
@@ -363,7 +483,7 @@ impl CopyIn {
 
     fn parse_record(&mut self, rec: &[u8], s: &Session) -> DbResult<()> {
         let fields = match &self.format {
-            CopyFormat::Text => split_text(rec, self.delimiter, &self.null)?,
+            CopyFormat::Text | CopyFormat::Binary => split_text(rec, self.delimiter, &self.null)?,
             CopyFormat::Csv { quote, escape } => {
                 split_csv(rec, self.delimiter, *quote, *escape, &self.null)?
             }

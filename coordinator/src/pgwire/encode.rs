@@ -14,6 +14,8 @@ use pgwire::api::Type;
 use pgwire::api::results::{FieldFormat, FieldInfo};
 use pgwire::messages::data::DataRow;
 
+use crate::handler::copy::{CopyFormat, CopyOptions};
+
 /// Microseconds between the Unix epoch and Postgres' epoch (2000-01-01).
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 const PG_EPOCH_DAYS: i32 = 10_957;
@@ -206,6 +208,131 @@ pub fn encode_batch(
         out.push(DataRow::new(buf, ncols as i16));
     }
     Ok(())
+}
+
+/// The signature, flags and header-extension length that open a binary COPY stream.
+const COPY_BINARY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+
+/// What `COPY … TO STDOUT` sends before the first row: the binary signature, or the CSV
+/// header line; nothing otherwise.
+pub fn copy_preamble(schema: &Schema, opts: &CopyOptions) -> Vec<u8> {
+    let mut out = Vec::new();
+    match opts.format {
+        CopyFormat::Binary => out.extend_from_slice(COPY_BINARY_HEADER),
+        CopyFormat::Csv { quote, escape } if opts.header => {
+            for (i, f) in schema.fields().iter().enumerate() {
+                if i > 0 {
+                    out.push(opts.delimiter);
+                }
+                csv_field(f.name().as_bytes(), opts, quote, escape, &mut out);
+            }
+            out.push(b'\n');
+        }
+        _ => {}
+    }
+    out
+}
+
+/// One CopyData payload per row of `batch` in COPY's text, CSV or binary format, as Postgres
+/// writes them (text: backslash escapes and `\N`; CSV: quoted when needed).
+pub fn encode_copy_rows(
+    batch: &RecordBatch,
+    schema: &Schema,
+    opts: &CopyOptions,
+    out: &mut Vec<BytesMut>,
+) -> DbResult<()> {
+    let types: Vec<Option<SqlType>> = schema.fields().iter().map(|f| sql_type_of(f)).collect();
+    let ncols = batch.num_columns();
+    let mut value = BytesMut::new();
+    for r in 0..batch.num_rows() {
+        let mut row = BytesMut::with_capacity(16 * ncols);
+        if opts.format == CopyFormat::Binary {
+            row.put_i16(ncols as i16);
+        }
+        for c in 0..ncols {
+            let array = batch.column(c);
+            let ty = types.get(c).copied().flatten();
+            if opts.format == CopyFormat::Binary {
+                if array.is_null(r) {
+                    row.put_i32(-1);
+                    continue;
+                }
+                let len_pos = row.len();
+                row.put_i32(0);
+                encode_binary(array.as_ref(), r, ty, &mut row)?;
+                let len = (row.len() - len_pos - 4) as i32;
+                row[len_pos..len_pos + 4].copy_from_slice(&len.to_be_bytes());
+                continue;
+            }
+            if c > 0 {
+                row.put_u8(opts.delimiter);
+            }
+            if array.is_null(r) {
+                row.put_slice(opts.null.as_bytes());
+                continue;
+            }
+            value.clear();
+            encode_text(array.as_ref(), r, ty, &mut value)?;
+            match opts.format {
+                CopyFormat::Csv { quote, escape } => {
+                    let mut field = Vec::with_capacity(value.len() + 2);
+                    csv_field(&value, opts, quote, escape, &mut field);
+                    row.put_slice(&field);
+                }
+                _ => text_field(&value, opts.delimiter, &mut row),
+            }
+        }
+        if opts.format != CopyFormat::Binary {
+            row.put_u8(b'\n');
+        }
+        out.push(row);
+    }
+    Ok(())
+}
+
+/// A value in COPY's text format: backslash, control characters and the delimiter escaped.
+fn text_field(v: &[u8], delimiter: u8, out: &mut BytesMut) {
+    for &b in v {
+        let escaped = match b {
+            b'\\' => Some(b'\\'),
+            b'\n' => Some(b'n'),
+            b'\r' => Some(b'r'),
+            b'\t' => Some(b't'),
+            0x08 => Some(b'b'),
+            0x0c => Some(b'f'),
+            0x0b => Some(b'v'),
+            d if d == delimiter => Some(d),
+            _ => None,
+        };
+        match escaped {
+            Some(e) => {
+                out.put_u8(b'\\');
+                out.put_u8(e);
+            }
+            None => out.put_u8(b),
+        }
+    }
+}
+
+/// A value in CSV: quoted when it holds the delimiter, the quote, a line break, equals the NULL
+/// string, or is `\.` (which would end the data); quotes and escapes inside are escaped.
+fn csv_field(v: &[u8], opts: &CopyOptions, quote: u8, escape: u8, out: &mut Vec<u8>) {
+    let needs_quotes = v == opts.null.as_bytes()
+        || v == b"\\."
+        || v.iter()
+            .any(|&b| b == opts.delimiter || b == quote || b == b'\n' || b == b'\r');
+    if !needs_quotes {
+        out.extend_from_slice(v);
+        return;
+    }
+    out.push(quote);
+    for &b in v {
+        if b == quote || b == escape {
+            out.push(escape);
+        }
+        out.push(b);
+    }
+    out.push(quote);
 }
 
 fn encode_text(a: &dyn Array, r: usize, ty: Option<SqlType>, buf: &mut BytesMut) -> DbResult<()> {

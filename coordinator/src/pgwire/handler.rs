@@ -559,6 +559,11 @@ async fn to_response(
         StatementResult::CopyIn { columns } => {
             Response::CopyIn(CopyResponse::new(0, columns, stream::empty()))
         }
+        StatementResult::CopyOut {
+            schema,
+            stream,
+            options,
+        } => copy_out_response(schema, stream, options, stop, failed),
         StatementResult::Rows {
             schema,
             stream,
@@ -609,6 +614,72 @@ async fn to_response(
             Response::Query(resp)
         }
     })
+}
+
+/// `COPY … TO STDOUT`: one CopyData per row (pgwire's row count is the number of messages), the
+/// preamble (binary signature, CSV header) riding on the first one. pgwire adds the binary
+/// trailer.
+fn copy_out_response(
+    schema: SchemaRef,
+    batches: datafusion::execution::SendableRecordBatchStream,
+    options: crate::handler::copy::CopyOptions,
+    stop: StopSignal,
+    failed: Arc<AtomicBool>,
+) -> Response {
+    use crate::handler::copy::CopyFormat;
+    use pgwire::messages::copy::CopyData;
+    let binary = options.format == CopyFormat::Binary;
+    let columns = schema.fields().len();
+    let pending = crate::pgwire::encode::copy_preamble(&schema, &options);
+    let preamble = Arc::new(std::sync::Mutex::new(
+        (!pending.is_empty()).then_some(pending),
+    ));
+    let unsent = preamble.clone();
+    let rows = batches.map(move |batch| -> Vec<PgWireResult<CopyData>> {
+        let batch = match batch {
+            Ok(b) => b,
+            Err(e) => return vec![Err(to_pgwire(&df_to_db(e), None))],
+        };
+        let mut out = Vec::with_capacity(batch.num_rows());
+        if let Err(e) = crate::pgwire::encode::encode_copy_rows(&batch, &schema, &options, &mut out)
+        {
+            return vec![Err(to_pgwire(&e, None))];
+        }
+        if let Some(first) = out.first_mut()
+            && let Some(pre) = preamble.lock().expect("preamble lock").take()
+        {
+            let mut with = bytes::BytesMut::from(&pre[..]);
+            with.extend_from_slice(first);
+            *first = with;
+        }
+        out.into_iter()
+            .map(|b| Ok(CopyData::new(b.freeze())))
+            .collect()
+    });
+    let peek = stop.clone();
+    // No rows at all: the preamble still goes out (counted as a row by pgwire: `COPY 1` for an
+    // empty binary or CSV-with-HEADER copy, where Postgres says `COPY 0`).
+    let data = rows
+        .flat_map(stream::iter)
+        .take_until(stop)
+        .chain(
+            stream::once(async move {
+                let pre = unsent.lock().expect("preamble lock").take();
+                pre.map(|p| Ok(CopyData::new(bytes::Bytes::from(p))))
+            })
+            .filter_map(|p| async move { p }),
+        )
+        .chain(
+            stream::once(async move { peek.peek().copied() }).filter_map(|stopped| async move {
+                stopped.map(|s| Err(to_pgwire(&s.error(), None)))
+            }),
+        )
+        .inspect(move |r| {
+            if r.is_err() {
+                failed.store(true, Ordering::Relaxed);
+            }
+        });
+    Response::CopyOut(CopyResponse::new(i8::from(binary), columns, data))
 }
 
 #[async_trait]
