@@ -80,9 +80,11 @@ pub enum StatementResult {
     Begin,
     /// End of a block with the tag to send ("COMMIT" or "ROLLBACK").
     End(&'static str),
-    /// `COPY … FROM STDIN` is waiting for data.
+    /// `COPY … FROM STDIN` is waiting for data (in binary format: clients such as psql treat
+    /// text-format data as lines of characters).
     CopyIn {
         columns: usize,
+        binary: bool,
     },
     /// `COPY … TO STDOUT`: these rows, in this format.
     CopyOut {

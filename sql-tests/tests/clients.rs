@@ -59,3 +59,97 @@ async fn copy_bad_row_loads_nothing() {
         .unwrap();
     assert_eq!(row.get::<_, i64>(0), 0);
 }
+
+/// Binary COPY FROM: a malformed tuple (wrong field count, a value of the wrong width) fails
+/// the COPY with 22P04 / 22P03 and loads nothing; a good stream loads every row.
+#[tokio::test]
+async fn copy_binary_from_stdin() {
+    let server = Server::start().expect("server");
+    let client = server.connect().await;
+    client
+        .batch_execute("CREATE TABLE copy_bin (id int PRIMARY KEY, v text, n int8)")
+        .await
+        .unwrap();
+    let header = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0".to_vec();
+    let tuple = |id: i32, v: Option<&str>, n: i64| {
+        let mut t = 3i16.to_be_bytes().to_vec();
+        t.extend(4i32.to_be_bytes());
+        t.extend(id.to_be_bytes());
+        match v {
+            Some(v) => {
+                t.extend((v.len() as i32).to_be_bytes());
+                t.extend(v.as_bytes());
+            }
+            None => t.extend((-1i32).to_be_bytes()),
+        }
+        t.extend(8i32.to_be_bytes());
+        t.extend(n.to_be_bytes());
+        t
+    };
+    let trailer = (-1i16).to_be_bytes().to_vec();
+    let load = |chunks: Vec<Vec<u8>>| {
+        let client = &client;
+        async move {
+            let sink = client
+                .copy_in("COPY copy_bin FROM STDIN (FORMAT binary)")
+                .await
+                .unwrap();
+            futures::pin_mut!(sink);
+            for c in chunks {
+                if let Err(e) = sink.send(bytes::Bytes::from(c)).await {
+                    return Err(e);
+                }
+            }
+            sink.finish().await
+        }
+    };
+    // a tuple split across messages, a NULL, then the trailer
+    let mut all = header.clone();
+    all.extend(tuple(1, Some("one"), 10));
+    all.extend(tuple(2, None, 20));
+    all.extend(&trailer);
+    let (a, b) = all.split_at(25);
+    assert_eq!(load(vec![a.to_vec(), b.to_vec()]).await.unwrap(), 2);
+
+    // second tuple has two fields: 22P04, and the first tuple is not loaded either
+    let mut bad = header.clone();
+    bad.extend(tuple(3, Some("three"), 30));
+    bad.extend(2i16.to_be_bytes());
+    bad.extend(&trailer);
+    let e = load(vec![bad]).await.unwrap_err();
+    assert_eq!(
+        e.code(),
+        Some(&tokio_postgres::error::SqlState::BAD_COPY_FILE_FORMAT)
+    );
+
+    // an int4 sent in 2 bytes: 22P03
+    let mut bad = header.clone();
+    let mut t = tuple(4, Some("four"), 40);
+    t.splice(2..10, 2i32.to_be_bytes().iter().copied().chain([0u8, 4]));
+    bad.extend(t);
+    bad.extend(&trailer);
+    let e = load(vec![bad]).await.unwrap_err();
+    assert_eq!(
+        e.code(),
+        Some(&tokio_postgres::error::SqlState::INVALID_BINARY_REPRESENTATION)
+    );
+
+    // no trailer: 22P04
+    let mut bad = header.clone();
+    bad.extend(tuple(5, Some("five"), 50));
+    let e = load(vec![bad]).await.unwrap_err();
+    assert_eq!(
+        e.code(),
+        Some(&tokio_postgres::error::SqlState::BAD_COPY_FILE_FORMAT)
+    );
+
+    let rows = client
+        .query("SELECT id, v, n FROM copy_bin ORDER BY id", &[])
+        .await
+        .unwrap();
+    let got: Vec<(i32, Option<String>, i64)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(got, vec![(1, Some("one".into()), 10), (2, None, 20)]);
+}

@@ -138,7 +138,8 @@ fn meta_commands_print_what_postgres_prints() {
 }
 
 /// COPY TO STDOUT in text, CSV (header, delimiter, NULL, quote) and binary formats, of a table
-/// and of a query, and psql's `\copy` out to a file and back in: what PostgreSQL prints.
+/// and of a query, and psql's `\copy` out to a file and back in (CSV and binary): what
+/// PostgreSQL prints.
 #[test]
 fn copy_out_and_psql_copy_match_postgres() {
     let pg = std::env::var("OROCHI_PG_URL")
@@ -189,6 +190,11 @@ CREATE TABLE cp2 (id int PRIMARY KEY, t text, n numeric(8,2), b boolean, d date,
                   ts timestamp, j jsonb, by bytea, f float8);
 \copy cp2 FROM '{path}' WITH (FORMAT csv, HEADER)
 SELECT * FROM cp2 ORDER BY id;
+\copy cp TO '{path}.bin' WITH (FORMAT binary)
+CREATE TABLE cp3 (id int PRIMARY KEY, t text, n numeric(8,2), b boolean, d date,
+                  ts timestamp, j jsonb, by bytea, f float8);
+\copy cp3 FROM '{path}.bin' WITH (FORMAT binary)
+SELECT * FROM cp3 ORDER BY id;
 "#;
 
 /// `\l` lists our one database as Postgres lists its own (PostgreSQL also has templates).

@@ -260,13 +260,8 @@ pub fn handle_copy_from(
         null,
         header,
     } = copy_options(options, legacy)?;
-    if format == CopyFormat::Binary {
-        return Err(DbError::new(
-            SqlState::FeatureNotSupported,
-            "COPY FROM STDIN in binary format is not supported yet",
-        ));
-    }
     let columns = targets.len();
+    let binary = format == CopyFormat::Binary;
     s.copy = Some(CopyIn {
         def,
         targets,
@@ -283,13 +278,13 @@ pub fn handle_copy_from(
         done: false,
         error: None,
     });
-    Ok(StatementResult::CopyIn { columns })
+    Ok(StatementResult::CopyIn { columns, binary })
 }
 
 /// Splits the next complete record off the front of `buf` (CSV records may span lines).
 fn next_record(buf: &[u8], format: &CopyFormat) -> Option<usize> {
     match format {
-        // binary input is refused before any data arrives
+        // binary input is read by `CopyIn::feed_binary`
         CopyFormat::Text | CopyFormat::Binary => buf.iter().position(|&b| b == b'\n'),
         CopyFormat::Csv { quote, escape } => {
             let mut in_quotes = false;
@@ -315,6 +310,10 @@ fn next_record(buf: &[u8], format: &CopyFormat) -> Option<usize> {
             None
         }
     }
+}
+
+fn be_i32(b: &[u8]) -> i32 {
+    i32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
 
 fn bad_format(msg: impl Into<String>) -> DbError {
@@ -434,6 +433,9 @@ impl CopyIn {
             return Ok(());
         }
         self.buffer.extend_from_slice(data);
+        if self.format == CopyFormat::Binary {
+            return self.feed_binary(s);
+        }
         let mut consumed = 0;
         while let Some(end) = next_record(&self.buffer[consumed..], &self.format) {
             let mut rec = &self.buffer[consumed..consumed + end];
@@ -456,6 +458,108 @@ impl CopyIn {
             }
         }
         self.buffer.drain(..consumed);
+        Ok(())
+    }
+
+    /// Binary format: the signature and header once, then tuples (`int16` field count, each
+    /// field an `int32` length, -1 for NULL, and the type's binary send format) until the
+    /// `-1` trailer. A tuple split across CopyData messages waits for the rest.
+    fn feed_binary(&mut self, s: &Session) -> DbResult<()> {
+        const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
+        let mut pos = 0;
+        let fail = |c: &mut CopyIn, e: DbError| {
+            c.buffer.clear();
+            Err(c.with_context(e))
+        };
+        if self.line == 0 {
+            // signature, flags, header extension length, extension
+            if self.buffer.len() < SIGNATURE.len() + 8 {
+                return Ok(());
+            }
+            if &self.buffer[..SIGNATURE.len()] != SIGNATURE {
+                return fail(self, bad_format("COPY file signature not recognized"));
+            }
+            let flags = be_i32(&self.buffer[11..15]);
+            if flags & (1 << 16) != 0 || flags & !0xffff != 0 {
+                return fail(
+                    self,
+                    bad_format("invalid COPY file header (unrecognized critical flags)"),
+                );
+            }
+            let ext = be_i32(&self.buffer[15..19]);
+            if ext < 0 {
+                return fail(
+                    self,
+                    bad_format("invalid COPY file header (missing length)"),
+                );
+            }
+            if self.buffer.len() < 19 + ext as usize {
+                return Ok(());
+            }
+            pos = 19 + ext as usize;
+            self.line = 1;
+        }
+        while let Some(count) = self.buffer.get(pos..pos + 2) {
+            let count = i16::from_be_bytes([count[0], count[1]]);
+            if count == -1 {
+                self.done = true;
+                pos += 2;
+                break;
+            }
+            if count as usize != self.targets.len() {
+                let e = bad_format(format!(
+                    "row field count is {count}, expected {}",
+                    self.targets.len()
+                ));
+                return fail(self, e);
+            }
+            // the whole tuple must be here before anything is decoded
+            let mut end = pos + 2;
+            let mut fields: Vec<Option<(usize, usize)>> = Vec::with_capacity(self.targets.len());
+            let mut complete = true;
+            for _ in 0..count {
+                let Some(len) = self.buffer.get(end..end + 4) else {
+                    complete = false;
+                    break;
+                };
+                let len = be_i32(len);
+                end += 4;
+                if len == -1 {
+                    fields.push(None);
+                    continue;
+                }
+                if len < 0 {
+                    return fail(self, bad_format("invalid field size"));
+                }
+                if self.buffer.len() < end + len as usize {
+                    complete = false;
+                    break;
+                }
+                fields.push(Some((end, len as usize)));
+                end += len as usize;
+            }
+            if !complete {
+                break;
+            }
+            self.line += 1;
+            let values: DbResult<Vec<Datum>> = self
+                .targets
+                .iter()
+                .zip(&fields)
+                .map(|(&col, f)| match f {
+                    Some((at, len)) => crate::pgwire::encode::decode_binary(
+                        &self.buffer[*at..*at + *len],
+                        self.def.columns[col].ty,
+                    ),
+                    None => Ok(Datum::Null),
+                })
+                .collect();
+            if let Err(e) = values.and_then(|v| self.store_row(v, s)) {
+                return fail(self, e);
+            }
+            pos = end;
+        }
+        self.buffer.drain(..pos);
         Ok(())
     }
 
@@ -495,14 +599,27 @@ impl CopyIn {
         if fields.len() > self.targets.len() {
             return Err(bad_format("extra data after last expected column"));
         }
+        let values = self
+            .targets
+            .iter()
+            .zip(fields)
+            .map(|(&col, f)| match f {
+                Some(text) => Datum::parse(self.def.columns[col].ty, &text),
+                None => Ok(Datum::Null),
+            })
+            .collect::<DbResult<Vec<_>>>()?;
+        self.store_row(values, s)
+    }
+
+    /// Adds a row of the target columns' values: defaults for the other columns, NOT NULL
+    /// checked.
+    fn store_row(&mut self, values: Vec<Datum>, s: &Session) -> DbResult<()> {
         let def = &self.def;
         let mut row = vec![Datum::Null; def.columns.len()];
         let mut given = vec![false; def.columns.len()];
-        for (&col, f) in self.targets.iter().zip(fields) {
+        for (&col, v) in self.targets.iter().zip(values) {
             given[col] = true;
-            if let Some(text) = f {
-                row[col] = Datum::parse(def.columns[col].ty, &text)?;
-            }
+            row[col] = v;
         }
         let now = chrono::Utc::now().timestamp_micros();
         for (i, c) in def.columns.iter().enumerate() {
@@ -558,6 +675,9 @@ pub async fn copy_done(s: &mut Session) -> DbResult<String> {
         Some(e) => Err(e),
         None => Ok(()),
     };
+    if result.is_ok() && c.format == CopyFormat::Binary && !c.done {
+        result = Err(c.with_context(bad_format("unexpected EOF in COPY data")));
+    }
     if result.is_ok() && !c.buffer.is_empty() && !c.done {
         // a final line without a newline
         let mut tail = std::mem::take(&mut c.buffer);

@@ -560,6 +560,45 @@ pub fn datum_to_scalar(d: &Datum, ty: SqlType) -> ScalarValue {
 }
 
 /// Decodes one bound parameter of Postgres type `t` (text or binary format).
+/// A value in its type's binary send format (bound parameters, binary COPY): 22P03 when the
+/// bytes do not fit the type; text-like types are checked by their input function.
+pub fn decode_binary(b: &[u8], ty: SqlType) -> DbResult<Datum> {
+    let bad = || {
+        DbError::new(
+            SqlState::InvalidBinaryRepresentation,
+            format!("incorrect binary data format for type {}", ty.typname()),
+        )
+    };
+    let arr = |n: usize| -> DbResult<&[u8]> { if b.len() == n { Ok(b) } else { Err(bad()) } };
+    Ok(match ty {
+        SqlType::Bool => Datum::Bool(arr(1)?[0] != 0),
+        SqlType::Int2 => Datum::Int2(i16::from_be_bytes(arr(2)?.try_into().expect("2"))),
+        SqlType::Int4 => Datum::Int4(i32::from_be_bytes(arr(4)?.try_into().expect("4"))),
+        SqlType::Int8 => Datum::Int8(i64::from_be_bytes(arr(8)?.try_into().expect("8"))),
+        SqlType::Float4 => Datum::Float4(f32::from_be_bytes(arr(4)?.try_into().expect("4"))),
+        SqlType::Float8 => Datum::Float8(f64::from_be_bytes(arr(8)?.try_into().expect("8"))),
+        SqlType::Date => {
+            Datum::Date(i32::from_be_bytes(arr(4)?.try_into().expect("4")) + PG_EPOCH_DAYS)
+        }
+        SqlType::Timestamp => {
+            Datum::Timestamp(i64::from_be_bytes(arr(8)?.try_into().expect("8")) + PG_EPOCH_MICROS)
+        }
+        SqlType::Timestamptz => {
+            Datum::Timestamptz(i64::from_be_bytes(arr(8)?.try_into().expect("8")) + PG_EPOCH_MICROS)
+        }
+        SqlType::Uuid => Datum::Uuid(arr(16)?.try_into().expect("16")),
+        SqlType::Bytea => Datum::Bytea(b.to_vec()),
+        SqlType::Jsonb => {
+            if b.first() != Some(&1) {
+                return Err(bad());
+            }
+            Datum::parse(ty, std::str::from_utf8(&b[1..]).map_err(|_| bad())?)?
+        }
+        SqlType::Numeric(_) => Datum::parse(ty, &decode_numeric_binary(b).ok_or_else(bad)?)?,
+        _ => Datum::parse(ty, std::str::from_utf8(b).map_err(|_| bad())?)?,
+    })
+}
+
 pub fn decode_param(bytes: Option<&[u8]>, binary: bool, t: &Type) -> DbResult<ScalarValue> {
     let ty = sql_type_for_pg(t).unwrap_or(SqlType::Text);
     let Some(b) = bytes else {
@@ -583,34 +622,13 @@ pub fn decode_param(bytes: Option<&[u8]>, binary: bool, t: &Type) -> DbResult<Sc
         })?;
         Datum::parse(ty, s)?
     } else {
-        let arr = |n: usize| -> DbResult<&[u8]> { if b.len() == n { Ok(b) } else { Err(bad()) } };
-        match ty {
-            SqlType::Bool => Datum::Bool(arr(1)?[0] != 0),
-            SqlType::Int2 => Datum::Int2(i16::from_be_bytes(arr(2)?.try_into().expect("2"))),
-            SqlType::Int4 => Datum::Int4(i32::from_be_bytes(arr(4)?.try_into().expect("4"))),
-            SqlType::Int8 => Datum::Int8(i64::from_be_bytes(arr(8)?.try_into().expect("8"))),
-            SqlType::Float4 => Datum::Float4(f32::from_be_bytes(arr(4)?.try_into().expect("4"))),
-            SqlType::Float8 => Datum::Float8(f64::from_be_bytes(arr(8)?.try_into().expect("8"))),
-            SqlType::Date => {
-                Datum::Date(i32::from_be_bytes(arr(4)?.try_into().expect("4")) + PG_EPOCH_DAYS)
+        decode_binary(b, ty).map_err(|e| {
+            if e.state == SqlState::InvalidBinaryRepresentation {
+                bad()
+            } else {
+                e
             }
-            SqlType::Timestamp => Datum::Timestamp(
-                i64::from_be_bytes(arr(8)?.try_into().expect("8")) + PG_EPOCH_MICROS,
-            ),
-            SqlType::Timestamptz => Datum::Timestamptz(
-                i64::from_be_bytes(arr(8)?.try_into().expect("8")) + PG_EPOCH_MICROS,
-            ),
-            SqlType::Uuid => Datum::Uuid(arr(16)?.try_into().expect("16")),
-            SqlType::Bytea => Datum::Bytea(b.to_vec()),
-            SqlType::Jsonb => {
-                if b.first() != Some(&1) {
-                    return Err(bad());
-                }
-                Datum::Json(String::from_utf8(b[1..].to_vec()).map_err(|_| bad())?)
-            }
-            SqlType::Numeric(_) => Datum::parse(ty, &decode_numeric_binary(b).ok_or_else(bad)?)?,
-            _ => Datum::Text(String::from_utf8(b.to_vec()).map_err(|_| bad())?),
-        }
+        })?
     };
     Ok(datum_to_scalar(&d, ty))
 }

@@ -556,9 +556,11 @@ async fn to_response(
         StatementResult::Command(tag) => Response::Execution(Tag::new(&tag)),
         StatementResult::Begin => Response::TransactionStart(Tag::new("BEGIN")),
         StatementResult::End(tag) => Response::TransactionEnd(Tag::new(tag)),
-        StatementResult::CopyIn { columns } => {
-            Response::CopyIn(CopyResponse::new(0, columns, stream::empty()))
-        }
+        StatementResult::CopyIn { columns, binary } => Response::CopyIn(CopyResponse::new(
+            i8::from(binary),
+            columns,
+            stream::empty(),
+        )),
         StatementResult::CopyOut {
             schema,
             stream,
