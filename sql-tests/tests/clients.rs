@@ -96,9 +96,7 @@ async fn copy_binary_from_stdin() {
                 .unwrap();
             futures::pin_mut!(sink);
             for c in chunks {
-                if let Err(e) = sink.send(bytes::Bytes::from(c)).await {
-                    return Err(e);
-                }
+                sink.send(bytes::Bytes::from(c)).await?;
             }
             sink.finish().await
         }
