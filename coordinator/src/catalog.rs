@@ -1,4 +1,5 @@
-//! The coordinator's catalog: schemas, tables (with their shard layout) and sequences.
+//! The coordinator's catalog: schemas, tables (with their shard layout), sequences and the
+//! parameters set with `ALTER SYSTEM`.
 //!
 //! Persisted in the coordinator's own sled database (`<data-dir>/catalog`), flushed on every
 //! change. The cluster issue replaces the storage with an openraft state machine; the API here
@@ -103,6 +104,37 @@ impl Catalog {
             catalog.create_schema("public")?;
         }
         Ok(catalog)
+    }
+
+    /// Parameters set with `ALTER SYSTEM` (lower-case name → value as shown).
+    pub fn system_settings(&self) -> DbResult<BTreeMap<String, String>> {
+        let mut out = BTreeMap::new();
+        for item in self.tree.scan_prefix("setting/") {
+            let (k, v) = item.map_err(io)?;
+            let name = String::from_utf8_lossy(&k["setting/".len()..]).to_string();
+            out.insert(name, String::from_utf8_lossy(&v).to_string());
+        }
+        Ok(out)
+    }
+
+    /// `ALTER SYSTEM SET name = value` (`Some`) or `ALTER SYSTEM RESET name` (`None`), durable
+    /// when this returns.
+    pub fn put_system_setting(&self, name: &str, value: Option<&str>) -> DbResult<()> {
+        let key = format!("setting/{}", name.to_lowercase());
+        match value {
+            Some(v) => self.tree.insert(key, v.as_bytes()).map_err(io)?,
+            None => self.tree.remove(key).map_err(io)?,
+        };
+        self.flush()
+    }
+
+    /// `ALTER SYSTEM RESET ALL`.
+    pub fn clear_system_settings(&self) -> DbResult<()> {
+        for item in self.tree.scan_prefix("setting/") {
+            let (k, _) = item.map_err(io)?;
+            self.tree.remove(k).map_err(io)?;
+        }
+        self.flush()
     }
 
     fn flush(&self) -> DbResult<()> {

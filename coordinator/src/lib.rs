@@ -28,6 +28,7 @@ pub mod pgwire;
 pub mod planner;
 pub mod provider;
 pub mod session;
+pub mod settings;
 pub mod standalone;
 pub mod subquery;
 pub mod system;

@@ -38,6 +38,8 @@ pub struct Planner<'a> {
     pub user: &'a str,
     /// Statement-local tables, by bare name (checked before the catalog).
     pub extra: HashMap<String, Arc<dyn TableProvider>>,
+    /// The session's parameters (`pg_settings`).
+    pub settings: Option<crate::settings::SharedSettings>,
 }
 
 impl<'a> Planner<'a> {
@@ -54,6 +56,7 @@ impl<'a> Planner<'a> {
             search_path,
             user: "postgres",
             extra: HashMap::new(),
+            settings: None,
         }
     }
 
@@ -168,6 +171,14 @@ impl ContextProvider for Planner<'_> {
             None => !self.search_path.iter().any(|s| s == "pg_catalog"),
             Some(_) => false,
         };
+        if system
+            && table == "pg_settings"
+            && let Some(settings) = &self.settings
+        {
+            return Ok(provider_as_source(crate::system::pg_settings(
+                &settings.lock(),
+            )));
+        }
         if system
             && (crate::system::TABLES.contains(&table) || crate::system::is_empty_table(table))
             && let Some(t) = crate::system::table(self.catalog, table, self.user)

@@ -26,6 +26,8 @@ pub struct Instance {
     pub service: Arc<dyn ShardService>,
     pub options: Arc<CoordinatorOptions>,
     pub runtime: Arc<RuntimeEnv>,
+    /// Server-wide parameter values: `ALTER SYSTEM` as of start or the last `pg_reload_conf()`.
+    pub server_settings: crate::settings::ServerValues,
     next_txn: AtomicU64,
 }
 
@@ -47,8 +49,16 @@ impl Instance {
             service,
             options,
             runtime,
+            server_settings: Default::default(),
             next_txn: AtomicU64::new(start),
         }
+    }
+
+    /// Loads the `ALTER SYSTEM` parameters from the catalog (at start, and `pg_reload_conf()`).
+    pub fn reload_settings(&self) -> DbResult<()> {
+        let values = self.catalog.system_settings()?;
+        *self.server_settings.write() = values;
+        Ok(())
     }
 
     pub fn new_txn_id(&self) -> TxnId {
@@ -108,7 +118,9 @@ pub struct Session {
     /// block that fails the block, as any error does.
     pub stream_failed: Arc<AtomicBool>,
     pub search_path: Vec<String>,
-    pub settings: handler::utility::Settings,
+    /// Shared with the functions that read and change them (`current_setting`, `set_config`).
+    pub settings: crate::settings::SharedSettings,
+
     pub copy: Option<handler::copy::CopyIn>,
     pub user: String,
     pub database: String,
@@ -153,6 +165,9 @@ impl Session {
                 .register_udf(Arc::new(value))
                 .expect("registering a function cannot fail");
         }
+        let settings = Arc::new(parking_lot::Mutex::new(crate::settings::Settings::new(
+            instance.server_settings.clone(),
+        )));
         let mut session = Session {
             instance,
             state,
@@ -160,7 +175,7 @@ impl Session {
             savepoints: Vec::new(),
             stream_failed: Arc::new(AtomicBool::new(false)),
             search_path: vec!["public".to_string()],
-            settings: handler::utility::Settings::default(),
+            settings,
             copy: None,
             user,
             database,
@@ -182,9 +197,43 @@ impl Session {
             backend_pid: self.backend_pid,
             catalog: &self.instance.catalog,
         };
-        for f in crate::functions::session_functions(&info) {
+        let settings_functions = crate::settings::functions::all(&self.settings, &self.instance);
+        for f in crate::functions::session_functions(&info)
+            .into_iter()
+            .chain(settings_functions)
+        {
             if let Err(e) = self.state.register_udf(Arc::new(f)) {
                 tracing::warn!(error = %e, "registering a session function");
+            }
+        }
+    }
+
+    /// Re-derives what depends on parameters (the search path and the functions resolving
+    /// names through it, the execution batch size) after `SET`, `set_config()`, a rollback
+    /// or `pg_reload_conf()` changed them.
+    pub fn sync_settings(&mut self) {
+        let (path, batch) = {
+            let st = self.settings.lock();
+            (
+                st.get("search_path").unwrap_or_default(),
+                st.get("orochi.vectorized_batch_size").unwrap_or_default(),
+            )
+        };
+        let path: Vec<String> = path
+            .split(',')
+            .map(|p| p.trim().trim_matches('"').to_string())
+            .filter(|p| !p.is_empty() && p != "$user")
+            .collect();
+        if path != self.search_path {
+            self.search_path = path;
+            self.refresh_functions();
+        }
+        if let Ok(n) = batch.parse::<usize>()
+            && let Ok(n) = datafusion::config::ConfigNonZeroUsize::try_new(n)
+        {
+            let options = self.state.config_mut().options_mut();
+            if options.execution.batch_size.get() != n.get() {
+                options.execution.batch_size = n;
             }
         }
     }
@@ -197,6 +246,7 @@ impl Session {
             &self.search_path,
         );
         p.user = &self.user;
+        p.settings = Some(self.settings.clone());
         p
     }
 
@@ -215,6 +265,7 @@ impl Session {
         params: &Params,
     ) -> DbResult<StatementResult> {
         self.settle_stream_failure();
+        self.sync_settings();
         match stmt {
             Statement::StartTransaction { .. } => return Ok(self.handle_begin()),
             Statement::Commit { .. } => return self.handle_commit().await,
@@ -238,6 +289,7 @@ impl Session {
             TxnStatus::Block(t) => (t, false),
             _ => {
                 self.txn_start = chrono::Utc::now();
+                self.settings.lock().begin();
                 (self.instance.new_txn_id(), true)
             }
         };
@@ -255,8 +307,15 @@ impl Session {
                     c.txn = txn;
                 }
             }
-            (Ok(_), true) => self.instance.service.commit(txn).await?,
-            (Err(_), true) => self.instance.service.abort(txn).await,
+            (Ok(_), true) => {
+                let committed = self.instance.service.commit(txn).await;
+                self.settings.lock().end(committed.is_ok());
+                committed?
+            }
+            (Err(_), true) => {
+                self.settings.lock().end(false);
+                self.instance.service.abort(txn).await
+            }
             (Err(_), false) => self.txn = TxnStatus::Failed(txn),
             (Ok(_), false) => {}
         }
@@ -337,6 +396,7 @@ impl Session {
         if let TxnStatus::Idle = self.txn {
             self.txn = TxnStatus::Block(self.instance.new_txn_id());
             self.txn_start = chrono::Utc::now();
+            self.settings.lock().begin();
         } else {
             tracing::debug!(
                 "BEGIN inside a transaction block: there is already a transaction in progress"
@@ -423,10 +483,13 @@ impl Session {
         match std::mem::replace(&mut self.txn, TxnStatus::Idle) {
             TxnStatus::Idle => Ok(StatementResult::End("COMMIT")),
             TxnStatus::Block(t) => {
-                self.instance.service.commit(t).await?;
+                let committed = self.instance.service.commit(t).await;
+                self.settings.lock().end(committed.is_ok());
+                committed?;
                 Ok(StatementResult::End("COMMIT"))
             }
             TxnStatus::Failed(t) => {
+                self.settings.lock().end(false);
                 self.instance.service.abort(t).await;
                 Ok(StatementResult::End("ROLLBACK"))
             }
@@ -438,6 +501,7 @@ impl Session {
         if let TxnStatus::Block(t) | TxnStatus::Failed(t) =
             std::mem::replace(&mut self.txn, TxnStatus::Idle)
         {
+            self.settings.lock().end(false);
             self.instance.service.abort(t).await;
         }
         StatementResult::End("ROLLBACK")

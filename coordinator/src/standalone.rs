@@ -74,6 +74,9 @@ pub fn open(options: CoordinatorOptions) -> anyhow::Result<Standalone> {
         Arc::new(options),
         runtime,
     ));
+    instance
+        .reload_settings()
+        .context("reading ALTER SYSTEM parameters")?;
     Ok(Standalone {
         instance,
         _lock: lock,

@@ -1002,6 +1002,61 @@ pub fn table(catalog: &Catalog, name: &str, user: &str) -> Option<Arc<dyn TableP
     })
 }
 
+/// `pg_settings` as the session sees it (also what `SHOW ALL` lists).
+pub fn pg_settings(settings: &crate::settings::Settings) -> Arc<dyn TableProvider> {
+    use crate::settings::Kind;
+    let mut tb = Table::new(&[
+        ("name", 't'),
+        ("setting", 't'),
+        ("unit", 't'),
+        ("category", 't'),
+        ("short_desc", 't'),
+        ("extra_desc", 't'),
+        ("context", 't'),
+        ("vartype", 't'),
+        ("source", 't'),
+        ("min_val", 't'),
+        ("max_val", 't'),
+        ("enumvals", 'a'),
+        ("boot_val", 't'),
+        ("reset_val", 't'),
+        ("sourcefile", 't'),
+        ("sourceline", 'i'),
+        ("pending_restart", 'b'),
+    ]);
+    let opt = |s: Option<String>| s.map(V::T).unwrap_or(V::Null);
+    for (d, value) in settings.all() {
+        let (unit, min, max) = match d.kind {
+            Kind::Int { min, max, unit } => (
+                unit.map(str::to_string),
+                Some(min.to_string()),
+                Some(max.to_string()),
+            ),
+            _ => (None, None, None),
+        };
+        tb.row(vec![
+            t(d.name),
+            t(&d.base_value(&value)),
+            opt(unit),
+            t(d.category),
+            t(d.description),
+            V::Null,
+            t(d.context.name()),
+            t(d.vartype()),
+            t(settings.source(d.name)),
+            opt(min),
+            opt(max),
+            V::Null,
+            t(&d.base_value(d.default)),
+            t(&d.base_value(&settings.reset_value(d))),
+            V::Null,
+            V::I(0),
+            V::B(false),
+        ]);
+    }
+    tb.provider()
+}
+
 /// `pg_get_indexdef(index_oid [, column, pretty])` and `pg_get_constraintdef(oid [, pretty])`
 /// for the primary-key indexes and constraints we have; NULL for an unknown oid, as Postgres.
 pub struct ObjectDefinition {

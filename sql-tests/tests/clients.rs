@@ -151,3 +151,73 @@ async fn copy_binary_from_stdin() {
         .collect();
     assert_eq!(got, vec![(1, Some("one".into()), 10), (2, None, 20)]);
 }
+
+async fn show(c: &tokio_postgres::Client, name: &str) -> String {
+    c.query_one(&format!("SHOW {name}"), &[])
+        .await
+        .unwrap()
+        .get::<_, String>(0)
+}
+
+/// ALTER SYSTEM stores a parameter durably; it applies after pg_reload_conf() (to sessions
+/// that did not SET it themselves) and after a restart; ALTER SYSTEM RESET takes it back.
+#[tokio::test]
+async fn alter_system_persists_and_reloads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let port;
+    {
+        let server = Server::start_on(0, &dir).unwrap();
+        port = server.port;
+        let a = server.connect().await;
+        let b = server.connect().await;
+        b.batch_execute("SET orochi.compression_level = 9")
+            .await
+            .unwrap();
+        a.batch_execute("ALTER SYSTEM SET orochi.compression_level = 5; ALTER SYSTEM SET statement_timeout = '90s'")
+            .await
+            .unwrap();
+        // not before a reload
+        assert_eq!(show(&a, "orochi.compression_level").await, "3");
+        let reloaded: bool = a
+            .query_one("SELECT pg_reload_conf()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(reloaded);
+        assert_eq!(show(&a, "orochi.compression_level").await, "5");
+        assert_eq!(show(&a, "statement_timeout").await, "90s");
+        // a session's own SET wins over the server's value
+        assert_eq!(show(&b, "orochi.compression_level").await, "9");
+        let e = a
+            .batch_execute("ALTER SYSTEM SET orochi.compression_level = 99")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.code(),
+            Some(&tokio_postgres::error::SqlState::INVALID_PARAMETER_VALUE)
+        );
+    }
+    let server = Server::start_on(port, &dir).unwrap();
+    let c = server.connect().await;
+    assert_eq!(show(&c, "orochi.compression_level").await, "5");
+    assert_eq!(show(&c, "statement_timeout").await, "90s");
+    let source: String = c
+        .query_one(
+            "SELECT source FROM pg_settings WHERE name = 'orochi.compression_level'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(source, "configuration file");
+    c.batch_execute("ALTER SYSTEM RESET orochi.compression_level; SELECT pg_reload_conf()")
+        .await
+        .unwrap();
+    assert_eq!(show(&c, "orochi.compression_level").await, "3");
+    assert_eq!(show(&c, "statement_timeout").await, "90s");
+    c.batch_execute("ALTER SYSTEM RESET ALL; SELECT pg_reload_conf()")
+        .await
+        .unwrap();
+    assert_eq!(show(&c, "statement_timeout").await, "0");
+}

@@ -330,7 +330,12 @@ pub async fn handle_create_table(
         columns,
         primary_key: pk_idx,
         distribution_column,
-        shard_count: s.settings.default_shard_count,
+        shard_count: s
+            .settings
+            .lock()
+            .get("orochi.default_shard_count")?
+            .parse()
+            .map_err(|_| DbError::internal("orochi.default_shard_count is not a number"))?,
         hidden_rowid,
         version: 1,
     };

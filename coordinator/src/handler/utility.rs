@@ -1,6 +1,5 @@
-//! SET / SHOW / RESET and other utility statements.
+//! SET / SHOW / RESET, ALTER SYSTEM and other utility statements (parameters: `settings.rs`).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::StringArray;
@@ -11,126 +10,9 @@ use datafusion::sql::sqlparser::ast;
 use orochi_common::error::{DbError, DbResult, SqlState};
 
 use crate::session::{Session, StatementResult};
+pub use crate::settings::SERVER_VERSION;
 
-pub const SERVER_VERSION: &str = "16.6";
-
-/// Session settings. `orochi.default_shard_count` is typed because DDL reads it; the rest are
-/// kept as Postgres prints them.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub default_shard_count: u32,
-    pub vars: BTreeMap<String, String>,
-}
-
-/// Settings every session starts with (name, default, description).
-pub const DEFAULTS: &[(&str, &str, &str)] = &[
-    (
-        "application_name",
-        "",
-        "Sets the application name to be reported in statistics and logs.",
-    ),
-    (
-        "client_encoding",
-        "UTF8",
-        "Sets the client's character set encoding.",
-    ),
-    (
-        "DateStyle",
-        "ISO, MDY",
-        "Sets the display format for date and time values.",
-    ),
-    (
-        "default_transaction_isolation",
-        "read committed",
-        "Sets the transaction isolation level of each new transaction.",
-    ),
-    (
-        "extra_float_digits",
-        "1",
-        "Sets the number of digits displayed for floating-point values.",
-    ),
-    (
-        "integer_datetimes",
-        "on",
-        "Shows whether datetimes are integer based.",
-    ),
-    (
-        "IntervalStyle",
-        "postgres",
-        "Sets the display format for interval values.",
-    ),
-    (
-        "lock_timeout",
-        "0",
-        "Sets the maximum allowed duration of any wait for a lock.",
-    ),
-    (
-        "max_connections",
-        "100",
-        "Sets the maximum number of concurrent connections.",
-    ),
-    (
-        "orochi.default_shard_count",
-        "32",
-        "Number of hash shards for new distributed tables.",
-    ),
-    (
-        "search_path",
-        "\"$user\", public",
-        "Sets the schema search order for names that are not schema-qualified.",
-    ),
-    (
-        "server_encoding",
-        "UTF8",
-        "Shows the server (database) character set encoding.",
-    ),
-    (
-        "server_version",
-        SERVER_VERSION,
-        "Shows the server version.",
-    ),
-    (
-        "standard_conforming_strings",
-        "on",
-        "Causes '...' strings to treat backslashes literally.",
-    ),
-    (
-        "statement_timeout",
-        "0",
-        "Sets the maximum allowed duration of any statement.",
-    ),
-    (
-        "TimeZone",
-        "UTC",
-        "Sets the time zone for displaying and interpreting time stamps.",
-    ),
-    (
-        "transaction_isolation",
-        "read committed",
-        "Shows the current transaction's isolation level.",
-    ),
-];
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            default_shard_count: 32,
-            vars: DEFAULTS
-                .iter()
-                .map(|(k, v, _)| (k.to_lowercase(), v.to_string()))
-                .collect(),
-        }
-    }
-}
-
-fn canonical_name(name: &str) -> String {
-    DEFAULTS
-        .iter()
-        .find(|(k, _, _)| k.eq_ignore_ascii_case(name))
-        .map(|(k, _, _)| k.to_string())
-        .unwrap_or_else(|| name.to_string())
-}
-
+/// A SET value as Postgres reads it: strings unquoted, identifiers and numbers as written.
 fn value_text(e: &ast::Expr) -> String {
     match e {
         ast::Expr::Value(v) => match &v.value {
@@ -140,119 +22,89 @@ fn value_text(e: &ast::Expr) -> String {
             other => other.to_string(),
         },
         ast::Expr::Identifier(i) => i.value.clone(),
+        ast::Expr::UnaryOp {
+            op: ast::UnaryOperator::Minus,
+            expr,
+        } => format!("-{}", value_text(expr)),
         other => other.to_string(),
     }
 }
 
-impl Settings {
-    pub fn set(&mut self, name: &str, value: &str) -> DbResult<()> {
-        let key = name.to_lowercase();
-        match key.as_str() {
-            "orochi.default_shard_count" => {
-                let n: u32 = value.parse().ok().filter(|n| (1..=4096).contains(n)).ok_or_else(|| {
-                    DbError::new(
-                        SqlState::InvalidParameterValue,
-                        format!("invalid value for parameter \"orochi.default_shard_count\": \"{value}\""),
-                    )
-                    .with_detail("Valid values are between \"1\" and \"4096\".")
-                })?;
-                self.default_shard_count = n;
-            }
-            "server_version" | "server_encoding" | "integer_datetimes" | "max_connections" => {
-                return Err(DbError::new(
-                    SqlState::CantChangeRuntimeParam,
-                    format!("parameter \"{key}\" cannot be changed"),
-                ));
-            }
-            "client_encoding"
-                if !matches!(value.to_uppercase().as_str(), "UTF8" | "UTF-8" | "UNICODE") =>
-            {
-                return Err(DbError::new(
-                    SqlState::FeatureNotSupported,
-                    format!("conversion to encoding \"{value}\" is not supported; only UTF8 is"),
-                ));
-            }
-            "extra_float_digits" | "statement_timeout" | "lock_timeout"
-                if value
-                    .trim_end_matches(|c: char| c.is_ascii_alphabetic())
-                    .parse::<i64>()
-                    .is_err() =>
-            {
-                return Err(DbError::new(
-                    SqlState::InvalidParameterValue,
-                    format!("invalid value for parameter \"{key}\": \"{value}\""),
-                ));
-            }
-            k if !k.contains('.') && !self.vars.contains_key(k) => {
-                return Err(DbError::new(
-                    SqlState::UndefinedObject,
-                    format!("unrecognized configuration parameter \"{name}\""),
-                ));
-            }
-            _ => {}
-        }
-        self.vars.insert(key, value.to_string());
-        Ok(())
-    }
-
-    /// `statement_timeout` as a duration; `None` when 0 (no timeout). Postgres units: a bare
-    /// number is milliseconds; `us`, `ms`, `s`, `min`, `h`, `d` suffixes.
-    pub fn statement_timeout(&self) -> Option<std::time::Duration> {
-        let v = self.vars.get("statement_timeout")?.trim().to_lowercase();
-        let split = v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len());
-        let (n, unit) = v.split_at(split);
-        let n: u64 = n.trim().parse().ok()?;
-        let ms = match unit.trim() {
-            "" | "ms" => n,
-            "us" => n / 1000,
-            "s" => n * 1000,
-            "min" => n * 60_000,
-            "h" => n * 3_600_000,
-            "d" => n * 86_400_000,
-            _ => return None,
-        };
-        (ms > 0).then(|| std::time::Duration::from_millis(ms))
-    }
-
-    pub fn get(&self, name: &str) -> DbResult<String> {
-        self.vars.get(&name.to_lowercase()).cloned().ok_or_else(|| {
-            DbError::new(
-                SqlState::UndefinedObject,
-                format!("unrecognized configuration parameter \"{name}\""),
-            )
+/// `search_path` items keep their quotes (`"$user", public`), as Postgres shows them.
+fn search_path_text(values: &[ast::Expr]) -> String {
+    values
+        .iter()
+        .map(|v| match v {
+            ast::Expr::Value(x) => match &x.value {
+                ast::Value::SingleQuotedString(s) if s.starts_with('$') || s.contains(' ') => {
+                    format!("\"{s}\"")
+                }
+                _ => value_text(v),
+            },
+            ast::Expr::Identifier(i) if i.quote_style.is_some() => format!("\"{}\"", i.value),
+            _ => value_text(v),
         })
-    }
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub fn handle_set(s: &mut Session, set: &ast::Set) -> DbResult<StatementResult> {
     match set {
         ast::Set::SingleAssignment {
-            variable, values, ..
+            scope,
+            variable,
+            values,
+            ..
         } => {
             let name = variable.to_string();
-            let text = values.iter().map(value_text).collect::<Vec<_>>().join(", ");
-            let default = text.eq_ignore_ascii_case("default");
-            if default {
-                reset(s, &name)?;
+            let text = if name.eq_ignore_ascii_case("search_path") {
+                search_path_text(values)
             } else {
-                s.settings.set(&name, &text)?;
-                if name.eq_ignore_ascii_case("search_path") {
-                    s.search_path = values
-                        .iter()
-                        .map(value_text)
-                        .map(|v| v.trim_matches('"').to_string())
-                        .filter(|v| v != "$user")
-                        .collect();
-                    s.refresh_functions();
+                values.iter().map(value_text).collect::<Vec<_>>().join(", ")
+            };
+            let default = values.len() == 1
+                && matches!(&values[0], ast::Expr::Identifier(i) if i.quote_style.is_none() && i.value.eq_ignore_ascii_case("default"));
+            match scope {
+                // `ALTER SYSTEM SET|RESET` (parse.rs spells it this way)
+                Some(ast::ContextModifier::Global) => {
+                    return alter_system(s, &name, (!default).then_some(text.as_str()));
+                }
+                Some(ast::ContextModifier::Local) => {
+                    let mut st = s.settings.lock();
+                    if default {
+                        let d = crate::settings::lookup(&name);
+                        let value = d.map(|d| st.reset_value(d)).unwrap_or_default();
+                        st.set(&name, &value, true)?;
+                    } else {
+                        st.set(&name, &text, true)?;
+                    }
+                }
+                _ => {
+                    let mut st = s.settings.lock();
+                    if default {
+                        st.reset(&name)?;
+                    } else {
+                        st.set(&name, &text, false)?;
+                    }
                 }
             }
+            s.sync_settings();
             Ok(StatementResult::Command("SET".into()))
         }
-        ast::Set::SetTimeZone { value, .. } => {
-            s.settings.set("TimeZone", &value_text(value))?;
+        ast::Set::SetTimeZone { local, value } => {
+            s.settings
+                .lock()
+                .set("TimeZone", &value_text(value), *local)?;
             Ok(StatementResult::Command("SET".into()))
         }
-        ast::Set::SetNames { .. } | ast::Set::SetNamesDefault {} => {
+        ast::Set::SetNames { charset_name, .. } => {
+            s.settings
+                .lock()
+                .set("client_encoding", &charset_name.value, false)?;
+            Ok(StatementResult::Command("SET".into()))
+        }
+        ast::Set::SetNamesDefault {} => {
+            s.settings.lock().reset("client_encoding")?;
             Ok(StatementResult::Command("SET".into()))
         }
         ast::Set::SetTransaction { .. } => Ok(StatementResult::Command("SET".into())),
@@ -263,48 +115,39 @@ pub fn handle_set(s: &mut Session, set: &ast::Set) -> DbResult<StatementResult> 
     }
 }
 
-fn reset(s: &mut Session, name: &str) -> DbResult<()> {
-    let default = DEFAULTS
-        .iter()
-        .find(|(k, _, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v, _)| *v);
-    match default {
-        Some(v) => {
-            s.settings.set(name, v)?;
-            if name.eq_ignore_ascii_case("search_path") {
-                s.search_path = vec!["public".into()];
-                s.refresh_functions();
-            }
-            Ok(())
-        }
-        None if name.contains('.') => {
-            s.settings.vars.remove(&name.to_lowercase());
-            Ok(())
-        }
-        None => Err(DbError::new(
-            SqlState::UndefinedObject,
-            format!("unrecognized configuration parameter \"{name}\""),
-        )),
+/// `ALTER SYSTEM SET name = value` (`Some`) / `ALTER SYSTEM RESET name` (`None`; the name
+/// `all` resets every one). Stored durably in the catalog; takes effect at the next start or
+/// `pg_reload_conf()`, as in Postgres.
+fn alter_system(s: &mut Session, name: &str, value: Option<&str>) -> DbResult<StatementResult> {
+    if !matches!(s.txn, crate::session::TxnStatus::Idle) {
+        return Err(DbError::new(
+            SqlState::ActiveSqlTransaction,
+            "ALTER SYSTEM cannot run inside a transaction block",
+        ));
     }
+    let catalog = &s.instance.catalog;
+    match value {
+        None if name.eq_ignore_ascii_case("all") => catalog.clear_system_settings()?,
+        None => {
+            let default = crate::settings::lookup(name).map_or("", |d| d.default);
+            let (name, _) = crate::settings::check_system_value(name, default)?;
+            catalog.put_system_setting(name, None)?;
+        }
+        Some(v) => {
+            let (name, shown) = crate::settings::check_system_value(name, v)?;
+            catalog.put_system_setting(name, Some(&shown))?;
+        }
+    }
+    Ok(StatementResult::Command("ALTER SYSTEM".into()))
 }
 
 pub fn handle_reset(s: &mut Session, r: &ast::ResetStatement) -> DbResult<StatementResult> {
     match &r.reset {
-        ast::Reset::ALL => {
-            let keep = s.settings.default_shard_count;
-            s.settings = Settings::default();
-            let _ = keep;
-            s.search_path = vec!["public".into()];
-            s.refresh_functions();
-        }
-        ast::Reset::ConfigurationParameter(name) => reset(s, &name.to_string())?,
+        ast::Reset::ALL => s.settings.lock().reset_all(),
+        ast::Reset::ConfigurationParameter(name) => s.settings.lock().reset(&name.to_string())?,
     }
+    s.sync_settings();
     Ok(StatementResult::Command("RESET".into()))
-}
-
-fn one_column(name: &str, values: Vec<String>) -> StatementResult {
-    let schema = Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, false)]));
-    rows(schema, vec![Arc::new(StringArray::from(values))], "SHOW")
 }
 
 fn rows(schema: Arc<Schema>, cols: Vec<arrow::array::ArrayRef>, tag: &str) -> StatementResult {
@@ -320,25 +163,18 @@ fn rows(schema: Arc<Schema>, cols: Vec<arrow::array::ArrayRef>, tag: &str) -> St
 }
 
 pub fn handle_show(s: &mut Session, variable: &[ast::Ident]) -> DbResult<StatementResult> {
-    let name = variable
-        .iter()
-        .map(|i| i.value.clone())
-        .collect::<Vec<_>>()
-        .join(" ");
-    if name.eq_ignore_ascii_case("all") {
+    let words: Vec<String> = variable.iter().map(|i| i.value.clone()).collect();
+    let spaced = words.join(" ").to_lowercase();
+    if spaced == "all" {
         let schema = Arc::new(Schema::new(vec![
             Field::new("name", DataType::Utf8, false),
             Field::new("setting", DataType::Utf8, false),
             Field::new("description", DataType::Utf8, false),
         ]));
-        let mut names = Vec::new();
-        let mut values = Vec::new();
-        let mut descs = Vec::new();
-        for (k, _, d) in DEFAULTS {
-            names.push(k.to_string());
-            values.push(s.settings.get(k)?);
-            descs.push(d.to_string());
-        }
+        let all = s.settings.lock().all();
+        let names: Vec<&str> = all.iter().map(|(d, _)| d.name).collect();
+        let values: Vec<&str> = all.iter().map(|(_, v)| v.as_str()).collect();
+        let descs: Vec<&str> = all.iter().map(|(d, _)| d.description).collect();
         return Ok(rows(
             schema,
             vec![
@@ -349,19 +185,21 @@ pub fn handle_show(s: &mut Session, variable: &[ast::Ident]) -> DbResult<Stateme
             "SHOW",
         ));
     }
-    let name = match name.to_lowercase().as_str() {
+    let name = match spaced.as_str() {
         "transaction isolation level" => "transaction_isolation".to_string(),
         "time zone" => "TimeZone".to_string(),
-        _ => variable
-            .iter()
-            .map(|i| i.value.clone())
-            .collect::<Vec<_>>()
-            .join("."),
+        _ => words.join("."),
     };
-    let value = s.settings.get(&name)?;
-    Ok(one_column(
-        &canonical_name(&name).to_lowercase(),
-        vec![value],
+    let value = s.settings.lock().get(&name)?;
+    // the column is named as the parameter is registered (`SHOW datestyle` → DateStyle)
+    let column = crate::settings::lookup(&name)
+        .map(|d| d.name.to_string())
+        .unwrap_or_else(|| name.to_lowercase());
+    let schema = Arc::new(Schema::new(vec![Field::new(column, DataType::Utf8, false)]));
+    Ok(rows(
+        schema,
+        vec![Arc::new(StringArray::from(vec![value]))],
+        "SHOW",
     ))
 }
 

@@ -715,7 +715,8 @@ impl SimpleQueryHandler for Handler {
                 }
                 continue;
             }
-            let stop = stop_signal(_client, session.settings.statement_timeout()).await;
+            let timeout = session.settings.lock().statement_timeout();
+            let stop = stop_signal(_client, timeout).await;
             match execute_stoppable(&mut session, stmt, &vec![], &stop).await {
                 Ok(r) => {
                     let copy = matches!(r, StatementResult::CopyIn { .. });
@@ -837,7 +838,8 @@ impl ExtendedQueryHandler for Handler {
             params.push(v);
         }
         let mut session = self.session.lock().await;
-        let stop = stop_signal(_client, session.settings.statement_timeout()).await;
+        let timeout = session.settings.lock().statement_timeout();
+        let stop = stop_signal(_client, timeout).await;
         let result = execute_stoppable(&mut session, &prepared.stmt, &params, &stop)
             .await
             .map_err(|e| to_pgwire(&e, None))?;
@@ -986,7 +988,7 @@ impl Handler {
                 .cloned()
                 .unwrap_or_else(|| s.user.clone());
             if let Some(app) = client.metadata().get("application_name").cloned() {
-                let _ = s.settings.set("application_name", &app);
+                let _ = s.settings.lock().set("application_name", &app, false);
             }
             s.backend_pid = pid;
             s.refresh_functions();

@@ -26,8 +26,22 @@ pub fn parse_statements(sql: &str) -> Result<Vec<Statement>, SyntaxError> {
 
 fn parse_postgres(sql: &str) -> Result<Vec<Statement>, SyntaxError> {
     match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
+        // `SET GLOBAL` is how ALTER SYSTEM reaches the handler (below); Postgres has no such
+        // SET, so a client writing it gets the syntax error Postgres gives
+        Ok(stmts) if stmts.iter().any(is_alter_system) => {
+            let at = sql.to_uppercase().find("GLOBAL").map(|i| i + 1);
+            Err(SyntaxError {
+                error: DbError::new(SqlState::SyntaxError, "syntax error at or near \"GLOBAL\""),
+                position: at,
+            })
+        }
         Ok(stmts) => Ok(stmts),
         Err(e) => {
+            if let Some(rewritten) = rewrite_alter_system(sql)
+                && let Ok(stmts) = Parser::parse_sql(&PostgreSqlDialect {}, &rewritten)
+            {
+                return Ok(stmts);
+            }
             // Postgres spellings sqlparser does not know: `on`/`off`/`1`/`0` for COPY's
             // boolean options (pgbench sends `with (freeze on)`) and VACUUM's options
             // (`vacuum analyze t`). Retry with them normalized, and report the original error
@@ -40,6 +54,70 @@ fn parse_postgres(sql: &str) -> Result<Vec<Statement>, SyntaxError> {
             Err(syntax_error(sql, e))
         }
     }
+}
+
+/// `SET GLOBAL name = …`: our spelling of `ALTER SYSTEM SET` (see [`rewrite_alter_system`]).
+pub fn is_alter_system(stmt: &Statement) -> bool {
+    matches!(
+        stmt,
+        Statement::Set(datafusion::sql::sqlparser::ast::Set::SingleAssignment {
+            scope: Some(datafusion::sql::sqlparser::ast::ContextModifier::Global),
+            ..
+        })
+    )
+}
+
+/// `ALTER SYSTEM SET name = value` → `SET GLOBAL name = value`; `ALTER SYSTEM RESET name` →
+/// `SET GLOBAL name = DEFAULT` (`ALL` included), which sqlparser parses and the SET handler
+/// turns back into ALTER SYSTEM. `None` when there is no ALTER SYSTEM.
+fn rewrite_alter_system(sql: &str) -> Option<String> {
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize().ok()?;
+    let word = |t: &Token, k: Keyword| matches!(t, Token::Word(w) if w.keyword == k);
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut changed = false;
+    let mut at_start = true;
+    let mut reset_pending = false;
+    let mut i = 0;
+    while i < tokens.len() {
+        let tok = &tokens[i];
+        match tok {
+            Token::Whitespace(_) => {}
+            Token::SemiColon => {
+                if reset_pending {
+                    out.push_str(" = DEFAULT");
+                    reset_pending = false;
+                }
+                at_start = true;
+            }
+            _ if at_start && word(tok, Keyword::ALTER) => {
+                at_start = false;
+                let next: Vec<(usize, &Token)> = tokens
+                    .iter()
+                    .enumerate()
+                    .skip(i + 1)
+                    .filter(|(_, t)| !matches!(t, Token::Whitespace(_)))
+                    .take(2)
+                    .collect();
+                if let [(_, system), (j, verb)] = next.as_slice()
+                    && word(system, Keyword::SYSTEM)
+                    && (word(verb, Keyword::SET) || word(verb, Keyword::RESET))
+                {
+                    reset_pending = word(verb, Keyword::RESET);
+                    out.push_str("SET GLOBAL");
+                    changed = true;
+                    i = j + 1;
+                    continue;
+                }
+            }
+            _ => at_start = false,
+        }
+        out.push_str(&tok.to_string());
+        i += 1;
+    }
+    if reset_pending {
+        out.push_str(" = DEFAULT");
+    }
+    changed.then_some(out)
 }
 
 /// Rewrites the boolean values of COPY options (`freeze on`, `header 1`, ...) to
@@ -223,6 +301,22 @@ mod tests {
         let stmts = parse_statements("select 'on'; copy t to stdout with (header off)").unwrap();
         assert_eq!(stmts[0].to_string(), "SELECT 'on'");
         assert!(parse_statements("copy t from stdin with (freeze maybe)").is_err());
+    }
+
+    #[test]
+    fn alter_system_is_set_global_and_set_global_is_refused() {
+        let stmts = parse_statements(
+            "ALTER SYSTEM SET orochi.compression_level = 5; alter system reset all; \
+             ALTER SYSTEM RESET statement_timeout",
+        )
+        .unwrap();
+        assert!(stmts.iter().all(is_alter_system));
+        assert_eq!(
+            stmts[1].to_string().to_lowercase(),
+            "set global all = default"
+        );
+        let e = parse_statements("SET GLOBAL x = 1").unwrap_err();
+        assert_eq!(e.error.state, SqlState::SyntaxError);
     }
 
     #[test]
