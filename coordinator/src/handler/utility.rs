@@ -206,10 +206,18 @@ pub fn handle_show(s: &mut Session, variable: &[ast::Ident]) -> DbResult<Stateme
 pub fn handle_create_extension(ext: &ast::CreateExtension) -> DbResult<StatementResult> {
     let name = ext.name.value.to_lowercase();
     match name.as_str() {
-        "orochi" | "plpgsql" => Ok(StatementResult::Command("CREATE EXTENSION".into())),
+        // built in, and listed in pg_extension
+        "orochi" | "plpgsql" if ext.if_not_exists => {
+            Ok(StatementResult::Command("CREATE EXTENSION".into()))
+        }
+        "orochi" | "plpgsql" => Err(DbError::new(
+            SqlState::DuplicateObject,
+            format!("extension \"{name}\" already exists"),
+        )),
         other => Err(DbError::new(
             SqlState::FeatureNotSupported,
             format!("extension \"{other}\" is not available in OrochiDB"),
-        )),
+        )
+        .with_detail("OrochiDB runs no Postgres extensions; orochi and plpgsql are built in.")),
     }
 }
