@@ -400,3 +400,68 @@ pub fn strip_pg_catalog_qualifier(stmt: &mut ast::Statement) {
         ControlFlow::<()>::Continue(())
     });
 }
+
+/// `pg_cancel_backend(pid)`: cancels the statement another backend is running, as a
+/// CancelRequest from its client would (57014 there); true if the backend exists.
+pub struct CancelBackend {
+    instance: Arc<crate::session::Instance>,
+    signature: Signature,
+}
+
+impl CancelBackend {
+    pub fn new(instance: Arc<crate::session::Instance>) -> Self {
+        CancelBackend {
+            instance,
+            signature: Signature::any(1, Volatility::Volatile),
+        }
+    }
+}
+
+impl std::fmt::Debug for CancelBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("pg_cancel_backend")
+    }
+}
+impl PartialEq for CancelBackend {
+    fn eq(&self, o: &Self) -> bool {
+        Arc::ptr_eq(&self.instance, &o.instance)
+    }
+}
+impl Eq for CancelBackend {}
+impl std::hash::Hash for CancelBackend {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        "pg_cancel_backend".hash(h);
+    }
+}
+
+impl ScalarUDFImpl for CancelBackend {
+    fn name(&self) -> &str {
+        "pg_cancel_backend"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let scalar = matches!(args.args[0], ColumnarValue::Scalar(_));
+        let pids = ColumnarValue::values_to_arrays(&args.args)?.remove(0);
+        let pids = arrow::compute::cast(&pids, &DataType::Int64)?;
+        let pids = pids
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .expect("cast to Int64");
+        let out: arrow::array::BooleanArray = (0..pids.len())
+            .map(|i| {
+                (!arrow::array::Array::is_null(pids, i))
+                    .then(|| self.instance.cancel_backend(pids.value(i) as i32))
+            })
+            .collect();
+        if scalar {
+            Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?))
+        } else {
+            Ok(ColumnarValue::Array(Arc::new(out)))
+        }
+    }
+}

@@ -28,8 +28,14 @@ pub struct Instance {
     pub runtime: Arc<RuntimeEnv>,
     /// Server-wide parameter values: `ALTER SYSTEM` as of start or the last `pg_reload_conf()`.
     pub server_settings: crate::settings::ServerValues,
+    /// How to cancel the running statement of each connected backend, by pid
+    /// (`pg_cancel_backend`).
+    backends: parking_lot::Mutex<std::collections::HashMap<i32, Canceller>>,
     next_txn: AtomicU64,
 }
+
+/// Cancels whatever statement a backend is running (as a CancelRequest does).
+pub type Canceller = Arc<dyn Fn() + Send + Sync>;
 
 impl Instance {
     pub fn new(
@@ -50,7 +56,28 @@ impl Instance {
             options,
             runtime,
             server_settings: Default::default(),
+            backends: Default::default(),
             next_txn: AtomicU64::new(start),
+        }
+    }
+
+    pub fn register_backend(&self, pid: i32, cancel: Canceller) {
+        self.backends.lock().insert(pid, cancel);
+    }
+
+    pub fn unregister_backend(&self, pid: i32) {
+        self.backends.lock().remove(&pid);
+    }
+
+    /// `pg_cancel_backend(pid)`: `false` if there is no such backend.
+    pub fn cancel_backend(&self, pid: i32) -> bool {
+        let cancel = self.backends.lock().get(&pid).cloned();
+        match cancel {
+            Some(c) => {
+                c();
+                true
+            }
+            None => false,
         }
     }
 
@@ -197,7 +224,11 @@ impl Session {
             backend_pid: self.backend_pid,
             catalog: &self.instance.catalog,
         };
-        let settings_functions = crate::settings::functions::all(&self.settings, &self.instance);
+        let mut settings_functions =
+            crate::settings::functions::all(&self.settings, &self.instance);
+        settings_functions.push(datafusion::logical_expr::ScalarUDF::new_from_impl(
+            crate::functions::CancelBackend::new(self.instance.clone()),
+        ));
         for f in crate::functions::session_functions(&info)
             .into_iter()
             .chain(settings_functions)
@@ -518,6 +549,7 @@ impl Session {
 
     /// Ends whatever transaction is open (connection closed).
     pub async fn close(&mut self) {
+        self.instance.unregister_backend(self.backend_pid);
         if let Some(c) = self.copy.take() {
             self.instance.service.abort(c.txn).await;
         }

@@ -548,3 +548,41 @@ async fn ready_for_query_reports_transaction_state() {
         .collect();
     assert_eq!(ids, vec![3]);
 }
+
+/// `pg_cancel_backend(pid)` from another session stops a running query with 57014, as a
+/// CancelRequest does; an unknown pid gives false.
+#[tokio::test]
+async fn pg_cancel_backend_from_another_session() {
+    let server = Server::start().expect("server");
+    let victim = server.connect().await;
+    let other = server.connect().await;
+    let pid: i32 = victim
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let slow = victim.query("SELECT count(*) FROM generate_series(1, 5000000000)", &[]);
+    let cancel = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        other
+            .query_one("SELECT pg_cancel_backend($1::int4)", &[&pid])
+            .await
+            .unwrap()
+            .get::<_, bool>(0)
+    };
+    let started = std::time::Instant::now();
+    let (result, cancelled) = tokio::join!(slow, cancel);
+    assert!(cancelled);
+    let err = result.expect_err("cancelled");
+    assert_eq!(err.code().map(|c| c.code()), Some("57014"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    let unknown: bool = other
+        .query_one("SELECT pg_cancel_backend(999999)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!unknown);
+    // the cancelled session goes on
+    let one: i32 = victim.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+}

@@ -364,13 +364,19 @@ fn describe(s: &Session, stmt: &Statement) -> DbResult<(Vec<Option<Type>>, Optio
 }
 
 /// Parameters compared with a column (`col = $1`, `$1 <> col`, through casts): typed as the
-/// column's SQL type.
+/// column's SQL type; a parameter under a cast (`$1::int4`) has the cast's type.
 fn placeholder_column_types(
     e: &Expr,
     schema: &DFSchema,
     set_param: &mut impl FnMut(&str, Option<Type>),
 ) {
     let _ = e.apply(|x| {
+        // `$1::int4`: the cast's target type
+        if let Expr::Cast(c) = x
+            && let Expr::Placeholder(p) = c.expr.as_ref()
+        {
+            set_param(&p.id, Some(pg_type_of_arrow(c.field.data_type())));
+        }
         if let Expr::BinaryExpr(b) = x
             && b.op.supports_propagation()
         {
@@ -967,6 +973,7 @@ impl Handler {
         let secret = pgwire::messages::startup::SecretKey::I32(rand_secret());
         client.set_pid_and_secret_key(pid, secret.clone());
         let (handle, guard) = self.connections.register(pid, secret);
+        let for_sql = handle.clone();
         // kept under our own type: pgwire would otherwise race every statement against it
         // and drop the statement's future on cancel, even halfway through a write
         client
@@ -991,6 +998,13 @@ impl Handler {
                 let _ = s.settings.lock().set("application_name", &app, false);
             }
             s.backend_pid = pid;
+            s.instance.register_backend(
+                pid,
+                Arc::new(move || {
+                    let h = for_sql.clone();
+                    tokio::spawn(async move { h.cancel().await });
+                }),
+            );
             s.refresh_functions();
         }
         let mut params = DefaultServerParameterProvider::default();
