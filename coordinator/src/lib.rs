@@ -23,6 +23,7 @@ pub mod error;
 pub mod exec;
 pub mod functions;
 pub mod handler;
+pub mod infoschema;
 pub mod pgtypes;
 pub mod pgwire;
 pub mod planner;

@@ -171,6 +171,11 @@ impl ContextProvider for Planner<'_> {
             None => !self.search_path.iter().any(|s| s == "pg_catalog"),
             Some(_) => false,
         };
+        if schema == Some("information_schema")
+            && let Some(t) = crate::infoschema::table(self.catalog, table)
+        {
+            return Ok(provider_as_source(t));
+        }
         if system
             && table == "pg_settings"
             && let Some(settings) = &self.settings

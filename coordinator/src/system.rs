@@ -460,18 +460,18 @@ enum Col {
     Text(Vec<Option<String>>),
     Bool(Vec<bool>),
     I16(Vec<i16>),
-    I32(Vec<i32>),
+    I32(Vec<Option<i32>>),
     /// `text[]`, always NULL for now (ACLs: no privileges yet).
     NullTextArray(usize),
 }
 
-struct Table {
+pub(crate) struct Table {
     fields: Vec<Field>,
     cols: Vec<Col>,
 }
 
 impl Table {
-    fn new(spec: &[(&str, char)]) -> Table {
+    pub(crate) fn new(spec: &[(&str, char)]) -> Table {
         let mut fields = Vec::new();
         let mut cols = Vec::new();
         for (name, kind) in spec {
@@ -492,7 +492,7 @@ impl Table {
         Table { fields, cols }
     }
 
-    fn row(&mut self, values: Vec<V>) {
+    pub(crate) fn row(&mut self, values: Vec<V>) {
         for (col, v) in self.cols.iter_mut().zip(values) {
             match (col, v) {
                 (Col::Oid(c), V::O(x)) => c.push(x),
@@ -500,14 +500,15 @@ impl Table {
                 (Col::Text(c), V::Null) => c.push(None),
                 (Col::Bool(c), V::B(x)) => c.push(x),
                 (Col::I16(c), V::S(x)) => c.push(x),
-                (Col::I32(c), V::I(x)) => c.push(x),
+                (Col::I32(c), V::I(x)) => c.push(Some(x)),
+                (Col::I32(c), V::Null) => c.push(None),
                 (Col::NullTextArray(n), V::Null) => *n += 1,
                 _ => unreachable!("system table row does not match its columns"),
             }
         }
     }
 
-    fn provider(self) -> Arc<dyn TableProvider> {
+    pub(crate) fn provider(self) -> Arc<dyn TableProvider> {
         let schema = Arc::new(Schema::new(self.fields));
         let arrays: Vec<ArrayRef> = self
             .cols
@@ -531,7 +532,7 @@ impl Table {
     }
 }
 
-enum V {
+pub(crate) enum V {
     O(u32),
     T(String),
     B(bool),
@@ -540,7 +541,7 @@ enum V {
     Null,
 }
 
-fn t(s: &str) -> V {
+pub(crate) fn t(s: &str) -> V {
     V::T(s.to_string())
 }
 
@@ -582,6 +583,7 @@ pub fn table(catalog: &Catalog, name: &str, user: &str) -> Option<Arc<dyn TableP
     let tables = catalog.all_tables();
     let mut schemas = catalog.schemas();
     schemas.insert(0, "pg_catalog".to_string());
+    schemas.push("information_schema".to_string());
     Some(match name {
         "pg_namespace" => {
             let mut tb = Table::new(&[("oid", 'o'), ("nspname", 't'), ("nspowner", 'o')]);
