@@ -16,44 +16,9 @@ CLIENTS=${CLIENTS:-8}
 THREADS=${THREADS:-2}
 OUT=${OUT:-docs/benchmarks.md}
 
-command -v pgbench >/dev/null || {
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-contrib postgresql-client >&2
-}
-cargo build --release -q -p orochi-coordinator
-BIN=${CARGO_TARGET_DIR:-target}/release/orochi-coordinator
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-WORK=$(mktemp -d /tmp/orochi-bench.XXXXXX)
-chmod 755 "$WORK"
-
-# --- PostgreSQL ---------------------------------------------------------------------------
-PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1 || true)
-if [ -z "$PGBIN" ] || [ ! -x "$PGBIN/postgres" ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >&2
-  PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
-fi
-RUN=()
-if [ "$(id -u)" = 0 ]; then
-  id postgres >/dev/null 2>&1 || useradd -r -M postgres
-  chown postgres "$WORK"
-  RUN=(runuser -u postgres --)
-fi
-PG_PORT=$(free_port)
-"${RUN[@]}" "$PGBIN/initdb" -D "$WORK/pg" -U postgres -A trust >/dev/null
-"${RUN[@]}" "$PGBIN/pg_ctl" -D "$WORK/pg" -o "-p $PG_PORT -k $WORK -c listen_addresses=127.0.0.1 -c max_connections=100" \
-  -l "$WORK/pg.log" -w start >/dev/null
-
-# --- OrochiDB -----------------------------------------------------------------------------
-OR_PORT=$(free_port)
-"$BIN" --listen "127.0.0.1:$OR_PORT" --data-dir "$WORK/orochi" >"$WORK/orochi.log" 2>&1 &
-OR_PID=$!
-cleanup() {
-  kill "$OR_PID" 2>/dev/null || true
-  "${RUN[@]}" "$PGBIN/pg_ctl" -D "$WORK/pg" -m immediate stop >/dev/null 2>&1 || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-for _ in $(seq 100); do pg_isready -q -h 127.0.0.1 -p "$OR_PORT" && break; sleep 0.1; done
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+start_servers
 
 # --- runs ---------------------------------------------------------------------------------
 # prints "<tps> <failed>" for one pgbench run
@@ -73,7 +38,6 @@ init() {
   end=$(date +%s.%N)
   python3 -c "print(f'{$end - $start:.1f}')"
 }
-ratio() { python3 -c "print(f'{$1 / $2:.2f}')"; }
 
 echo "pgbench -i -s $SCALE ..." >&2
 PG_INIT=$(init "$PG_PORT")
@@ -106,14 +70,7 @@ Failed transactions: PostgreSQL $PG_TPCB_F / $PG_S_F, OrochiDB $OR_TPCB_F / $OR_
 EOF
 )
 echo "$SECTION"
-python3 - "$OUT" "$SECTION" <<'PY'
-import re, sys
-path, section = sys.argv[1], sys.argv[2]
-text = open(path).read()
-pattern = re.compile(r"<!-- pgbench:begin.*?<!-- pgbench:end -->", re.S)
-text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
-open(path, "w").write(text)
-PY
+write_section "$OUT" pgbench "$SECTION"
 if [ "$OR_TPCB_F" != 0 ] || [ "$OR_S_F" != 0 ]; then
   echo "OrochiDB had failed transactions" >&2
   exit 1

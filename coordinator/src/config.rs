@@ -25,6 +25,9 @@ pub struct CoordinatorOptions {
     pub query_memory_limit_bytes: Option<u64>,
     /// Row store page cache, in bytes [default: an eighth of `memory_limit_bytes`].
     pub row_cache_bytes: Option<u64>,
+    /// What uncommitted writes of all open transactions may hold together, in bytes
+    /// [default: a quarter of `memory_limit_bytes`]; a write past it fails with 53200.
+    pub write_set_limit_bytes: Option<u64>,
     /// Threads of parallelism per query (0 = number of CPUs).
     pub query_parallelism: usize,
     /// Passwords by user (`[passwords]` table; `OROCHI_PASSWORD` sets `postgres`'s). Empty:
@@ -41,6 +44,7 @@ impl Default for CoordinatorOptions {
             memory_limit_bytes: 2 << 30,
             query_memory_limit_bytes: None,
             row_cache_bytes: None,
+            write_set_limit_bytes: None,
             query_parallelism: 0,
             passwords: BTreeMap::new(),
         }
@@ -67,15 +71,23 @@ impl CoordinatorOptions {
         self.row_cache_bytes.unwrap_or(self.memory_limit_bytes / 8)
     }
 
+    pub fn write_set_limit_bytes(&self) -> u64 {
+        self.write_set_limit_bytes
+            .unwrap_or(self.memory_limit_bytes / 4)
+    }
+
     /// Checks that the carved-out budgets leave room for the server itself.
     pub fn validate(&self) -> Result<(), String> {
-        let carved = self.query_memory_limit_bytes() + self.row_cache_bytes();
+        let carved =
+            self.query_memory_limit_bytes() + self.row_cache_bytes() + self.write_set_limit_bytes();
         if carved + MEMORY_RESERVE_BYTES > self.memory_limit_bytes {
             return Err(format!(
-                "query_memory_limit_bytes ({}) + row_cache_bytes ({}) must leave at least {} MiB \
-                 of memory_limit_bytes ({}) for connections and bookkeeping",
+                "query_memory_limit_bytes ({}) + row_cache_bytes ({}) + write_set_limit_bytes \
+                 ({}) must leave at least {} MiB of memory_limit_bytes ({}) for connections and \
+                 bookkeeping",
                 self.query_memory_limit_bytes(),
                 self.row_cache_bytes(),
+                self.write_set_limit_bytes(),
                 MEMORY_RESERVE_BYTES >> 20,
                 self.memory_limit_bytes
             ));

@@ -465,3 +465,126 @@ impl ScalarUDFImpl for CancelBackend {
         }
     }
 }
+
+/// `obj_description`, `col_description`, `shobj_description`: NULL, since nothing can carry a
+/// comment yet (no COMMENT ON).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct NoComment {
+    name: &'static str,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for NoComment {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None)))
+    }
+}
+
+/// `pg_size_pretty(bigint)`, with Postgres' units and rounding: bytes below 10 kB, then kB,
+/// MB, GB, TB, PB, each rounded half away from zero and kept below 20 × 1024 of the unit.
+pub fn size_pretty(size: i64) -> String {
+    // (name, limit, half-rounded, bits)
+    const UNITS: &[(&str, i64, bool, u32)] = &[
+        ("bytes", 10 * 1024, false, 0),
+        ("kB", 20 * 1024 - 1, true, 10),
+        ("MB", 20 * 1024 - 1, true, 20),
+        ("GB", 20 * 1024 - 1, true, 30),
+        ("TB", 20 * 1024 - 1, true, 40),
+        ("PB", 20 * 1024 - 1, true, 50),
+    ];
+    let half_rounded = |x: i64| (x + if x > 0 { 1 } else { -1 }) / 2;
+    let mut size = size;
+    for (i, &(name, limit, round, bits)) in UNITS.iter().enumerate() {
+        let next = UNITS.get(i + 1);
+        if next.is_none() || size.abs() < limit {
+            if round {
+                size = half_rounded(size);
+            }
+            return format!("{size} {name}");
+        }
+        let (_, _, next_round, next_bits) = next.copied().expect("checked above");
+        let shift = next_bits - bits - u32::from(next_round) + u32::from(round);
+        size /= 1i64 << shift;
+    }
+    unreachable!("the last unit always matches")
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct SizePretty {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for SizePretty {
+    fn name(&self) -> &str {
+        "pg_size_pretty"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let scalar = matches!(args.args[0], ColumnarValue::Scalar(_));
+        let sizes = ColumnarValue::values_to_arrays(&args.args)?.remove(0);
+        let sizes = arrow::compute::cast(&sizes, &DataType::Int64)?;
+        let sizes = sizes
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .expect("cast to Int64");
+        let out: StringArray = (0..sizes.len())
+            .map(|i| (!sizes.is_null(i)).then(|| size_pretty(sizes.value(i))))
+            .collect();
+        if scalar {
+            Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?))
+        } else {
+            Ok(ColumnarValue::Array(Arc::new(out)))
+        }
+    }
+}
+
+/// Catalog functions that need no session state.
+pub fn stateless_functions() -> Vec<ScalarUDF> {
+    let mut out: Vec<ScalarUDF> = ["obj_description", "col_description", "shobj_description"]
+        .into_iter()
+        .map(|name| {
+            ScalarUDF::new_from_impl(NoComment {
+                name,
+                signature: Signature::variadic_any(Volatility::Stable),
+            })
+        })
+        .collect();
+    out.push(ScalarUDF::new_from_impl(SizePretty {
+        signature: Signature::any(1, Volatility::Immutable),
+    }));
+    out
+}
+
+#[cfg(test)]
+mod size_tests {
+    #[test]
+    fn size_pretty_matches_postgres() {
+        // values and results from PostgreSQL 15's pg_size_pretty
+        for (n, want) in [
+            (0, "0 bytes"),
+            (10239, "10239 bytes"),
+            (10240, "10 kB"),
+            (8192 * 1024, "8192 kB"),
+            (20 * 1024 * 1024 - 1, "20 MB"),
+            (20 * 1024 * 1024, "20 MB"),
+            (1_000_000_000_000, "931 GB"),
+            (-10240, "-10 kB"),
+        ] {
+            assert_eq!(super::size_pretty(n), want, "{n}");
+        }
+    }
+}

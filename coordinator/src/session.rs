@@ -229,6 +229,7 @@ impl Session {
         settings_functions.push(datafusion::logical_expr::ScalarUDF::new_from_impl(
             crate::functions::CancelBackend::new(self.instance.clone()),
         ));
+        settings_functions.extend(crate::functions::stateless_functions());
         for f in crate::functions::session_functions(&info)
             .into_iter()
             .chain(settings_functions)

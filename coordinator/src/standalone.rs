@@ -50,6 +50,7 @@ pub fn open(options: CoordinatorOptions) -> anyhow::Result<Standalone> {
         &dir.join("worker"),
         &StoreOptions {
             cache_bytes: options.row_cache_bytes(),
+            write_set_limit_bytes: options.write_set_limit_bytes(),
         },
     )
     .map_err(|e| anyhow::anyhow!("opening row store: {}", e.message))?;

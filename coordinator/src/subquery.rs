@@ -44,6 +44,10 @@ pub const SUBQUERY_VALUE: &str = "__orochi_subquery_value";
 /// DataFusion as written. `is_aggregate` tells aggregate function names from scalar ones.
 pub fn wrap_scalar_subqueries(stmt: &mut ast::Statement, is_aggregate: &dyn Fn(&str) -> bool) {
     let _ = ast::visit_expressions_mut(stmt, |e| {
+        if let Some(mapped) = array_of_unnest(e) {
+            *e = mapped;
+            return ControlFlow::<()>::Continue(());
+        }
         if let ast::Expr::Subquery(q) = e
             && let Some(outer_only) = wrap_query(q, is_aggregate)
         {
@@ -63,6 +67,93 @@ pub fn wrap_scalar_subqueries(stmt: &mut ast::Statement, is_aggregate: &dyn Fn(&
         }
         ControlFlow::<()>::Continue(())
     });
+}
+
+/// `ARRAY(SELECT f(x) FROM unnest(a) x)` — mapping over an array, usually an outer row's (psql's
+/// `\d+` lists storage options that way) — is `array_transform(a, x -> f(x))`, which needs no
+/// decorrelation; an empty array when `a` is NULL, as the subquery gives. `None` for any other
+/// shape (a WHERE, ORDER BY, several columns…).
+fn array_of_unnest(e: &ast::Expr) -> Option<ast::Expr> {
+    let ast::Expr::Function(f) = e else {
+        return None;
+    };
+    if !f.name.to_string().eq_ignore_ascii_case("array") {
+        return None;
+    }
+    let ast::FunctionArguments::Subquery(q) = &f.args else {
+        return None;
+    };
+    if q.with.is_some() || q.order_by.is_some() || q.limit_clause.is_some() || q.fetch.is_some() {
+        return None;
+    }
+    let ast::SetExpr::Select(select) = q.body.as_ref() else {
+        return None;
+    };
+    let plain_group_by = matches!(&select.group_by, ast::GroupByExpr::Expressions(g, m) if g.is_empty() && m.is_empty());
+    if select.selection.is_some()
+        || select.having.is_some()
+        || select.distinct.is_some()
+        || !plain_group_by
+        || select.projection.len() != 1
+        || select.from.len() != 1
+        || !select.from[0].joins.is_empty()
+    {
+        return None;
+    }
+    let (ast::SelectItem::UnnamedExpr(body) | ast::SelectItem::ExprWithAlias { expr: body, .. }) =
+        &select.projection[0]
+    else {
+        return None;
+    };
+    let ast::TableFactor::UNNEST {
+        alias: Some(alias),
+        array_exprs,
+        with_offset: false,
+        with_ordinality: false,
+        ..
+    } = &select.from[0].relation
+    else {
+        return None;
+    };
+    let [array] = array_exprs.as_slice() else {
+        return None;
+    };
+    let param = alias
+        .columns
+        .first()
+        .map(|c| c.name.clone())
+        .unwrap_or_else(|| alias.name.clone());
+    let lambda = ast::Expr::Lambda(ast::LambdaFunction {
+        params: ast::OneOrManyWithParens::One(ast::LambdaFunctionParameter {
+            name: param,
+            data_type: None,
+        }),
+        body: Box::new(body.clone()),
+        syntax: ast::LambdaSyntax::Arrow,
+    });
+    let arg = |e: ast::Expr| ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(e));
+    let function = |name: &str, args: Vec<ast::Expr>| {
+        ast::Expr::Function(ast::Function {
+            name: ast::ObjectName::from(vec![ast::Ident::new(name)]),
+            uses_odbc_syntax: false,
+            parameters: ast::FunctionArguments::None,
+            args: ast::FunctionArguments::List(ast::FunctionArgumentList {
+                duplicate_treatment: None,
+                args: args.into_iter().map(arg).collect(),
+                clauses: vec![],
+            }),
+            filter: None,
+            null_treatment: None,
+            over: None,
+            within_group: vec![],
+        })
+    };
+    let mapped = function("array_transform", vec![array.clone(), lambda]);
+    // NULL array: no rows, so an empty array (coalesce gives it the mapped type)
+    Some(function(
+        "coalesce",
+        vec![mapped, function("make_array", vec![])],
+    ))
 }
 
 /// Wraps a plain subquery's value; returns the conditions that must hold outside for it to

@@ -138,6 +138,16 @@ pub const EMPTY_TABLES: &[(&str, &[(&str, char)])] = &[
         ],
     ),
     (
+        // no COMMENT ON yet
+        "pg_description",
+        &[
+            ("objoid", 'o'),
+            ("classoid", 'o'),
+            ("objsubid", 'i'),
+            ("description", 't'),
+        ],
+    ),
+    (
         "pg_trigger",
         &[
             ("oid", 'o'),
@@ -545,6 +555,16 @@ pub(crate) fn t(s: &str) -> V {
     V::T(s.to_string())
 }
 
+/// The type's default storage strategy, as Postgres' `typstorage` (what `\d+` prints).
+fn storage_of(ty: orochi_common::types::SqlType) -> &'static str {
+    use orochi_common::types::SqlType as T;
+    match ty {
+        T::Numeric(_) => "m",
+        T::Text | T::Varchar(_) | T::Char(_) | T::Bytea | T::Json | T::Jsonb => "x",
+        _ => "p",
+    }
+}
+
 /// A `pg_class` row (columns as declared in [`table`]).
 fn class_row(
     oid: u32,
@@ -573,8 +593,8 @@ fn class_row(
     // relhasrules, relhastriggers, relhassubclass, relrowsecurity, relforcerowsecurity,
     // relispartition
     row.extend((0..6).map(|_| V::B(false)));
-    // reltablespace, reloftype, reltoastrelid (none), relreplident (default)
-    row.extend([V::O(0), V::O(0), V::O(0), t("d")]);
+    // reltablespace, reloftype, reltoastrelid (none), relreplident (default), reloptions
+    row.extend([V::O(0), V::O(0), V::O(0), t("d"), V::Null]);
     row
 }
 
@@ -622,6 +642,7 @@ pub fn table(catalog: &Catalog, name: &str, user: &str) -> Option<Arc<dyn TableP
                 ("reloftype", 'o'),
                 ("reltoastrelid", 'o'),
                 ("relreplident", 't'),
+                ("reloptions", 'a'),
             ]);
             for d in &tables {
                 let ns = namespace_oid(&d.schema);
@@ -650,6 +671,9 @@ pub fn table(catalog: &Catalog, name: &str, user: &str) -> Option<Arc<dyn TableP
                 ("attcollation", 'o'),
                 ("attidentity", 't'),
                 ("attgenerated", 't'),
+                ("attstorage", 't'),
+                ("attcompression", 't'),
+                ("attstattarget", 'i'),
             ]);
             for d in &tables {
                 for (n, &i) in d.visible_columns().iter().enumerate() {
@@ -666,6 +690,9 @@ pub fn table(catalog: &Catalog, name: &str, user: &str) -> Option<Arc<dyn TableP
                         V::O(crate::pgtypes::collation_of(c.ty.pg_oid())),
                         t(""),
                         t(""),
+                        t(storage_of(c.ty)),
+                        t(""),
+                        V::I(-1),
                     ]);
                 }
             }

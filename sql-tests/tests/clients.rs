@@ -221,3 +221,56 @@ async fn alter_system_persists_and_reloads() {
         .unwrap();
     assert_eq!(show(&c, "statement_timeout").await, "0");
 }
+
+/// Uncommitted writes have a memory budget (`write_set_limit_bytes`): a COPY that outgrows it
+/// fails with 53200 and loads nothing; the server stays up, and work within the budget goes on.
+#[tokio::test]
+async fn write_set_budget_fails_with_53200_not_the_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("orochi.toml");
+    std::fs::write(
+        &config,
+        "memory_limit_bytes = 1073741824\nwrite_set_limit_bytes = 4194304\n",
+    )
+    .unwrap();
+    let server = Server::start_with(&["--config", config.to_str().unwrap()], &[]).expect("server");
+    let client = server.connect().await;
+    client
+        .batch_execute("CREATE TABLE ws_budget (id int PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    let copy = |rows: usize| {
+        let client = &client;
+        async move {
+            let mut data = String::new();
+            for i in 0..rows {
+                data.push_str(&format!("{i}\t{}\n", "x".repeat(100)));
+            }
+            let sink = client.copy_in("COPY ws_budget FROM STDIN").await.unwrap();
+            futures::pin_mut!(sink);
+            sink.send(bytes::Bytes::from(data)).await?;
+            sink.finish().await
+        }
+    };
+    // ~50k rows of ~110 bytes: well past 4 MiB
+    let err = copy(50_000).await.expect_err("over the budget");
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::OUT_OF_MEMORY)
+    );
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM ws_budget", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+    // the budget was given back: a load that fits goes through, on a new connection too
+    assert_eq!(copy(5_000).await.unwrap(), 5_000);
+    let other = server.connect().await;
+    let n: i64 = other
+        .query_one("SELECT count(*) FROM ws_budget", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 5_000);
+}

@@ -25,12 +25,16 @@ use crate::txn::{LockKey, LockTable, PendingWrite, TxnState};
 pub struct StoreOptions {
     /// sled page cache size.
     pub cache_bytes: u64,
+    /// What the write sets of all open transactions may hold together; a write past it fails
+    /// with 53200 (the transaction can be rolled back; the server stays up).
+    pub write_set_limit_bytes: u64,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             cache_bytes: 256 << 20,
+            write_set_limit_bytes: 512 << 20,
         }
     }
 }
@@ -40,7 +44,14 @@ pub struct LocalShardService {
     group_commit: GroupCommit,
     locks: LockTable,
     txns: Mutex<HashMap<TxnId, Arc<Mutex<TxnState>>>>,
+    /// Bytes the open transactions' write sets hold (estimated), and the most they may.
+    write_set_bytes: std::sync::atomic::AtomicU64,
+    write_set_limit: u64,
 }
+
+/// Estimated bytes of one write-set entry beyond its key and row: the map entry, the key's
+/// and row's allocations, the change record built at commit.
+const WRITE_ENTRY_OVERHEAD: u64 = 160;
 
 impl std::fmt::Debug for LocalShardService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -57,7 +68,46 @@ impl LocalShardService {
             group_commit,
             locks: LockTable::default(),
             txns: Mutex::new(HashMap::new()),
+            write_set_bytes: Default::default(),
+            write_set_limit: options.write_set_limit_bytes,
         })
+    }
+
+    /// Charges a write of `bytes` (key + row) to the transaction, or fails with 53200 when the
+    /// open transactions' write sets would outgrow their budget.
+    fn charge(&self, st: &mut TxnState, bytes: usize) -> DbResult<()> {
+        use std::sync::atomic::Ordering;
+        let cost = bytes as u64 + WRITE_ENTRY_OVERHEAD;
+        let total = self.write_set_bytes.fetch_add(cost, Ordering::Relaxed) + cost;
+        if total > self.write_set_limit {
+            self.write_set_bytes.fetch_sub(cost, Ordering::Relaxed);
+            return Err(DbError::new(
+                SqlState::OutOfMemory,
+                "out of memory: transaction write sets are over their budget",
+            )
+            .with_detail(format!(
+                "Uncommitted writes of all open transactions are limited to {} MiB \
+                 (write_set_limit_bytes); this transaction holds {} MiB. Commit in smaller \
+                 transactions, or raise the limit.",
+                self.write_set_limit >> 20,
+                st.charged >> 20
+            )));
+        }
+        st.charged += cost;
+        Ok(())
+    }
+
+    /// Adds a write to the transaction's write set, charged to the budget.
+    fn put(&self, st: &mut TxnState, key: LockKey, write: PendingWrite) -> DbResult<()> {
+        self.charge(st, key.1.len() + write.value.as_ref().map_or(0, Vec::len))?;
+        st.put(key, write);
+        Ok(())
+    }
+
+    /// Returns a finished transaction's charge to the budget.
+    fn release(&self, st: &TxnState) {
+        self.write_set_bytes
+            .fetch_sub(st.charged, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn txn_state(&self, txn: TxnId) -> Arc<Mutex<TxnState>> {
@@ -260,13 +310,14 @@ impl ShardService for LocalShardService {
                     if !def.hidden_rowid && self.exists(&entry, &st, shard, &lk.1)? {
                         return Err(duplicate_key(def, &row));
                     }
-                    st.put(
+                    self.put(
+                        &mut st,
                         lk,
                         PendingWrite {
                             shard,
                             value: Some(entry.encode_row(&row)),
                         },
-                    );
+                    )?;
                     applied.push(true);
                 }
                 WriteOp::InsertIgnore { row } => {
@@ -278,13 +329,14 @@ impl ShardService for LocalShardService {
                     if self.exists(&entry, &st, shard, &lk.1)? {
                         applied.push(false);
                     } else {
-                        st.put(
+                        self.put(
+                            &mut st,
                             lk,
                             PendingWrite {
                                 shard,
                                 value: Some(entry.encode_row(&row)),
                             },
-                        );
+                        )?;
                         applied.push(true);
                     }
                 }
@@ -301,28 +353,31 @@ impl ShardService for LocalShardService {
                         if self.exists(&entry, &st, new_shard, &new.1)? {
                             return Err(duplicate_key(def, &row));
                         }
-                        st.put(
+                        self.put(
+                            &mut st,
                             old,
                             PendingWrite {
                                 shard: old_shard,
                                 value: None,
                             },
-                        );
-                        st.put(
+                        )?;
+                        self.put(
+                            &mut st,
                             new,
                             PendingWrite {
                                 shard: new_shard,
                                 value: Some(entry.encode_row(&row)),
                             },
-                        );
+                        )?;
                     } else {
-                        state.lock().put(
+                        self.put(
+                            &mut state.lock(),
                             old,
                             PendingWrite {
                                 shard: new_shard,
                                 value: Some(entry.encode_row(&row)),
                             },
-                        );
+                        )?;
                     }
                     applied.push(true);
                 }
@@ -330,7 +385,7 @@ impl ShardService for LocalShardService {
                     let shard = entry.shard_of_key(&key)?;
                     let lk = (def.id, key);
                     self.lock(txn, &state, &lk).await?;
-                    state.lock().put(lk, PendingWrite { shard, value: None });
+                    self.put(&mut state.lock(), lk, PendingWrite { shard, value: None })?;
                     applied.push(true);
                 }
             }
@@ -343,6 +398,7 @@ impl ShardService for LocalShardService {
             return Ok(());
         };
         let state = std::mem::take(&mut *state.lock());
+        self.release(&state);
         let changes: Vec<Change> = state
             .writes
             .into_iter()
@@ -383,15 +439,14 @@ impl ShardService for LocalShardService {
         let Some(state) = self.txns.lock().remove(&txn) else {
             return;
         };
+        self.release(&state.lock());
         let locks = std::mem::take(&mut state.lock().locks);
         self.locks.release_all(txn, &locks);
     }
 
     async fn savepoint(&self, txn: TxnId) -> DbResult<u64> {
-        Ok(self
-            .existing_txn_state(txn)
-            .map(|s| s.lock().savepoint())
-            .unwrap_or(0))
+        // the state must exist from here on: writes after the savepoint record their undo
+        Ok(self.txn_state(txn).lock().savepoint())
     }
 
     async fn rollback_to(&self, txn: TxnId, savepoint: u64) -> DbResult<()> {

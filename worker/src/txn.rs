@@ -26,18 +26,27 @@ pub struct PendingWrite {
 #[derive(Debug, Default)]
 pub struct TxnState {
     pub writes: HashMap<LockKey, PendingWrite>,
-    /// Previous write-set entry of each write, in order, for rolling back to a savepoint.
+    /// Previous write-set entry of each write since the first savepoint, in order, for rolling
+    /// back to a savepoint (nothing is recorded before one exists: a bulk load pays nothing).
     undo: Vec<(LockKey, Option<PendingWrite>)>,
+    savepoints: bool,
     pub locks: Vec<LockKey>,
+    /// Bytes charged against the worker's write-set budget (released at commit/abort).
+    pub charged: u64,
 }
 
 impl TxnState {
     pub fn put(&mut self, key: LockKey, write: PendingWrite) {
-        let prev = self.writes.insert(key.clone(), write);
-        self.undo.push((key, prev));
+        if self.savepoints {
+            let prev = self.writes.insert(key.clone(), write);
+            self.undo.push((key, prev));
+        } else {
+            self.writes.insert(key, write);
+        }
     }
 
-    pub fn savepoint(&self) -> u64 {
+    pub fn savepoint(&mut self) -> u64 {
+        self.savepoints = true;
         self.undo.len() as u64
     }
 

@@ -1,0 +1,59 @@
+# Shared by the bench/ scripts (source it): a throwaway PostgreSQL and a release OrochiDB on
+# free loopback ports, both stopped and removed on exit.
+#   start_servers    sets WORK, PGBIN, PG_PORT, OR_PORT, OR_PID
+# shellcheck shell=bash
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+ratio() { python3 -c "print(f'{$1 / $2:.2f}')"; }
+
+start_servers() {
+  command -v pgbench >/dev/null && command -v psql >/dev/null || {
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-contrib postgresql-client >&2
+  }
+  cargo build --release -q -p orochi-coordinator
+  BIN=${CARGO_TARGET_DIR:-target}/release/orochi-coordinator
+  WORK=$(mktemp -d /tmp/orochi-bench.XXXXXX)
+  chmod 755 "$WORK"
+
+  # --- PostgreSQL ---------------------------------------------------------------------------
+  PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1 || true)
+  if [ -z "$PGBIN" ] || [ ! -x "$PGBIN/postgres" ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >&2
+    PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
+  fi
+  RUN=()
+  if [ "$(id -u)" = 0 ]; then
+    id postgres >/dev/null 2>&1 || useradd -r -M postgres
+    chown postgres "$WORK"
+    RUN=(runuser -u postgres --)
+  fi
+  PG_PORT=$(free_port)
+  "${RUN[@]}" "$PGBIN/initdb" -D "$WORK/pg" -U postgres -A trust >/dev/null
+  "${RUN[@]}" "$PGBIN/pg_ctl" -D "$WORK/pg" -o "-p $PG_PORT -k $WORK -c listen_addresses=127.0.0.1 -c max_connections=100" \
+    -l "$WORK/pg.log" -w start >/dev/null
+
+  # --- OrochiDB -----------------------------------------------------------------------------
+  OR_PORT=$(free_port)
+  "$BIN" --listen "127.0.0.1:$OR_PORT" --data-dir "$WORK/orochi" >"$WORK/orochi.log" 2>&1 &
+  OR_PID=$!
+  trap stop_servers EXIT
+  for _ in $(seq 100); do pg_isready -q -h 127.0.0.1 -p "$OR_PORT" && break; sleep 0.1; done
+}
+
+stop_servers() {
+  kill "$OR_PID" 2>/dev/null || true
+  "${RUN[@]}" "$PGBIN/pg_ctl" -D "$WORK/pg" -m immediate stop >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+
+# Replaces the section between `<!-- NAME:begin` and `<!-- NAME:end -->` in FILE (or appends it).
+write_section() {
+  python3 - "$1" "$2" "$3" <<'PY'
+import re, sys
+path, name, section = sys.argv[1], sys.argv[2], sys.argv[3]
+text = open(path).read()
+pattern = re.compile(r"<!-- %s:begin.*?<!-- %s:end -->" % (name, name), re.S)
+text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
+open(path, "w").write(text)
+PY
+}
