@@ -23,8 +23,8 @@ slt: build
 	OROCHI_PYTHON=$$(./scripts/python-env.sh) OROCHI_NODE_PATH=$$(./scripts/node-env.sh) \
 		OROCHI_JDBC_JAR=$$(./scripts/java-env.sh) \
 		./scripts/with-postgres.sh $(CARGO) test $(PROFILE_FLAGS) -p orochi-sql-tests --test drivers
+	$(CARGO) test $(PROFILE_FLAGS) -p orochi-sql-tests --test clients --test protocol --test security --test durability --test memory
 	./scripts/compatibility.sh $$(./scripts/python-env.sh) $$(./scripts/node-env.sh) $$(./scripts/java-env.sh)
-	$(CARGO) test $(PROFILE_FLAGS) -p orochi-sql-tests --test clients --test protocol --test durability --test memory
 
 fmt:
 	$(CARGO) fmt --all

@@ -42,11 +42,12 @@ HEAD
   row "PostgreSQL JDBC (Debian \`libpostgresql-jdbc-java\`), Java $(java -version 2>&1 | awk -F'"' '/version/ {print $2}')" "$JAR_VERSION" "sql-tests/drivers/java/DriverTest.java" "pass" "yes"
   row "tokio-postgres" "$(crate_version tokio-postgres)" "sql-tests/tests/drivers.rs, protocol.rs" "pass" "no"
   row "sqlx (postgres)" "$(crate_version sqlx)" "sql-tests/tests/drivers.rs" "pass" "yes"
+  row "psql over TLS (\`sslmode=require\`, \`verify-full\`; \`hostssl\` rules)" "$("$PSQL" --version | awk '{print $3}')" "sql-tests/tests/security.rs" "pass" "no"
+  row "sqlx over rustls (\`sslmode=require\`, \`verify-full\`)" "$(crate_version sqlx)" "sql-tests/tests/security.rs" "pass" "no"
   row "pgbench" "$("$(dirname "$PSQL")/pgbench" --version 2>/dev/null | awk '{print $3}')" "bench/pgbench.sh (not in \`make test\`)" "runs unmodified; figures in benchmarks.md" "yes (side by side)"
   cat <<'TAIL'
 
-Not covered yet: `\d+`/`\dt+`, TLS (`sslmode=require`), roles and GRANT, and the other ORMs
-(Django, Rails, Prisma).
+Not covered yet: `\d+`/`\dt+`, `\dp`, and the other ORMs (Django, Rails, Prisma).
 TAIL
 } > "$OUT.tmp"
 if grep -q '|  |' "$OUT.tmp"; then

@@ -1,5 +1,5 @@
-//! The coordinator's catalog: schemas, tables (with their shard layout), sequences and the
-//! parameters set with `ALTER SYSTEM`.
+//! The coordinator's catalog: schemas, tables (with their shard layout), sequences, roles,
+//! owners and ACLs of tables and schemas, and the parameters set with `ALTER SYSTEM`.
 //!
 //! Persisted in the coordinator's own sled database (`<data-dir>/catalog`), flushed on every
 //! change. The cluster issue replaces the storage with an openraft state machine; the API here
@@ -13,6 +13,8 @@ use orochi_common::error::{DbError, DbResult, SqlState};
 use orochi_common::schema::{TableDef, TableId};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
+
+use crate::privilege::{Acl, DATABASE_OWNER, RoleDef};
 
 /// Sequence values are reserved durably in blocks of this many (Postgres logs 32 at a time too),
 /// so `nextval` is usually a memory operation; a crash skips at most one block.
@@ -35,6 +37,18 @@ struct Inner {
     schemas: BTreeSet<String>,
     tables: BTreeMap<(String, String), Arc<TableDef>>,
     next_table_id: TableId,
+    roles: BTreeMap<String, RoleDef>,
+    /// `table/{id}` or `schema/{name}` → owner and ACL; absent: owned by the bootstrap
+    /// superuser (`public`: by `pg_database_owner`) with the default ACL.
+    acls: BTreeMap<String, Acl>,
+}
+
+fn table_acl_key(id: TableId) -> String {
+    format!("table/{id}")
+}
+
+fn schema_acl_key(name: &str) -> String {
+    format!("schema/{name}")
 }
 
 struct SeqRuntime {
@@ -89,6 +103,12 @@ impl Catalog {
                     (def.schema.clone(), def.name.clone()),
                     SeqRuntime { def, next },
                 );
+            } else if key.starts_with("role/") {
+                let def: RoleDef = serde_json::from_slice(&v).map_err(|e| corrupt(&key, e))?;
+                inner.roles.insert(def.name.clone(), def);
+            } else if let Some(object) = key.strip_prefix("acl/") {
+                let acl: Acl = serde_json::from_slice(&v).map_err(|e| corrupt(&key, e))?;
+                inner.acls.insert(object.to_string(), acl);
             } else if key == "next_table_id" {
                 let id = u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]));
                 inner.next_table_id = inner.next_table_id.max(id);
@@ -102,6 +122,12 @@ impl Catalog {
         };
         if !catalog.schema_exists("public") {
             catalog.create_schema("public")?;
+        }
+        if catalog
+            .role(crate::privilege::BOOTSTRAP_SUPERUSER)
+            .is_none()
+        {
+            catalog.put_role(RoleDef::bootstrap())?;
         }
         Ok(catalog)
     }
@@ -135,6 +161,147 @@ impl Catalog {
             self.tree.remove(k).map_err(io)?;
         }
         self.flush()
+    }
+
+    pub fn role(&self, name: &str) -> Option<RoleDef> {
+        self.inner.read().roles.get(name).cloned()
+    }
+
+    pub fn roles(&self) -> Vec<RoleDef> {
+        self.inner.read().roles.values().cloned().collect()
+    }
+
+    /// Adds or replaces a role, durable on return.
+    pub fn put_role(&self, def: RoleDef) -> DbResult<()> {
+        let bytes = serde_json::to_vec(&def).expect("roles serialize");
+        let mut inner = self.inner.write();
+        self.tree
+            .insert(format!("role/{}", def.name), bytes)
+            .map_err(io)?;
+        inner.roles.insert(def.name.clone(), def);
+        drop(inner);
+        self.flush()
+    }
+
+    pub fn remove_role(&self, name: &str) -> DbResult<()> {
+        let mut inner = self.inner.write();
+        inner.roles.remove(name);
+        self.tree.remove(format!("role/{name}")).map_err(io)?;
+        drop(inner);
+        self.flush()
+    }
+
+    /// `ALTER ROLE from RENAME TO to`: the role, and every owner and ACL entry naming it.
+    pub fn rename_role(&self, from: &str, to: &str) -> DbResult<()> {
+        let mut inner = self.inner.write();
+        let Some(mut def) = inner.roles.remove(from) else {
+            return Ok(());
+        };
+        def.name = to.to_string();
+        // Postgres clears an MD5 password on rename (the name is its salt); SCRAM's is kept
+        self.tree.remove(format!("role/{from}")).map_err(io)?;
+        self.tree
+            .insert(
+                format!("role/{to}"),
+                serde_json::to_vec(&def).expect("roles serialize"),
+            )
+            .map_err(io)?;
+        inner.roles.insert(to.to_string(), def);
+        for (object, acl) in inner.acls.iter_mut() {
+            if acl.owner == from || acl.mentions(from) {
+                acl.rename_role(from, to);
+                self.tree
+                    .insert(
+                        format!("acl/{object}"),
+                        serde_json::to_vec(acl).expect("ACLs serialize"),
+                    )
+                    .map_err(io)?;
+            }
+        }
+        drop(inner);
+        self.flush()
+    }
+
+    /// What `role` owns or is mentioned in, as Postgres' DROP ROLE detail lists it.
+    pub fn role_dependencies(&self, role: &str) -> Vec<String> {
+        let inner = self.inner.read();
+        let mut out = Vec::new();
+        let name_of = |object: &str| -> Option<String> {
+            if let Some(id) = object.strip_prefix("table/") {
+                let id: TableId = id.parse().ok()?;
+                let t = inner.tables.values().find(|t| t.id == id)?;
+                Some(format!("table {}", t.name))
+            } else {
+                let s = object.strip_prefix("schema/")?;
+                inner.schemas.contains(s).then(|| format!("schema {s}"))
+            }
+        };
+        for (object, acl) in &inner.acls {
+            let Some(name) = name_of(object) else {
+                continue;
+            };
+            if acl.owner == role {
+                out.push(format!("owner of {name}"));
+            }
+            if acl.mentions(role) {
+                out.push(format!("privileges for {name}"));
+            }
+        }
+        out
+    }
+
+    /// Owner and ACL of a table.
+    pub fn table_acl(&self, id: TableId) -> Acl {
+        self.inner
+            .read()
+            .acls
+            .get(&table_acl_key(id))
+            .cloned()
+            .unwrap_or_else(|| Acl::owned_by(crate::privilege::BOOTSTRAP_SUPERUSER))
+    }
+
+    /// Owner and ACL of a schema.
+    pub fn schema_acl(&self, name: &str) -> Acl {
+        self.inner
+            .read()
+            .acls
+            .get(&schema_acl_key(name))
+            .cloned()
+            .unwrap_or_else(|| {
+                Acl::owned_by(if name == "public" {
+                    DATABASE_OWNER
+                } else {
+                    crate::privilege::BOOTSTRAP_SUPERUSER
+                })
+            })
+    }
+
+    pub fn put_table_acl(&self, id: TableId, acl: &Acl) -> DbResult<()> {
+        self.put_acl(table_acl_key(id), acl)
+    }
+
+    pub fn put_schema_acl(&self, name: &str, acl: &Acl) -> DbResult<()> {
+        self.put_acl(schema_acl_key(name), acl)
+    }
+
+    fn put_acl(&self, object: String, acl: &Acl) -> DbResult<()> {
+        let mut inner = self.inner.write();
+        self.tree
+            .insert(
+                format!("acl/{object}"),
+                serde_json::to_vec(acl).expect("ACLs serialize"),
+            )
+            .map_err(io)?;
+        inner.acls.insert(object, acl.clone());
+        drop(inner);
+        self.flush()
+    }
+
+    fn remove_acl(&self, inner: &mut Inner, object: String) -> DbResult<()> {
+        if inner.acls.remove(&object).is_some() {
+            self.tree.remove(format!("acl/{object}")).map_err(io)?;
+        }
+        Ok(())
     }
 
     fn flush(&self) -> DbResult<()> {
@@ -175,6 +342,7 @@ impl Catalog {
         }
         inner.schemas.remove(name);
         self.tree.remove(format!("schema/{name}")).map_err(io)?;
+        self.remove_acl(&mut inner, schema_acl_key(name))?;
         drop(inner);
         self.flush()
     }
@@ -199,6 +367,12 @@ impl Catalog {
 
     pub fn all_tables(&self) -> Vec<Arc<TableDef>> {
         self.inner.read().tables.values().cloned().collect()
+    }
+
+    /// An object id from the counter tables use too (Postgres has one OID counter).
+    pub fn allocate_oid(&self) -> DbResult<u32> {
+        let id = self.allocate_table_id()?;
+        u32::try_from(id).map_err(|_| DbError::internal("object ids exhausted"))
     }
 
     pub fn allocate_table_id(&self) -> DbResult<TableId> {
@@ -231,6 +405,7 @@ impl Catalog {
         let mut inner = self.inner.write();
         inner.tables.retain(|_, t| t.id != id);
         self.tree.remove(format!("table/{id}")).map_err(io)?;
+        self.remove_acl(&mut inner, table_acl_key(id))?;
         drop(inner);
         let mut seqs = self.sequences.lock();
         let owned: Vec<_> = seqs

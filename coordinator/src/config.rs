@@ -25,13 +25,22 @@ pub struct CoordinatorOptions {
     pub query_memory_limit_bytes: Option<u64>,
     /// Row store page cache, in bytes [default: an eighth of `memory_limit_bytes`].
     pub row_cache_bytes: Option<u64>,
+    /// Host-based access rules (Postgres' `pg_hba.conf` format). Without one: trust on
+    /// loopback, SCRAM-SHA-256 elsewhere (everywhere, once `[passwords]` are configured).
+    pub hba_file: Option<PathBuf>,
+    /// TLS server certificate chain (PEM). With `tls_key_file`, clients may use TLS
+    /// (`sslmode=require`/`verify-full`); `hostssl` rules can then demand it.
+    pub tls_cert_file: Option<PathBuf>,
+    /// TLS private key (PEM, PKCS#8, PKCS#1 or SEC1).
+    pub tls_key_file: Option<PathBuf>,
     /// What uncommitted writes of all open transactions may hold together, in bytes
     /// [default: a quarter of `memory_limit_bytes`]; a write past it fails with 53200.
     pub write_set_limit_bytes: Option<u64>,
     /// Threads of parallelism per query (0 = number of CPUs).
     pub query_parallelism: usize,
-    /// Passwords by user (`[passwords]` table; `OROCHI_PASSWORD` sets `postgres`'s). Empty:
-    /// trust authentication. Otherwise every login must pass SCRAM-SHA-256.
+    /// Passwords set at start-up (`[passwords]` table; `OROCHI_PASSWORD` sets `postgres`'s):
+    /// each user's role gets it (created with LOGIN if missing), and, without an
+    /// `hba_file`, every login must then pass SCRAM-SHA-256.
     pub passwords: BTreeMap<String, String>,
 }
 
@@ -45,6 +54,9 @@ impl Default for CoordinatorOptions {
             query_memory_limit_bytes: None,
             row_cache_bytes: None,
             write_set_limit_bytes: None,
+            hba_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
             query_parallelism: 0,
             passwords: BTreeMap::new(),
         }

@@ -121,13 +121,18 @@ impl ScalarUDFImpl for CurrentSchemas {
 }
 
 /// A one-argument function from an oid or code to its name: `pg_get_userbyid(oid)` (the
-/// role's name; `postgres` is oid 10, the only role so far) and `pg_encoding_to_char(int)`
-/// (we only speak UTF8, Postgres' encoding 6).
-#[derive(Debug)]
+/// role's name, from the catalog) and `pg_encoding_to_char(int)` (we only speak UTF8,
+/// Postgres' encoding 6).
 struct NameOf {
     name: &'static str,
-    lookup: fn(u32) -> String,
+    lookup: Arc<dyn Fn(u32) -> String + Send + Sync>,
     signature: Signature,
+}
+
+impl std::fmt::Debug for NameOf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NameOf").field("name", &self.name).finish()
+    }
 }
 
 // identity is the function's name (function pointers do not compare meaningfully)
@@ -155,16 +160,6 @@ impl ScalarUDFImpl for NameOf {
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         map_oids(&args, |oid| ScalarValue::Utf8(Some((self.lookup)(oid))))
-    }
-}
-
-fn user_name(oid: u32) -> String {
-    if oid == 10 {
-        "postgres".to_string()
-    } else if oid == crate::system::DATABASE_OWNER_OID {
-        "pg_database_owner".to_string()
-    } else {
-        format!("unknown (OID={oid})")
     }
 }
 
@@ -251,7 +246,10 @@ fn map_oids(args: &ScalarFunctionArgs, f: impl Fn(u32) -> ScalarValue) -> Result
 
 /// What the session functions report.
 pub struct SessionInfo<'a> {
+    /// The session user.
     pub user: &'a str,
+    /// The current role.
+    pub role: &'a str,
     pub database: &'a str,
     pub search_path: &'a [String],
     pub backend_pid: i32,
@@ -286,9 +284,9 @@ pub fn session_functions(info: &SessionInfo<'_>) -> Vec<ScalarUDF> {
                 .unwrap_or(ScalarValue::Utf8(None)),
         ),
         constant("current_database", utf8(info.database)),
-        constant("current_user", utf8(info.user)),
+        constant("current_user", utf8(info.role)),
         constant("session_user", utf8(info.user)),
-        constant("current_role", utf8(info.user)),
+        constant("current_role", utf8(info.role)),
         constant("pg_backend_pid", ScalarValue::Int32(Some(info.backend_pid))),
         ScalarUDF::new_from_impl(CurrentSchemas {
             search_path: info.search_path.to_vec(),
@@ -296,12 +294,15 @@ pub fn session_functions(info: &SessionInfo<'_>) -> Vec<ScalarUDF> {
         }),
         ScalarUDF::new_from_impl(NameOf {
             name: "pg_get_userbyid",
-            lookup: user_name,
+            lookup: {
+                let catalog = info.catalog.clone();
+                Arc::new(move |oid| crate::system::role_name(&catalog, oid))
+            },
             signature: Signature::any(1, Volatility::Stable),
         }),
         ScalarUDF::new_from_impl(NameOf {
             name: "pg_encoding_to_char",
-            lookup: encoding_name,
+            lookup: Arc::new(encoding_name),
             signature: Signature::any(1, Volatility::Immutable),
         }),
         ScalarUDF::new_from_impl(TableIsVisible {

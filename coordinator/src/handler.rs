@@ -8,4 +8,5 @@ pub mod eval;
 pub mod explain;
 pub mod fastpath;
 pub mod query;
+pub mod role;
 pub mod utility;

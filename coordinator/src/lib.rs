@@ -10,7 +10,8 @@
 //! - [`checked`]: integer arithmetic that fails on overflow (an analyzer rule).
 //! - [`functions`]: session information functions (`version()`, `current_schema()`, …).
 //! - [`pgtypes`]: built-in type identities, `format_type`, `regtype`/`regclass`.
-//! - [`catalog`]: schemas, tables, sequences (persisted).
+//! - [`catalog`]: schemas, tables, sequences, roles and ACLs (persisted).
+//! - [`privilege`]: roles, ACLs and privilege checks, SCRAM verifiers.
 //! - [`config`]: the coordinator options (`CoordinatorOptions`).
 //! - [`error`]: DataFusion ↔ SQLSTATE error mapping.
 //! - [`system`]: `pg_catalog` tables built from the catalog.
@@ -27,6 +28,7 @@ pub mod infoschema;
 pub mod pgtypes;
 pub mod pgwire;
 pub mod planner;
+pub mod privilege;
 pub mod provider;
 pub mod session;
 pub mod settings;

@@ -40,6 +40,8 @@ pub struct Planner<'a> {
     pub extra: HashMap<String, Arc<dyn TableProvider>>,
     /// The session's parameters (`pg_settings`).
     pub settings: Option<crate::settings::SharedSettings>,
+    /// Whose privileges tables are read with (SELECT is checked as each is resolved).
+    pub access: crate::privilege::Access,
 }
 
 impl<'a> Planner<'a> {
@@ -57,6 +59,7 @@ impl<'a> Planner<'a> {
             user: "postgres",
             extra: HashMap::new(),
             settings: None,
+            access: crate::privilege::Access::superuser(),
         }
     }
 
@@ -184,6 +187,12 @@ impl ContextProvider for Planner<'_> {
                 &settings.lock(),
             )));
         }
+        if system && table == "pg_authid" && !self.access.superuser {
+            return Err(db_to_df(crate::privilege::permission_denied(
+                crate::privilege::ObjectKind::Table,
+                table,
+            )));
+        }
         if system
             && (crate::system::TABLES.contains(&table) || crate::system::is_empty_table(table))
             && let Some(t) = crate::system::table(self.catalog, table, self.user)
@@ -191,10 +200,19 @@ impl ContextProvider for Planner<'_> {
             return Ok(provider_as_source(t));
         }
         match self.resolve_table(schema, table) {
-            Some(def) => Ok(provider_as_source(Arc::new(OrochiTable::new(
-                def,
-                self.service.clone(),
-            )))),
+            Some(def) => {
+                crate::privilege::check_table(
+                    self.catalog,
+                    &self.access,
+                    &def,
+                    crate::privilege::Privilege::Select,
+                )
+                .map_err(db_to_df)?;
+                Ok(provider_as_source(Arc::new(OrochiTable::new(
+                    def,
+                    self.service.clone(),
+                ))))
+            }
             None => Err(db_to_df(DbError::new(
                 SqlState::UndefinedTable,
                 format!("relation \"{}\" does not exist", name),

@@ -10,7 +10,7 @@ use datafusion::execution::SessionState;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::prelude::SessionConfig;
-use datafusion::sql::sqlparser::ast::Statement;
+use datafusion::sql::sqlparser::ast::{self, ObjectType, Statement};
 use orochi_common::error::{DbError, DbResult, SqlState};
 use orochi_common::service::{ShardService, TxnId};
 
@@ -149,7 +149,12 @@ pub struct Session {
     pub settings: crate::settings::SharedSettings,
 
     pub copy: Option<handler::copy::CopyIn>,
+    /// Who logged in.
+    pub login_user: String,
+    /// The session user (who logged in, or `SET SESSION AUTHORIZATION`).
     pub user: String,
+    /// The current role (`SET ROLE`): whose privileges statements run with.
+    pub role: String,
     pub database: String,
     /// When the current transaction started: what `now()`/`CURRENT_TIMESTAMP` return.
     pub txn_start: chrono::DateTime<chrono::Utc>,
@@ -204,6 +209,8 @@ impl Session {
             search_path: vec!["public".to_string()],
             settings,
             copy: None,
+            role: user.clone(),
+            login_user: user.clone(),
             user,
             database,
             txn_start: chrono::Utc::now(),
@@ -213,12 +220,49 @@ impl Session {
         session
     }
 
+    /// Logs the session in as `user` (also the current role).
+    pub fn set_session_user(&mut self, user: &str) {
+        self.login_user = user.to_string();
+        self.user = user.to_string();
+        self.role = user.to_string();
+        self.refresh_functions();
+    }
+
+    /// Who statements run as: the current role, and whether it is a superuser.
+    pub fn access(&self) -> crate::privilege::Access {
+        crate::privilege::Access {
+            role: self.role.clone(),
+            superuser: self
+                .instance
+                .catalog
+                .role(&self.role)
+                .is_some_and(|r| r.superuser),
+        }
+    }
+
+    pub fn check_table(
+        &self,
+        def: &orochi_common::schema::TableDef,
+        p: crate::privilege::Privilege,
+    ) -> DbResult<()> {
+        crate::privilege::check_table(&self.instance.catalog, &self.access(), def, p)
+    }
+
+    pub fn check_table_owner(&self, def: &orochi_common::schema::TableDef) -> DbResult<()> {
+        crate::privilege::check_table_owner(&self.instance.catalog, &self.access(), def)
+    }
+
+    pub fn check_schema(&self, schema: &str, p: crate::privilege::Privilege) -> DbResult<()> {
+        crate::privilege::check_schema(&self.instance.catalog, &self.access(), schema, p)
+    }
+
     /// Re-registers the session information functions (`current_schema()`, …) after the
     /// user, database, search path or backend pid changed.
     pub fn refresh_functions(&mut self) {
         use datafusion::execution::FunctionRegistry;
         let info = crate::functions::SessionInfo {
             user: &self.user,
+            role: &self.role,
             database: &self.database,
             search_path: &self.search_path,
             backend_pid: self.backend_pid,
@@ -277,7 +321,8 @@ impl Session {
             &self.instance.service,
             &self.search_path,
         );
-        p.user = &self.user;
+        p.user = &self.role;
+        p.access = self.access();
         p.settings = Some(self.settings.clone());
         p
     }
@@ -368,6 +413,24 @@ impl Session {
             return Ok(result);
         }
         match stmt {
+            Statement::CreateRole(cr) => role::handle_create_role(self, cr),
+            Statement::AlterRole { name, operation } => {
+                role::handle_alter_role(self, name, operation)
+            }
+            Statement::Drop {
+                object_type: ObjectType::Role | ObjectType::User,
+                if_exists,
+                names,
+                ..
+            } => role::handle_drop_roles(self, names, *if_exists),
+            Statement::Grant(g) => role::handle_grant(self, g),
+            Statement::Revoke(r) => role::handle_revoke(self, r),
+            Statement::Set(ast::Set::SetRole { role_name, .. }) => {
+                role::handle_set_role(self, role_name.as_ref())
+            }
+            Statement::Set(ast::Set::SetSessionAuthorization(param)) => {
+                role::handle_set_session_authorization(self, param)
+            }
             Statement::Query(q) => query::handle_query(self, q, params).await,
             Statement::Insert(ins) => dml::handle_insert(self, ins, params, txn).await,
             Statement::Update(upd) => dml::handle_update(self, upd, params, txn).await,

@@ -46,6 +46,8 @@ pub fn open(options: CoordinatorOptions) -> anyhow::Result<Standalone> {
     let catalog = Arc::new(
         Catalog::open(&dir.join("catalog")).map_err(|e| anyhow::anyhow!("{}", e.message))?,
     );
+    crate::pgwire::auth::apply_configured_passwords(&catalog, &options.passwords)
+        .map_err(|e| anyhow::anyhow!("setting configured passwords: {}", e.message))?;
     let service = LocalShardService::open(
         &dir.join("worker"),
         &StoreOptions {

@@ -16,6 +16,7 @@ use datafusion::datasource::{MemTable, TableProvider};
 use datafusion::sql::sqlparser::ast;
 
 use crate::catalog::Catalog;
+use crate::privilege::{DATABASE_OWNER, ObjectKind};
 
 /// The tables this module provides, by name.
 pub const TABLES: &[&str] = &[
@@ -29,6 +30,7 @@ pub const TABLES: &[&str] = &[
     "pg_database",
     "pg_roles",
     "pg_user",
+    "pg_authid",
     "pg_extension",
     "pg_tables",
     "pg_am",
@@ -471,8 +473,8 @@ enum Col {
     Bool(Vec<bool>),
     I16(Vec<i16>),
     I32(Vec<Option<i32>>),
-    /// `text[]`, always NULL for now (ACLs: no privileges yet).
-    NullTextArray(usize),
+    /// `text[]` (ACLs, options).
+    TextArray(Vec<Option<Vec<String>>>),
 }
 
 pub(crate) struct Table {
@@ -492,7 +494,7 @@ impl Table {
                 's' => (DataType::Int16, Col::I16(vec![])),
                 'a' => (
                     DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true))),
-                    Col::NullTextArray(0),
+                    Col::TextArray(vec![]),
                 ),
                 _ => (DataType::Int32, Col::I32(vec![])),
             };
@@ -512,7 +514,8 @@ impl Table {
                 (Col::I16(c), V::S(x)) => c.push(x),
                 (Col::I32(c), V::I(x)) => c.push(Some(x)),
                 (Col::I32(c), V::Null) => c.push(None),
-                (Col::NullTextArray(n), V::Null) => *n += 1,
+                (Col::TextArray(c), V::Null) => c.push(None),
+                (Col::TextArray(c), V::A(x)) => c.push(Some(x)),
                 _ => unreachable!("system table row does not match its columns"),
             }
         }
@@ -530,10 +533,22 @@ impl Table {
                     Col::Bool(v) => Arc::new(BooleanArray::from(v)),
                     Col::I16(v) => Arc::new(Int16Array::from(v)),
                     Col::I32(v) => Arc::new(Int32Array::from(v)),
-                    Col::NullTextArray(n) => arrow::array::new_null_array(
-                        &DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true))),
-                        n,
-                    ),
+                    Col::TextArray(v) => {
+                        let mut b =
+                            arrow::array::ListBuilder::new(arrow::array::StringBuilder::new());
+                        for item in v {
+                            match item {
+                                Some(items) => {
+                                    for i in items {
+                                        b.values().append_value(i);
+                                    }
+                                    b.append(true);
+                                }
+                                None => b.append(false),
+                            }
+                        }
+                        Arc::new(b.finish())
+                    }
                 }
             })
             .collect();
@@ -544,6 +559,8 @@ impl Table {
 
 pub(crate) enum V {
     O(u32),
+    /// A `text[]` value.
+    A(Vec<String>),
     T(String),
     B(bool),
     S(i16),
@@ -565,7 +582,51 @@ fn storage_of(ty: orochi_common::types::SqlType) -> &'static str {
     }
 }
 
+/// A `pg_roles` row (columns as declared in [`table`]).
+fn role_row(r: &crate::privilege::RoleDef) -> Vec<V> {
+    vec![
+        V::O(r.oid),
+        t(&r.name),
+        V::B(r.superuser),
+        V::B(r.inherit),
+        V::B(r.create_role),
+        V::B(r.create_db),
+        V::B(r.login),
+        V::B(r.replication),
+        V::B(r.bypass_rls),
+        V::I(r.connection_limit),
+        r.valid_until.as_deref().map_or(V::Null, t),
+    ]
+}
+
+/// The oid of a role by name (`pg_database_owner` included); 0 if there is none.
+pub fn role_oid(catalog: &Catalog, name: &str) -> u32 {
+    if name == DATABASE_OWNER {
+        return DATABASE_OWNER_OID;
+    }
+    catalog.role(name).map_or(0, |r| r.oid)
+}
+
+/// The name of a role by oid, as `pg_get_userbyid` prints it.
+pub fn role_name(catalog: &Catalog, oid: u32) -> String {
+    if oid == DATABASE_OWNER_OID {
+        return DATABASE_OWNER.to_string();
+    }
+    catalog
+        .roles()
+        .into_iter()
+        .find(|r| r.oid == oid)
+        .map(|r| r.name)
+        .unwrap_or_else(|| format!("unknown (OID={oid})"))
+}
+
+/// `relacl`/`nspacl`: NULL while the ACL is the default.
+fn acl_value(acl: &crate::privilege::Acl, kind: ObjectKind) -> V {
+    acl.text(kind).map_or(V::Null, V::A)
+}
+
 /// A `pg_class` row (columns as declared in [`table`]).
+/// `owner` and `acl` go last: relowner is filled in from the first.
 fn class_row(
     oid: u32,
     name: &str,
@@ -599,21 +660,34 @@ fn class_row(
 }
 
 /// The system table `name` (unqualified), as of now; `None` if there is no such table.
-pub fn table(catalog: &Catalog, name: &str, user: &str) -> Option<Arc<dyn TableProvider>> {
+pub fn table(catalog: &Catalog, name: &str, _user: &str) -> Option<Arc<dyn TableProvider>> {
     let tables = catalog.all_tables();
     let mut schemas = catalog.schemas();
     schemas.insert(0, "pg_catalog".to_string());
     schemas.push("information_schema".to_string());
     Some(match name {
         "pg_namespace" => {
-            let mut tb = Table::new(&[("oid", 'o'), ("nspname", 't'), ("nspowner", 'o')]);
+            let mut tb = Table::new(&[
+                ("oid", 'o'),
+                ("nspname", 't'),
+                ("nspowner", 'o'),
+                ("nspacl", 'a'),
+            ]);
             for s in &schemas {
-                let owner = if s == "public" {
-                    DATABASE_OWNER_OID
+                let (owner, acl) = if s == "pg_catalog" || s == "information_schema" {
+                    // readable by everyone, as in Postgres ({postgres=UC/postgres,=U/postgres})
+                    (
+                        SUPERUSER_OID,
+                        V::A(vec!["postgres=UC/postgres".into(), "=U/postgres".into()]),
+                    )
                 } else {
-                    SUPERUSER_OID
+                    let acl = catalog.schema_acl(s);
+                    (
+                        role_oid(catalog, &acl.owner),
+                        acl_value(&acl, ObjectKind::Schema),
+                    )
                 };
-                tb.row(vec![V::O(namespace_oid(s)), t(s), V::O(owner)]);
+                tb.row(vec![V::O(namespace_oid(s)), t(s), V::O(owner), acl]);
             }
             tb.provider()
         }
@@ -643,17 +717,26 @@ pub fn table(catalog: &Catalog, name: &str, user: &str) -> Option<Arc<dyn TableP
                 ("reltoastrelid", 'o'),
                 ("relreplident", 't'),
                 ("reloptions", 'a'),
+                ("relacl", 'a'),
             ]);
             for d in &tables {
                 let ns = namespace_oid(&d.schema);
                 let has_pk = !d.hidden_rowid;
                 let natts = d.visible_columns().len() as i16;
-                tb.row(class_row(d.id as u32, &d.name, ns, 2, has_pk, "r", natts));
+                let acl = catalog.table_acl(d.id);
+                let owner = role_oid(catalog, &acl.owner);
+                let mut row = class_row(d.id as u32, &d.name, ns, 2, has_pk, "r", natts);
+                row[4] = V::O(owner);
+                row.push(acl_value(&acl, ObjectKind::Table));
+                tb.row(row);
                 if has_pk {
                     let name = format!("{}_pkey", d.name);
                     let natts = d.primary_key.len() as i16;
                     let oid = d.id as u32 + INDEX_OID_OFFSET;
-                    tb.row(class_row(oid, &name, ns, 403, false, "i", natts));
+                    let mut row = class_row(oid, &name, ns, 403, false, "i", natts);
+                    row[4] = V::O(owner);
+                    row.push(V::Null);
+                    tb.row(row);
                 }
             }
             tb.provider()
@@ -890,33 +973,63 @@ pub fn table(catalog: &Catalog, name: &str, user: &str) -> Option<Arc<dyn TableP
                 ("rolconnlimit", 'i'),
                 ("rolvaliduntil", 't'),
             ]);
-            let superuser = |oid, name: &str| {
-                let mut row = vec![V::O(oid), t(name)];
-                row.extend((0..7).map(|_| V::B(true)));
-                row.extend([V::I(-1), V::Null]);
-                row
-            };
-            tb.row(superuser(SUPERUSER_OID, "postgres"));
-            if user != "postgres" {
-                tb.row(superuser(SUPERUSER_OID + 1, user));
+            for r in catalog.roles() {
+                tb.row(role_row(&r));
             }
             // the predefined role that owns `public` (Postgres 15)
-            let mut owner = vec![
-                V::O(DATABASE_OWNER_OID),
-                t("pg_database_owner"),
-                V::B(false),
-            ];
-            owner.push(V::B(true));
-            owner.extend((0..5).map(|_| V::B(false)));
-            owner.extend([V::I(-1), V::Null]);
-            tb.row(owner);
+            let mut owner = crate::privilege::RoleDef::new(DATABASE_OWNER_OID, DATABASE_OWNER);
+            owner.inherit = true;
+            tb.row(role_row(&owner));
+            tb.provider()
+        }
+        "pg_authid" => {
+            let mut tb = Table::new(&[
+                ("oid", 'o'),
+                ("rolname", 't'),
+                ("rolsuper", 'b'),
+                ("rolinherit", 'b'),
+                ("rolcreaterole", 'b'),
+                ("rolcreatedb", 'b'),
+                ("rolcanlogin", 'b'),
+                ("rolreplication", 'b'),
+                ("rolbypassrls", 'b'),
+                ("rolconnlimit", 'i'),
+                ("rolpassword", 't'),
+                ("rolvaliduntil", 't'),
+            ]);
+            for r in catalog.roles() {
+                let mut row = role_row(&r);
+                let valid = row.pop().expect("role rows end with rolvaliduntil");
+                row.push(r.password.as_deref().map_or(V::Null, t));
+                row.push(valid);
+                tb.row(row);
+            }
             tb.provider()
         }
         "pg_user" => {
-            let mut tb = Table::new(&[("usesysid", 'o'), ("usename", 't'), ("usesuper", 'b')]);
-            tb.row(vec![V::O(SUPERUSER_OID), t("postgres"), V::B(true)]);
-            if user != "postgres" {
-                tb.row(vec![V::O(SUPERUSER_OID + 1), t(user), V::B(true)]);
+            let mut tb = Table::new(&[
+                ("usename", 't'),
+                ("usesysid", 'o'),
+                ("usecreatedb", 'b'),
+                ("usesuper", 'b'),
+                ("userepl", 'b'),
+                ("usebypassrls", 'b'),
+                ("passwd", 't'),
+                ("valuntil", 't'),
+                ("useconfig", 'a'),
+            ]);
+            for r in catalog.roles().into_iter().filter(|r| r.login) {
+                tb.row(vec![
+                    t(&r.name),
+                    V::O(r.oid),
+                    V::B(r.create_db),
+                    V::B(r.superuser),
+                    V::B(r.replication),
+                    V::B(r.bypass_rls),
+                    t("********"),
+                    r.valid_until.as_deref().map_or(V::Null, t),
+                    V::Null,
+                ]);
             }
             tb.provider()
         }

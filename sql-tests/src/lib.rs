@@ -147,6 +147,18 @@ impl Server {
         Server::start_configured(port, data_dir, &[], &[])
     }
 
+    /// [`Server::start_on`] with extra flags.
+    pub fn start_on_with(port: u16, data_dir: &Path, args: &[&str]) -> anyhow::Result<Server> {
+        Server::start_configured(port, data_dir, args, &[])
+    }
+
+    /// Whether the server process is still alive.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// Starts the binary and waits for its `orochi.pid` file (written once it listens): the
     /// port it reports is the one this child bound, never another test's server.
     fn start_configured(

@@ -253,6 +253,7 @@ pub fn handle_copy_from(
         ));
     };
     let def = resolve_table(s, table_name)?;
+    s.check_table(&def, crate::privilege::Privilege::Insert)?;
     let targets = target_columns(&def, columns)?;
     let CopyOptions {
         format,

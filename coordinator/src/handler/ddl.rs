@@ -12,6 +12,7 @@ use orochi_common::types::SqlType;
 use crate::catalog::SequenceDef;
 use crate::handler::dml::{ROWID_SEQUENCE, normalize_ident, object_name_parts, resolve_table};
 use crate::handler::eval::{Evaluator, empty_batch};
+use crate::privilege::Privilege;
 use crate::session::{Session, StatementResult};
 
 fn not_supported(what: impl Into<String>) -> DbError {
@@ -161,6 +162,7 @@ pub async fn handle_create_table(
             format!("schema \"{schema}\" does not exist"),
         ));
     }
+    s.check_schema(&schema, Privilege::Create)?;
     if s.instance.catalog.table(&schema, &name).is_some() {
         if ct.if_not_exists {
             return Ok(StatementResult::Command("CREATE TABLE".into()));
@@ -343,7 +345,13 @@ pub async fn handle_create_table(
         s.instance.catalog.create_sequence(seq)?;
     }
     s.instance.service.create_table(&def).await?;
+    let id = def.id;
     s.instance.catalog.put_table(def)?;
+    if s.role != crate::privilege::BOOTSTRAP_SUPERUSER {
+        s.instance
+            .catalog
+            .put_table_acl(id, &crate::privilege::Acl::owned_by(&s.role))?;
+    }
     Ok(StatementResult::Command("CREATE TABLE".into()))
 }
 
@@ -383,6 +391,9 @@ pub async fn handle_drop(
                     Err(e) => return Err(e),
                 }
             }
+            for d in &defs {
+                s.check_table_owner(d)?;
+            }
             for d in defs {
                 s.instance.catalog.remove_table(d.id)?;
                 s.instance.service.drop_table(d.id).await?;
@@ -401,8 +412,15 @@ pub async fn handle_drop(
                         format!("schema \"{name}\" does not exist"),
                     ));
                 }
+                let access = s.access();
+                access.check_owner(
+                    &s.instance.catalog.schema_acl(&name),
+                    crate::privilege::ObjectKind::Schema,
+                    &name,
+                )?;
                 if cascade {
                     for t in s.instance.catalog.tables_in(&name) {
+                        s.check_table_owner(&t)?;
                         s.instance.catalog.remove_table(t.id)?;
                         s.instance.service.drop_table(t.id).await?;
                     }
@@ -418,7 +436,9 @@ pub async fn handle_drop(
 pub async fn handle_truncate(s: &mut Session, t: &ast::Truncate) -> DbResult<StatementResult> {
     let mut defs = Vec::new();
     for tt in &t.table_names {
-        defs.push(resolve_table(s, &tt.name)?);
+        let def = resolve_table(s, &tt.name)?;
+        s.check_table(&def, Privilege::Truncate)?;
+        defs.push(def);
     }
     for d in defs {
         s.instance.service.truncate(d.id).await?;
@@ -431,12 +451,25 @@ pub fn handle_create_schema(
     name: &ast::SchemaName,
     if_not_exists: bool,
 ) -> DbResult<StatementResult> {
-    let n = match name {
-        ast::SchemaName::Simple(n) | ast::SchemaName::NamedAuthorization(n, _) => {
-            object_name_parts(n)?.1
+    let (n, owner) = match name {
+        ast::SchemaName::Simple(n) => (object_name_parts(n)?.1, None),
+        ast::SchemaName::NamedAuthorization(n, o) => {
+            (object_name_parts(n)?.1, Some(normalize_ident(o)))
         }
-        ast::SchemaName::UnnamedAuthorization(i) => normalize_ident(i),
+        ast::SchemaName::UnnamedAuthorization(i) => (normalize_ident(i), Some(normalize_ident(i))),
     };
+    // CREATE on the database: its owner (the bootstrap superuser) or a superuser
+    let access = s.access();
+    if !access.superuser {
+        return Err(crate::privilege::permission_denied_database(&s.database));
+    }
+    let owner = owner.unwrap_or_else(|| s.role.clone());
+    if s.instance.catalog.role(&owner).is_none() {
+        return Err(DbError::new(
+            SqlState::UndefinedObject,
+            format!("role \"{owner}\" does not exist"),
+        ));
+    }
     if s.instance.catalog.schema_exists(&n) {
         if if_not_exists {
             return Ok(StatementResult::Command("CREATE SCHEMA".into()));
@@ -447,6 +480,11 @@ pub fn handle_create_schema(
         ));
     }
     s.instance.catalog.create_schema(&n)?;
+    if owner != crate::privilege::BOOTSTRAP_SUPERUSER {
+        s.instance
+            .catalog
+            .put_schema_acl(&n, &crate::privilege::Acl::owned_by(&owner))?;
+    }
     Ok(StatementResult::Command("CREATE SCHEMA".into()))
 }
 
@@ -460,6 +498,7 @@ pub async fn handle_alter_table(
         Err(_) if at.if_exists => return Ok(StatementResult::Command("ALTER TABLE".into())),
         Err(e) => return Err(e),
     };
+    s.check_table_owner(&def)?;
     let mut def = (*def).clone();
     for op in &at.operations {
         match op {

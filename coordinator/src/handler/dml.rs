@@ -26,6 +26,7 @@ use crate::handler::eval::{
     table_df_schema, zip_batches,
 };
 use crate::handler::query::bind_plan;
+use crate::privilege::Privilege;
 use crate::provider::OrochiTable;
 use crate::session::{Params, Session, StatementResult};
 
@@ -252,6 +253,15 @@ pub async fn handle_insert(
         ));
     };
     let def = resolve_table(s, name)?;
+    s.check_table(&def, Privilege::Insert)?;
+    if ins.returning.is_some() {
+        s.check_table(&def, Privilege::Select)?;
+    }
+    if let Some(ast::OnInsert::OnConflict(oc)) = &ins.on
+        && matches!(oc.action, ast::OnConflictAction::DoUpdate(_))
+    {
+        s.check_table(&def, Privilege::Update)?;
+    }
     let targets = insert_targets(&def, &ins.columns)?;
     let values = insert_source_rows(
         s,
@@ -742,6 +752,11 @@ pub async fn handle_update(
         ));
     }
     let (def, alias) = dml_target(s, &upd.table)?;
+    s.check_table(&def, Privilege::Update)?;
+    // reading the rows (a WHERE, RETURNING) needs SELECT too, as in Postgres
+    if upd.selection.is_some() || upd.returning.is_some() {
+        s.check_table(&def, Privilege::Select)?;
+    }
     let (targets, exprs) = assignments(&def, &upd.assignments)?;
     let (old_rows, df_schema) =
         locked_matches(s, &def, &alias, upd.selection.as_ref(), params, txn).await?;
@@ -783,6 +798,10 @@ pub async fn handle_delete(
     }
     let twj = delete_target(del)?;
     let (def, alias) = dml_target(s, twj)?;
+    s.check_table(&def, Privilege::Delete)?;
+    if del.selection.is_some() || del.returning.is_some() {
+        s.check_table(&def, Privilege::Select)?;
+    }
     let (old_rows, _) =
         locked_matches(s, &def, &alias, del.selection.as_ref(), params, txn).await?;
     let ops = old_rows

@@ -343,6 +343,10 @@ pub async fn execute(
         }
     }
     let key = encode_key_values(&key_values);
+    s.check_table(def, crate::privilege::Privilege::Select)?;
+    if matches!(plan.shape, Shape::Update { .. }) {
+        s.check_table(def, crate::privilege::Privilege::Update)?;
+    }
     match &plan.shape {
         Shape::Select { columns } => {
             let rows = s

@@ -144,6 +144,12 @@ fn alter_system(s: &mut Session, name: &str, value: Option<&str>) -> DbResult<St
 pub fn handle_reset(s: &mut Session, r: &ast::ResetStatement) -> DbResult<StatementResult> {
     match &r.reset {
         ast::Reset::ALL => s.settings.lock().reset_all(),
+        ast::Reset::ConfigurationParameter(name)
+            if name.to_string().eq_ignore_ascii_case("role") =>
+        {
+            crate::handler::role::handle_set_role(s, None)?;
+            return Ok(StatementResult::Command("RESET".into()));
+        }
         ast::Reset::ConfigurationParameter(name) => s.settings.lock().reset(&name.to_string())?,
     }
     s.sync_settings();

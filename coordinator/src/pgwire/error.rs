@@ -1,6 +1,6 @@
 //! The one place that builds pgwire's `ErrorInfo` (STYLE.md §4).
 
-use orochi_common::error::DbError;
+use orochi_common::error::{DbError, SqlState};
 use pgwire::error::{ErrorInfo, PgWireError};
 
 pub fn error_info(e: &DbError, position: Option<usize>) -> ErrorInfo {
@@ -26,10 +26,6 @@ pub fn to_pgwire(e: &DbError, position: Option<usize>) -> PgWireError {
 }
 
 /// A FATAL error (the connection is closed after it is sent).
-pub fn fatal(code: &str, message: String) -> PgWireError {
-    PgWireError::UserError(Box::new(ErrorInfo::new(
-        "FATAL".to_string(),
-        code.to_string(),
-        message,
-    )))
+pub fn fatal(state: SqlState, message: String) -> PgWireError {
+    PgWireError::UserError(Box::new(fatal_info(&DbError::new(state, message))))
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::pgwire::auth::{Authenticator, Method};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::common::DFSchema;
@@ -17,7 +18,6 @@ use datafusion::sql::sqlparser::ast::{self, Statement};
 use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::{Sink, SinkExt, StreamExt, stream};
 use orochi_common::error::{DbError, DbResult, SqlState};
-use pgwire::api::auth::sasl::scram::ScramAuth;
 use pgwire::api::auth::sasl::{SASLState, SCRAM_SHA_256_METHOD};
 use pgwire::api::auth::{
     DefaultServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
@@ -64,9 +64,9 @@ pub struct Connection {
     statement_names: Arc<parking_lot::Mutex<BTreeSet<String>>>,
 }
 
-/// SCRAM configuration (`None`: trust) and this connection's place in the exchange.
+/// The server's authentication rules and this connection's place in the SCRAM exchange.
 pub struct AuthState {
-    scram: Option<Arc<ScramAuth>>,
+    authenticator: Arc<Authenticator>,
     sasl: Mutex<SASLState>,
 }
 
@@ -74,7 +74,7 @@ impl Connection {
     pub fn new(
         session: Session,
         connections: Arc<ConnectionManager>,
-        scram: Option<Arc<ScramAuth>>,
+        authenticator: Arc<Authenticator>,
     ) -> Arc<Connection> {
         let session = Arc::new(Mutex::new(session));
         Arc::new(Connection {
@@ -84,7 +84,7 @@ impl Connection {
             session,
             connections,
             auth: Arc::new(AuthState {
-                scram,
+                authenticator,
                 sasl: Mutex::new(SASLState::Initial),
             }),
             statement_names: Default::default(),
@@ -871,23 +871,48 @@ impl StartupHandler for Handler {
             PgWireFrontendMessage::Startup(ref startup) => {
                 protocol_negotiation(client, startup).await?;
                 save_startup_parameters_to_metadata(client, startup);
-                if self.auth.scram.is_some() {
-                    *self.auth.sasl.lock().await = SASLState::ScramClientFirstReceived;
-                    client.set_state(PgWireConnectionState::AuthenticationInProgress);
-                    client
-                        .send(PgWireBackendMessage::Authentication(Authentication::SASL(
-                            vec![SCRAM_SHA_256_METHOD.to_string()],
-                        )))
-                        .await?;
-                    return Ok(());
+                let (user, database) = login_names(client);
+                let ip = client.socket_addr().ip();
+                let encryption = if client.is_secure() {
+                    "SSL encryption"
+                } else {
+                    "no encryption"
+                };
+                let rules = &self.auth.authenticator.rules;
+                match rules.method(ip, client.is_secure(), &database, &user) {
+                    None => Err(fatal(
+                        SqlState::InvalidAuthorizationSpecification,
+                        format!(
+                            "no pg_hba.conf entry for host \"{ip}\", user \"{user}\", \
+                             database \"{database}\", {encryption}"
+                        ),
+                    )),
+                    Some(Method::Reject) => Err(fatal(
+                        SqlState::InvalidAuthorizationSpecification,
+                        format!(
+                            "pg_hba.conf rejects connection for host \"{ip}\", user \"{user}\", \
+                             database \"{database}\", {encryption}"
+                        ),
+                    )),
+                    Some(Method::Scram) => {
+                        *self.auth.sasl.lock().await = SASLState::ScramClientFirstReceived;
+                        client.set_state(PgWireConnectionState::AuthenticationInProgress);
+                        client
+                            .send(PgWireBackendMessage::Authentication(Authentication::SASL(
+                                vec![SCRAM_SHA_256_METHOD.to_string()],
+                            )))
+                            .await?;
+                        Ok(())
+                    }
+                    Some(Method::Trust) => self.start_session(client).await,
                 }
-                self.start_session(client).await
             }
             PgWireFrontendMessage::PasswordMessageFamily(msg) => {
-                let Some(scram) = &self.auth.scram else {
-                    return Err(PgWireError::NoAuthenticationInProgress);
-                };
                 let mut state = self.auth.sasl.lock().await;
+                if matches!(*state, SASLState::Initial | SASLState::Finished) {
+                    return Err(PgWireError::NoAuthenticationInProgress);
+                }
+                let scram = &self.auth.authenticator.scram;
                 let (reply, next, _) = scram
                     .process_scram_message(client, msg, &state)
                     .await
@@ -895,7 +920,7 @@ impl StartupHandler for Handler {
                         // Postgres' wording, with the login's user name (SCRAM's own user
                         // field is empty: Postgres clients send it in the startup packet)
                         PgWireError::InvalidPassword(_) => fatal(
-                            "28P01",
+                            SqlState::InvalidPassword,
                             format!(
                                 "password authentication failed for user \"{}\"",
                                 client
@@ -969,6 +994,23 @@ impl Handler {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        let (user, _) = login_names(client);
+        let role = {
+            let s = self.session.lock().await;
+            s.instance.catalog.role(&user)
+        };
+        let Some(role) = role else {
+            return Err(fatal(
+                SqlState::InvalidAuthorizationSpecification,
+                format!("role \"{user}\" does not exist"),
+            ));
+        };
+        if !role.login {
+            return Err(fatal(
+                SqlState::InvalidAuthorizationSpecification,
+                format!("role \"{user}\" is not permitted to log in"),
+            ));
+        }
         let pid = next_backend_pid();
         let secret = pgwire::messages::startup::SecretKey::I32(rand_secret());
         client.set_pid_and_secret_key(pid, secret.clone());
@@ -984,16 +1026,10 @@ impl Handler {
             .insert::<pgwire::api::ConnectionGuard>(guard);
         {
             let mut s = self.session.lock().await;
-            s.user = client
-                .metadata()
-                .get(METADATA_USER)
-                .cloned()
-                .unwrap_or_else(|| "postgres".into());
-            s.database = client
-                .metadata()
-                .get(METADATA_DATABASE)
-                .cloned()
-                .unwrap_or_else(|| s.user.clone());
+            let (user, database) = login_names(client);
+            s.set_session_user(&role.name);
+            debug_assert_eq!(user, role.name);
+            s.database = database;
             if let Some(app) = client.metadata().get("application_name").cloned() {
                 let _ = s.settings.lock().set("application_name", &app, false);
             }
@@ -1017,6 +1053,21 @@ impl Handler {
         params.date_style = "ISO, MDY".into();
         finish_authentication(client, &params).await
     }
+}
+
+/// The user and database a client logs in as (the database defaults to the user's name).
+fn login_names<C: ClientInfo>(client: &C) -> (String, String) {
+    let user = client
+        .metadata()
+        .get(METADATA_USER)
+        .cloned()
+        .unwrap_or_else(|| crate::privilege::BOOTSTRAP_SUPERUSER.into());
+    let database = client
+        .metadata()
+        .get(METADATA_DATABASE)
+        .cloned()
+        .unwrap_or_else(|| user.clone());
+    (user, database)
 }
 
 fn next_backend_pid() -> i32 {

@@ -25,6 +25,13 @@ pub fn parse_statements(sql: &str) -> Result<Vec<Statement>, SyntaxError> {
 }
 
 fn parse_postgres(sql: &str) -> Result<Vec<Statement>, SyntaxError> {
+    // sqlparser reads `CREATE/ALTER USER` with Snowflake's grammar; in Postgres they are
+    // CREATE/ALTER ROLE (CREATE USER with LOGIN by default)
+    if let Some(rewritten) = rewrite_user_statements(sql)
+        && let Ok(stmts) = Parser::parse_sql(&PostgreSqlDialect {}, &rewritten)
+    {
+        return Ok(stmts);
+    }
     match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
         // `SET GLOBAL` is how ALTER SYSTEM reaches the handler (below); Postgres has no such
         // SET, so a client writing it gets the syntax error Postgres gives
@@ -117,6 +124,75 @@ fn rewrite_alter_system(sql: &str) -> Option<String> {
     if reset_pending {
         out.push_str(" = DEFAULT");
     }
+    changed.then_some(out)
+}
+
+/// `CREATE USER x …` → `CREATE ROLE x … LOGIN` (unless LOGIN/NOLOGIN is given), `ALTER USER`
+/// → `ALTER ROLE`, `DROP USER` → `DROP ROLE`. `None` when there is none.
+fn rewrite_user_statements(sql: &str) -> Option<String> {
+    let head: String = sql.trim_start().chars().take(6).collect();
+    let head = head.to_ascii_lowercase();
+    if !["create", "alter", "drop"]
+        .iter()
+        .any(|k| head.starts_with(k))
+    {
+        return None;
+    }
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize().ok()?;
+    let word = |t: &Token, k: Keyword| matches!(t, Token::Word(w) if w.keyword == k);
+    let is = |t: &Token, s: &str| matches!(t, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(s));
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut changed = false;
+    // inside a CREATE USER: whether LOGIN/NOLOGIN was seen
+    let mut create_user: Option<bool> = None;
+    let mut at_start = true;
+    let mut i = 0;
+    let finish = |out: &mut String, create_user: &mut Option<bool>| {
+        if *create_user == Some(false) {
+            out.push_str(" LOGIN");
+        }
+        *create_user = None;
+    };
+    while i < tokens.len() {
+        let tok = &tokens[i];
+        match tok {
+            Token::Whitespace(_) => {}
+            Token::SemiColon => {
+                finish(&mut out, &mut create_user);
+                at_start = true;
+            }
+            _ if at_start => {
+                at_start = false;
+                let verb = [Keyword::CREATE, Keyword::ALTER, Keyword::DROP]
+                    .into_iter()
+                    .find(|k| word(tok, *k));
+                let next = tokens
+                    .iter()
+                    .enumerate()
+                    .skip(i + 1)
+                    .find(|(_, t)| !matches!(t, Token::Whitespace(_)));
+                if let (Some(verb), Some((j, user))) = (verb, next)
+                    && word(user, Keyword::USER)
+                {
+                    out.push_str(&tok.to_string());
+                    out.push_str(" ROLE");
+                    changed = true;
+                    if verb == Keyword::CREATE {
+                        create_user = Some(false);
+                    }
+                    i = j + 1;
+                    continue;
+                }
+            }
+            _ if create_user.is_some() && (is(tok, "login") || is(tok, "nologin")) => {
+                create_user = Some(true);
+            }
+            _ => {}
+        }
+        out.push_str(&tok.to_string());
+        i += 1;
+    }
+    finish(&mut out, &mut create_user);
     changed.then_some(out)
 }
 

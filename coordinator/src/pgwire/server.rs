@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use orochi_common::error::{DbError, SqlState};
 use pgwire::api::{
     ClientInfo, ConnectionManager, ErrorHandler, PgWireConnectionState, PgWireServerHandlers,
@@ -29,7 +29,11 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let limit = Arc::new(Semaphore::new(instance.options.max_connections));
     let connections = Arc::new(ConnectionManager::new());
-    let scram = crate::pgwire::auth::PasswordDb::scram(&instance.options.passwords);
+    let authenticator = Arc::new(crate::pgwire::auth::Authenticator::new(
+        instance.catalog.clone(),
+        hba_rules(&instance.options).map_err(std::io::Error::other)?,
+    ));
+    let tls = tls_acceptor(&instance.options).map_err(std::io::Error::other)?;
     let mut tasks = JoinSet::new();
     loop {
         let (socket, peer) = tokio::select! {
@@ -48,18 +52,34 @@ pub async fn serve(
             Ok(permit) => {
                 let instance = instance.clone();
                 let connections = connections.clone();
-                let scram = scram.clone();
+                let authenticator = authenticator.clone();
+                let tls = tls.clone();
                 tasks.spawn(async move {
                     let _permit = permit;
                     tracing::debug!(%peer, "connection opened");
                     let conn = Connection::new(
                         Session::new(instance, "postgres".into(), "postgres".into()),
                         connections,
-                        scram,
+                        authenticator,
                     );
                     let session = conn.session();
-                    if let Err(e) = process_connection(socket, conn).await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    // A panic while decoding a client's bytes (pgwire's decoders have some,
+                    // e.g. on a length field below 4) must end only this connection, and
+                    // still run the cleanup below: its transaction's row locks.
+                    let served =
+                        std::panic::AssertUnwindSafe(process_connection(socket, conn, tls))
+                            .catch_unwind()
+                            .await;
+                    match served {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error")
+                        }
+                        Err(_) => tracing::error!(
+                            %peer,
+                            "connection task panicked (see the panic message above); \
+                             the connection was closed and its transaction rolled back"
+                        ),
                     }
                     // end any open transaction: releases its row locks
                     session.lock().await.close().await;
@@ -96,15 +116,64 @@ pub async fn serve(
 /// `authentication_timeout`, 1 minute).
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// One client connection: pgwire's TLS negotiation (declined for now), then its message
-/// dispatch, over a [`CoalescingIo`] so each round trip's replies go out in one `send`.
-/// This is pgwire's own `process_socket` loop with that one change.
-async fn process_connection(socket: TcpStream, conn: Arc<Connection>) -> std::io::Result<()> {
+/// The access rules: `hba_file`, or the defaults (see [`crate::pgwire::auth`]).
+fn hba_rules(
+    options: &crate::config::CoordinatorOptions,
+) -> Result<crate::pgwire::auth::HbaRules, String> {
+    match &options.hba_file {
+        Some(path) => crate::pgwire::auth::HbaRules::load(path),
+        None => Ok(crate::pgwire::auth::HbaRules::default_for(
+            !options.passwords.is_empty(),
+        )),
+    }
+}
+
+/// The TLS acceptor when `tls_cert_file` and `tls_key_file` are set.
+pub fn tls_acceptor(
+    options: &crate::config::CoordinatorOptions,
+) -> Result<Option<TlsAcceptor>, String> {
+    use pgwire::tokio::tokio_rustls::rustls;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (cert, key) = match (&options.tls_cert_file, &options.tls_key_file) {
+        (None, None) => return Ok(None),
+        (Some(c), Some(k)) => (c, k),
+        _ => return Err("tls_cert_file and tls_key_file must be set together".into()),
+    };
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("reading TLS certificates from {}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("no certificate in {}", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("reading TLS private key from {}: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS configuration: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("TLS certificate and key: {e}"))?;
+    Ok(Some(TlsAcceptor::from(Arc::new(config))))
+}
+
+type TlsAcceptor = pgwire::tokio::tokio_rustls::TlsAcceptor;
+
+/// One client connection: pgwire's TLS negotiation (accepted when a certificate is
+/// configured), then its message dispatch, over a [`CoalescingIo`] so each round trip's
+/// replies go out in one `send`. This is pgwire's own `process_socket` loop with that one
+/// change.
+async fn process_connection(
+    socket: TcpStream,
+    conn: Arc<Connection>,
+    tls: Option<TlsAcceptor>,
+) -> std::io::Result<()> {
     let startup_timeout = tokio::time::sleep(STARTUP_TIMEOUT);
     tokio::pin!(startup_timeout);
     let negotiated = tokio::select! {
         _ = &mut startup_timeout => return Ok(()),
-        s = pgwire::tokio::server::negotiate_tls::<Prepared>(socket, None) => s?,
+        s = pgwire::tokio::server::negotiate_tls::<Prepared>(socket, tls) => s?,
     };
     let Some(framed) = negotiated else {
         return Ok(());
