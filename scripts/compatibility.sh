@@ -33,7 +33,7 @@ $("$PSQL" --version | awk '{print $3}') first, in that run, so its expectations 
 | client / tool | version | test | status against OrochiDB | also run against PostgreSQL |
 |---|---|---|---|---|
 HEAD
-  row "psql (meta-commands, \`\\x\`, \`\\timing\`, \`\\conninfo\`, COPY, \`\\copy\`)" "$("$PSQL" --version | awk '{print $3}')" "sql-tests/tests/psql.rs" "output identical to PostgreSQL" "yes (compared byte for byte)"
+  row "psql (meta-commands incl. \`\\d+\`, \`\\x\`, \`\\timing\`, \`\\conninfo\`, COPY, \`\\copy\`)" "$("$PSQL" --version | awk '{print $3}')" "sql-tests/tests/psql.rs" "output identical to PostgreSQL" "yes (compared byte for byte)"
   row "psycopg 3" "$(py_version psycopg)" "sql-tests/drivers/python/test_drivers.py" "pass" "yes"
   row "psycopg2" "$(py_version psycopg2-binary)" "sql-tests/drivers/python/test_drivers.py" "pass" "yes"
   row "asyncpg" "$(py_version asyncpg)" "sql-tests/drivers/python/test_drivers.py" "pass" "yes"
@@ -47,7 +47,7 @@ HEAD
   row "pgbench" "$("$(dirname "$PSQL")/pgbench" --version 2>/dev/null | awk '{print $3}')" "bench/pgbench.sh (not in \`make test\`)" "runs unmodified; figures in benchmarks.md" "yes (side by side)"
   cat <<'TAIL'
 
-Not covered yet: `\d+`/`\dt+`, `\dp`, and the other ORMs (Django, Rails, Prisma).
+Not covered yet: `\dp`, `\l+`, and the other ORMs (Django, Rails, Prisma).
 TAIL
 } > "$OUT.tmp"
 if grep -q '|  |' "$OUT.tmp"; then

@@ -5,7 +5,11 @@
 //! Their values come from the session (user, database, search path, backend pid); the session
 //! re-registers them when one of those changes ([`crate::session::Session::refresh_functions`]).
 //! Function names qualified with `pg_catalog.` resolve to the same functions
-//! ([`strip_pg_catalog_qualifier`]).
+//! ([`strip_pg_catalog_qualifier`]). `has_table_privilege`/`has_schema_privilege` are in
+//! [`privileges`], the relation size functions in [`sizes`].
+
+mod privileges;
+pub mod sizes;
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -311,6 +315,11 @@ pub fn session_functions(info: &SessionInfo<'_>) -> Vec<ScalarUDF> {
             signature: Signature::any(1, Volatility::Stable),
         }),
     ];
+    functions.extend(privileges::functions(
+        info.catalog,
+        info.role,
+        &relation_search_path,
+    ));
     functions.extend(crate::pgtypes::functions(
         info.catalog,
         &relation_search_path,
@@ -568,6 +577,60 @@ pub fn stateless_functions() -> Vec<ScalarUDF> {
         signature: Signature::any(1, Volatility::Immutable),
     }));
     out
+}
+
+/// Postgres names the one column of a scalar set-returning function in FROM after its alias
+/// (`FROM generate_series(1, 3) g` has column `g`), or after the function when there is none;
+/// DataFusion calls it `value`. Gives such table functions that column alias.
+pub fn name_scalar_table_functions(stmt: &mut ast::Statement) {
+    struct Namer;
+    impl ast::VisitorMut for Namer {
+        type Break = ();
+        fn pre_visit_table_factor(&mut self, t: &mut ast::TableFactor) -> ControlFlow<()> {
+            let (function, alias) = match t {
+                ast::TableFactor::Table {
+                    name,
+                    args: Some(_),
+                    alias,
+                    ..
+                } => {
+                    let Some(f) = name.0.last().and_then(|p| p.as_ident()) else {
+                        return ControlFlow::Continue(());
+                    };
+                    if !["generate_series", "range"]
+                        .iter()
+                        .any(|n| f.value.eq_ignore_ascii_case(n))
+                    {
+                        return ControlFlow::Continue(());
+                    }
+                    (f.value.to_lowercase(), alias)
+                }
+                ast::TableFactor::UNNEST {
+                    alias,
+                    array_exprs,
+                    with_offset: false,
+                    ..
+                } if array_exprs.len() == 1 => ("unnest".to_string(), alias),
+                _ => return ControlFlow::Continue(()),
+            };
+            match alias {
+                Some(a) if a.columns.is_empty() => {
+                    a.columns = vec![ast::TableAliasColumnDef::from_name(a.name.value.clone())];
+                }
+                Some(_) => {}
+                None => {
+                    *alias = Some(ast::TableAlias {
+                        explicit: false,
+                        name: ast::Ident::new(function.clone()),
+                        columns: vec![ast::TableAliasColumnDef::from_name(function)],
+                        at: None,
+                    });
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let _ = ast::VisitMut::visit(stmt, &mut Namer);
 }
 
 #[cfg(test)]

@@ -84,6 +84,40 @@ impl<'a> Planner<'a> {
         self.plan_statement(ast::Statement::Query(Box::new(query)))
     }
 
+    /// Plans a query whose rows are used by position (`INSERT … SELECT`): output names may
+    /// repeat (`SELECT v, v`), so repeated ones are planned under unique aliases.
+    pub fn plan_positional_query(&self, mut query: ast::Query) -> Result<LogicalPlan> {
+        if let ast::SetExpr::Select(select) = query.body.as_mut() {
+            let name = |item: &ast::SelectItem| match item {
+                ast::SelectItem::UnnamedExpr(e) => Some(crate::handler::eval::output_name(e)),
+                ast::SelectItem::ExprWithAlias { alias, .. } => Some(alias.value.clone()),
+                _ => None,
+            };
+            let mut counts: HashMap<String, usize> = HashMap::new();
+            for item in &select.projection {
+                if let Some(n) = name(item) {
+                    *counts.entry(n).or_default() += 1;
+                }
+            }
+            for (i, item) in select.projection.iter_mut().enumerate() {
+                let repeated = name(item).is_some_and(|n| counts.get(&n).is_some_and(|&c| c > 1));
+                if !repeated {
+                    continue;
+                }
+                let expr = match item {
+                    ast::SelectItem::UnnamedExpr(e) => e.clone(),
+                    ast::SelectItem::ExprWithAlias { expr, .. } => expr.clone(),
+                    _ => continue,
+                };
+                *item = ast::SelectItem::ExprWithAlias {
+                    expr,
+                    alias: ast::Ident::new(format!("{OUTPUT_ALIAS_PREFIX}{i}")),
+                };
+            }
+        }
+        self.plan_query(query)
+    }
+
     /// Plans a query whose rows go to a client. Unaliased select-list expressions get the
     /// column names Postgres gives them (`count`, `?column?`, the column under a cast), which
     /// may repeat — DataFusion requires unique names, so they are planned under internal
@@ -381,13 +415,26 @@ fn assign_output_aliases(query: &mut ast::Query) -> Vec<String> {
     let Some(select) = leftmost(&mut query.body) else {
         return names;
     };
+    // how often each output name occurs: a repeated plain column (`SELECT id, id`) needs an
+    // alias too, DataFusion refusing two projections of one name
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for item in &select.projection {
+        if let ast::SelectItem::UnnamedExpr(e) = item {
+            *counts
+                .entry(crate::handler::eval::output_name(e))
+                .or_default() += 1;
+        }
+    }
     for item in select.projection.iter_mut() {
         if let ast::SelectItem::UnnamedExpr(e) = item {
-            // plain column references keep DataFusion's (identical) naming
+            // plain column references keep DataFusion's (identical) naming unless repeated
             if matches!(
                 e,
                 ast::Expr::Identifier(_) | ast::Expr::CompoundIdentifier(_)
-            ) {
+            ) && counts
+                .get(&crate::handler::eval::output_name(e))
+                .is_some_and(|&n| n < 2)
+            {
                 continue;
             }
             let alias = ast::Ident::new(format!("{OUTPUT_ALIAS_PREFIX}{}", names.len()));

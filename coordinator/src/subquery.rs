@@ -105,18 +105,39 @@ fn array_of_unnest(e: &ast::Expr) -> Option<ast::Expr> {
     else {
         return None;
     };
-    let ast::TableFactor::UNNEST {
-        alias: Some(alias),
-        array_exprs,
-        with_offset: false,
-        with_ordinality: false,
-        ..
-    } = &select.from[0].relation
-    else {
-        return None;
-    };
-    let [array] = array_exprs.as_slice() else {
-        return None;
+    // `unnest(a) x` parses as UNNEST, `pg_catalog.unnest(a) x` (psql) as a table function
+    let (alias, array) = match &select.from[0].relation {
+        ast::TableFactor::UNNEST {
+            alias: Some(alias),
+            array_exprs,
+            with_offset: false,
+            with_ordinality: false,
+            ..
+        } => match array_exprs.as_slice() {
+            [array] => (alias, array.clone()),
+            _ => return None,
+        },
+        ast::TableFactor::Table {
+            name,
+            alias: Some(alias),
+            args: Some(args),
+            with_ordinality: false,
+            ..
+        } if name
+            .0
+            .last()
+            .and_then(|p| p.as_ident())
+            .is_some_and(|i| i.value.eq_ignore_ascii_case("unnest"))
+            && name.0.len() <= 2 =>
+        {
+            match args.args.as_slice() {
+                [ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(array))] => {
+                    (alias, array.clone())
+                }
+                _ => return None,
+            }
+        }
+        _ => return None,
     };
     let param = alias
         .columns
@@ -148,7 +169,7 @@ fn array_of_unnest(e: &ast::Expr) -> Option<ast::Expr> {
             within_group: vec![],
         })
     };
-    let mapped = function("array_transform", vec![array.clone(), lambda]);
+    let mapped = function("array_transform", vec![array, lambda]);
     // NULL array: no rows, so an empty array (coalesce gives it the mapped type)
     Some(function(
         "coalesce",

@@ -20,6 +20,7 @@ pub fn parse_statements(sql: &str) -> Result<Vec<Statement>, SyntaxError> {
         // `pg_catalog.f()`, bare `current_schema`, casts to types DataFusion lacks
         crate::functions::strip_pg_catalog_qualifier(stmt);
         crate::pgtypes::rewrite_type_casts(stmt);
+        crate::functions::name_scalar_table_functions(stmt);
     }
     Ok(stmts)
 }

@@ -1,0 +1,288 @@
+//! `has_table_privilege` and `has_schema_privilege`, answered from the same ACLs the
+//! statements are checked against ([`crate::privilege`]).
+//!
+//! Forms: `(object, privileges)` for the current role, `(role, object, privileges)` with the
+//! role by name or oid; the object by name (search path for tables, `schema.table` too) or
+//! oid; privileges as Postgres spells them, comma-separated, each optionally
+//! `WITH GRANT OPTION`.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, BooleanBuilder};
+use arrow::datatypes::DataType;
+use datafusion::common::{Result, ScalarValue};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+use orochi_common::error::{DbError, DbResult, SqlState};
+
+use crate::catalog::Catalog;
+use crate::error::db_to_df;
+use crate::privilege::{Acl, ObjectKind, PrivSet, Privilege};
+
+struct HasPrivilege {
+    name: &'static str,
+    kind: ObjectKind,
+    catalog: Arc<Catalog>,
+    role: String,
+    search_path: Vec<String>,
+    signature: Signature,
+}
+
+impl std::fmt::Debug for HasPrivilege {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HasPrivilege")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .finish()
+    }
+}
+
+impl PartialEq for HasPrivilege {
+    fn eq(&self, o: &Self) -> bool {
+        self.name == o.name && self.role == o.role && self.search_path == o.search_path
+    }
+}
+impl Eq for HasPrivilege {}
+impl std::hash::Hash for HasPrivilege {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+        self.role.hash(state);
+    }
+}
+
+/// A text or oid argument's value in row `i` (`None`: NULL).
+enum Arg {
+    Name(String),
+    Oid(u32),
+}
+
+fn arg_at(array: &ArrayRef, i: usize) -> Result<Option<Arg>> {
+    if array.is_null(i) {
+        return Ok(None);
+    }
+    Ok(Some(match array.data_type() {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+            let v = ScalarValue::try_from_array(array, i)?;
+            Arg::Name(v.to_string())
+        }
+        _ => {
+            let v = ScalarValue::try_from_array(array, i)?.cast_to(&DataType::Int64)?;
+            match v {
+                ScalarValue::Int64(Some(n)) => Arg::Oid(n as u32),
+                _ => return Ok(None),
+            }
+        }
+    }))
+}
+
+/// `SELECT, INSERT WITH GRANT OPTION` → (privileges, those asked with grant option).
+fn parse_privileges(text: &str, kind: ObjectKind) -> DbResult<(PrivSet, PrivSet)> {
+    let mut privs = Vec::new();
+    let mut grantable = Vec::new();
+    for item in text.split(',') {
+        let item = item.trim();
+        let upper = item.to_ascii_uppercase();
+        let (word, with_grant) = match upper.strip_suffix("WITH GRANT OPTION") {
+            Some(w) => (w.trim().to_string(), true),
+            None => (upper.clone(), false),
+        };
+        let p = Privilege::from_keyword(&word)
+            .filter(|p| kind.privileges().contains(p))
+            .ok_or_else(|| {
+                DbError::new(
+                    SqlState::InvalidParameterValue,
+                    format!("unrecognized privilege type: \"{item}\""),
+                )
+            })?;
+        privs.push(p);
+        if with_grant {
+            grantable.push(p);
+        }
+    }
+    Ok((PrivSet::of(&privs), PrivSet::of(&grantable)))
+}
+
+impl HasPrivilege {
+    fn role_name(&self, arg: Arg) -> DbResult<String> {
+        match arg {
+            Arg::Name(n) => {
+                if n == "public" || self.catalog.role(&n).is_some() {
+                    Ok(n)
+                } else {
+                    Err(DbError::new(
+                        SqlState::UndefinedObject,
+                        format!("role \"{n}\" does not exist"),
+                    ))
+                }
+            }
+            Arg::Oid(oid) => self
+                .catalog
+                .roles()
+                .into_iter()
+                .find(|r| r.oid == oid)
+                .map(|r| r.name)
+                .ok_or_else(|| {
+                    DbError::new(
+                        SqlState::UndefinedObject,
+                        format!("role with OID {oid} does not exist"),
+                    )
+                }),
+        }
+    }
+
+    /// The object's ACL, its display name, and whether it is `public` (default ACL).
+    fn object(&self, arg: Arg) -> DbResult<(Acl, bool)> {
+        match self.kind {
+            ObjectKind::Table => {
+                let def = match &arg {
+                    Arg::Name(n) => match n.split_once('.') {
+                        Some((schema, table)) => self.catalog.table(schema, table),
+                        None => self
+                            .search_path
+                            .iter()
+                            .find_map(|s| self.catalog.table(s, n)),
+                    },
+                    Arg::Oid(oid) => self
+                        .catalog
+                        .all_tables()
+                        .into_iter()
+                        .find(|t| t.id == u64::from(*oid)),
+                };
+                let def = def.ok_or_else(|| {
+                    DbError::new(
+                        SqlState::UndefinedTable,
+                        match &arg {
+                            Arg::Name(n) => format!("relation \"{n}\" does not exist"),
+                            Arg::Oid(o) => format!("relation with OID {o} does not exist"),
+                        },
+                    )
+                })?;
+                Ok((self.catalog.table_acl(def.id), false))
+            }
+            ObjectKind::Schema => {
+                let name = match &arg {
+                    Arg::Name(n) => self.catalog.schema_exists(n).then(|| n.clone()),
+                    Arg::Oid(oid) => self
+                        .catalog
+                        .schemas()
+                        .into_iter()
+                        .find(|s| crate::system::namespace_oid(s) == *oid),
+                };
+                let name = name.ok_or_else(|| {
+                    DbError::new(
+                        SqlState::InvalidSchemaName,
+                        match &arg {
+                            Arg::Name(n) => format!("schema \"{n}\" does not exist"),
+                            Arg::Oid(o) => format!("schema with OID {o} does not exist"),
+                        },
+                    )
+                })?;
+                let public = name == "public";
+                Ok((self.catalog.schema_acl(&name), public))
+            }
+        }
+    }
+
+    fn answer(&self, role: String, object: Arg, privs: &str) -> DbResult<bool> {
+        let (wanted, wanted_grant) = parse_privileges(privs, self.kind)?;
+        let (acl, public) = self.object(object)?;
+        if self.catalog.role(&role).is_some_and(|r| r.superuser) {
+            return Ok(true);
+        }
+        let items = acl.effective(self.kind, public);
+        let mine = items
+            .iter()
+            .filter(|i| i.grantee.is_empty() || i.grantee == role);
+        let (held, grantable) = mine.fold((PrivSet::default(), PrivSet::default()), |(h, g), i| {
+            (h.union(i.privs), g.union(i.grantable))
+        });
+        let owner = acl.owner == role;
+        // any one of the listed privileges suffices, as in Postgres
+        let ok = self.kind.privileges().iter().any(|&p| {
+            PrivSet::of(&[p]).intersect(wanted) != PrivSet::default()
+                && held.contains(p)
+                && (!wanted_grant.contains(p) || owner || grantable.contains(p))
+        });
+        Ok(ok)
+    }
+}
+
+impl ScalarUDFImpl for HasPrivilege {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let scalar = args
+            .args
+            .iter()
+            .all(|a| matches!(a, ColumnarValue::Scalar(_)));
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let (role_arg, rest) = match arrays.len() {
+            2 => (None, &arrays[..]),
+            3 => (Some(&arrays[0]), &arrays[1..]),
+            n => {
+                return Err(db_to_df(DbError::new(
+                    SqlState::UndefinedFunction,
+                    format!("function {}() does not take {n} arguments", self.name),
+                )));
+            }
+        };
+        let rows = args
+            .number_rows
+            .max(arrays.iter().map(|a| a.len()).max().unwrap_or(0));
+        let mut out = BooleanBuilder::with_capacity(rows);
+        for i in 0..rows {
+            let at = |a: &ArrayRef| arg_at(a, if a.len() == 1 { 0 } else { i });
+            let role = match role_arg {
+                None => Some(self.role.clone()),
+                Some(a) => match at(a)? {
+                    None => None,
+                    Some(arg) => Some(self.role_name(arg).map_err(db_to_df)?),
+                },
+            };
+            let object = at(&rest[0])?;
+            let privs = at(&rest[1])?;
+            match (role, object, privs) {
+                (Some(role), Some(object), Some(Arg::Name(privs))) => {
+                    out.append_value(self.answer(role, object, &privs).map_err(db_to_df)?)
+                }
+                _ => out.append_null(),
+            }
+        }
+        let array: ArrayRef = Arc::new(out.finish());
+        if scalar {
+            Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(
+                &array, 0,
+            )?))
+        } else {
+            Ok(ColumnarValue::Array(array))
+        }
+    }
+}
+
+/// The functions for a session whose current role is `role`.
+pub fn functions(catalog: &Arc<Catalog>, role: &str, search_path: &[String]) -> Vec<ScalarUDF> {
+    [
+        ("has_table_privilege", ObjectKind::Table),
+        ("has_schema_privilege", ObjectKind::Schema),
+    ]
+    .into_iter()
+    .map(|(name, kind)| {
+        ScalarUDF::new_from_impl(HasPrivilege {
+            name,
+            kind,
+            catalog: catalog.clone(),
+            role: role.to_string(),
+            search_path: search_path.to_vec(),
+            signature: Signature::variadic_any(Volatility::Stable),
+        })
+    })
+    .collect()
+}
