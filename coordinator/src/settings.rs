@@ -593,6 +593,9 @@ pub struct Settings {
     at_begin: Option<BTreeMap<String, String>>,
     /// Custom (`prefix.name`) parameters someone set, by lower-case name: the name as written.
     custom: BTreeMap<String, String>,
+    /// Bumped by every change of a session value, so the connection can tell cheaply when
+    /// to look for reportable parameters that changed (ParameterStatus).
+    generation: u64,
 }
 
 pub type SharedSettings = Arc<Mutex<Settings>>;
@@ -605,6 +608,7 @@ impl Settings {
             local: BTreeMap::new(),
             at_begin: None,
             custom: BTreeMap::new(),
+            generation: 0,
         }
     }
 
@@ -662,6 +666,7 @@ impl Settings {
             }
             Err(e) => return Err(e),
         };
+        self.generation += 1;
         if local {
             // until the transaction ends (an implicit one ends with its statement)
             self.local.insert(key, value);
@@ -682,6 +687,7 @@ impl Settings {
         }
         self.local.remove(&key);
         self.session.remove(&key);
+        self.generation += 1;
         Ok(())
     }
 
@@ -689,6 +695,12 @@ impl Settings {
     pub fn reset_all(&mut self) {
         self.local.clear();
         self.session.clear();
+        self.generation += 1;
+    }
+
+    /// Changes with every SET, RESET, and end of a transaction that undid or dropped values.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// A transaction block began: SETs from here on are undone if it rolls back.
@@ -704,8 +716,12 @@ impl Settings {
             && !committed
         {
             self.session = before;
+            self.generation += 1;
         }
-        self.local.clear();
+        if !self.local.is_empty() {
+            self.local.clear();
+            self.generation += 1;
+        }
     }
 
     /// `statement_timeout` as a duration; `None` when 0 (no timeout).

@@ -586,3 +586,84 @@ async fn pg_cancel_backend_from_another_session() {
     let one: i32 = victim.query_one("SELECT 1", &[]).await.unwrap().get(0);
     assert_eq!(one, 1);
 }
+
+/// Sends a simple query and returns the ParameterStatus (name, value) pairs of its reply.
+async fn parameter_reports(socket: &mut tokio::net::TcpStream, sql: &str) -> Vec<(String, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut msg = vec![b'Q'];
+    msg.extend_from_slice(&((sql.len() + 5) as i32).to_be_bytes());
+    msg.extend_from_slice(sql.as_bytes());
+    msg.push(0);
+    socket.write_all(&msg).await.unwrap();
+    let mut out = Vec::new();
+    loop {
+        let kind = socket.read_u8().await.unwrap();
+        let len = socket.read_i32().await.unwrap() as usize;
+        let mut body = vec![0u8; len - 4];
+        socket.read_exact(&mut body).await.unwrap();
+        match kind {
+            b'Z' => return out,
+            b'S' => {
+                let parts: Vec<String> = body
+                    .split(|&b| b == 0)
+                    .map(|p| String::from_utf8_lossy(p).to_string())
+                    .collect();
+                out.push((parts[0].clone(), parts[1].clone()));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A change of a reported parameter (SET, RESET, a rollback undoing a SET, SET ROLE) is
+/// sent to the client as ParameterStatus, as Postgres does; other statements send none.
+#[tokio::test]
+async fn parameter_status_follows_reported_settings() {
+    use tokio::io::AsyncWriteExt;
+    let server = Server::start().expect("server");
+    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", server.port))
+        .await
+        .unwrap();
+    let mut startup = Vec::new();
+    startup.extend_from_slice(&196_608i32.to_be_bytes());
+    for s in ["user", "postgres", "database", "postgres"] {
+        startup.extend_from_slice(s.as_bytes());
+        startup.push(0);
+    }
+    startup.push(0);
+    let mut packet = ((startup.len() + 4) as i32).to_be_bytes().to_vec();
+    packet.extend_from_slice(&startup);
+    socket.write_all(&packet).await.unwrap();
+    assert_eq!(ready_status(&mut socket).await, b'I');
+    let pair = |n: &str, v: &str| (n.to_string(), v.to_string());
+    assert_eq!(
+        parameter_reports(&mut socket, "SET application_name = 'reporting'").await,
+        vec![pair("application_name", "reporting")]
+    );
+    assert_eq!(parameter_reports(&mut socket, "SELECT 1").await, vec![]);
+    assert_eq!(
+        parameter_reports(&mut socket, "SET statement_timeout = 1000").await,
+        vec![],
+        "statement_timeout is not a reported parameter"
+    );
+    assert_eq!(
+        parameter_reports(&mut socket, "BEGIN; SET DateStyle = 'ISO, DMY'").await,
+        vec![pair("DateStyle", "ISO, DMY")]
+    );
+    assert_eq!(
+        parameter_reports(&mut socket, "ROLLBACK").await,
+        vec![pair("DateStyle", "ISO, MDY")]
+    );
+    assert_eq!(
+        parameter_reports(&mut socket, "RESET application_name").await,
+        vec![pair("application_name", "")]
+    );
+    assert_eq!(
+        parameter_reports(&mut socket, "CREATE ROLE plain; SET ROLE plain").await,
+        vec![pair("is_superuser", "off")]
+    );
+    assert_eq!(
+        parameter_reports(&mut socket, "RESET ROLE").await,
+        vec![pair("is_superuser", "on")]
+    );
+}

@@ -62,6 +62,7 @@ pub struct Connection {
     connections: Arc<ConnectionManager>,
     auth: Arc<AuthState>,
     statement_names: Arc<parking_lot::Mutex<BTreeSet<String>>>,
+    reported: Arc<parking_lot::Mutex<Reported>>,
 }
 
 /// The server's authentication rules and this connection's place in the SCRAM exchange.
@@ -88,6 +89,7 @@ impl Connection {
                 sasl: Mutex::new(SASLState::Initial),
             }),
             statement_names: Default::default(),
+            reported: Default::default(),
         })
     }
 
@@ -105,6 +107,7 @@ impl Connection {
             connections: self.connections.clone(),
             auth: self.auth.clone(),
             statement_names: self.statement_names.clone(),
+            reported: self.reported.clone(),
         })
     }
 }
@@ -134,7 +137,27 @@ pub struct Handler {
     auth: Arc<AuthState>,
     /// Names of the protocol-level prepared statements (Parse), for `DEALLOCATE ALL`.
     statement_names: Arc<parking_lot::Mutex<BTreeSet<String>>>,
+    /// What the client was last told of the reported parameters (ParameterStatus).
+    reported: Arc<parking_lot::Mutex<Reported>>,
 }
+
+/// The reportable parameters' values the client knows, and the session state they were read
+/// at (settings generation, session user, current role).
+#[derive(Default)]
+pub struct Reported {
+    at: Option<(u64, String, String)>,
+    values: std::collections::BTreeMap<&'static str, String>,
+}
+
+/// Parameters Postgres reports to the client whenever they change (GUC_REPORT).
+const REPORTED: &[&str] = &[
+    "application_name",
+    "client_encoding",
+    "DateStyle",
+    "IntervalStyle",
+    "TimeZone",
+    "standard_conforming_strings",
+];
 
 /// A parsed statement with its parameter types and result schema (for Describe).
 #[derive(Clone, Debug)]
@@ -745,6 +768,7 @@ impl SimpleQueryHandler for Handler {
                 }
             }
         }
+        self.report_changes(_client, &session).await?;
         Ok(out)
     }
 }
@@ -846,9 +870,9 @@ impl ExtendedQueryHandler for Handler {
         let mut session = self.session.lock().await;
         let timeout = session.settings.lock().statement_timeout();
         let stop = stop_signal(_client, timeout).await;
-        let result = execute_stoppable(&mut session, &prepared.stmt, &params, &stop)
-            .await
-            .map_err(|e| to_pgwire(&e, None))?;
+        let result = execute_stoppable(&mut session, &prepared.stmt, &params, &stop).await;
+        self.report_changes(_client, &session).await?;
+        let result = result.map_err(|e| to_pgwire(&e, None))?;
         let fmt = portal.result_column_format.clone();
         let failed = session.stream_failed.clone();
         to_response(result, move |i| fmt.format_for(i), false, stop, failed).await
@@ -949,6 +973,59 @@ impl StartupHandler for Handler {
 }
 
 impl Handler {
+    /// Sends ParameterStatus for each reported parameter whose value changed since the
+    /// client last heard (a SET, RESET, rollback, SET ROLE …), as Postgres does.
+    async fn report_changes<C>(&self, client: &mut C, session: &Session) -> PgWireResult<()>
+    where
+        C: Sink<PgWireBackendMessage> + Unpin + Send,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        use futures::SinkExt;
+        let at = (
+            session.settings.lock().generation(),
+            session.user.clone(),
+            session.role.clone(),
+        );
+        let changed: Vec<(&'static str, String)> = {
+            let mut reported = self.reported.lock();
+            if reported.at.as_ref() == Some(&at) {
+                return Ok(());
+            }
+            // the first call (right after start-up) only records what the client was told
+            let first = reported.at.is_none();
+            reported.at = Some(at);
+            let mut now: Vec<(&'static str, String)> = {
+                let settings = session.settings.lock();
+                REPORTED
+                    .iter()
+                    .filter_map(|&n| settings.get(n).ok().map(|v| (n, v)))
+                    .collect()
+            };
+            now.push(("session_authorization", session.user.clone()));
+            let superuser = session.access().superuser;
+            now.push(("is_superuser", if superuser { "on" } else { "off" }.into()));
+            let mut changed = Vec::new();
+            for (name, value) in now {
+                if reported.values.get(name) != Some(&value) {
+                    reported.values.insert(name, value.clone());
+                    // the start-up already told the client the initial values
+                    if !first {
+                        changed.push((name, value));
+                    }
+                }
+            }
+            changed
+        };
+        for (name, value) in changed {
+            client
+                .send(PgWireBackendMessage::ParameterStatus(
+                    pgwire::messages::startup::ParameterStatus::new(name.to_string(), value),
+                ))
+                .await?;
+        }
+        Ok(())
+    }
+
     /// `DEALLOCATE [PREPARE] name | ALL`: forgets protocol-level prepared statements.
     fn deallocate<C>(&self, client: &mut C, name: &ast::Ident) -> DbResult<Response>
     where
@@ -1051,7 +1128,10 @@ impl Handler {
         );
         params.time_zone = "UTC".into();
         params.date_style = "ISO, MDY".into();
-        finish_authentication(client, &params).await
+        params.is_superuser = role.superuser;
+        finish_authentication(client, &params).await?;
+        let session = self.session.lock().await;
+        self.report_changes(client, &session).await
     }
 }
 
