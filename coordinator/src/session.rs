@@ -85,6 +85,7 @@ impl Instance {
     pub fn reload_settings(&self) -> DbResult<()> {
         let values = self.catalog.system_settings()?;
         *self.server_settings.write() = values;
+        crate::settings::SERVER_RELOADS.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -160,6 +161,8 @@ pub struct Session {
     pub txn_start: chrono::DateTime<chrono::Utc>,
     /// The process id clients see (`pg_backend_pid()`, cancel requests).
     pub backend_pid: i32,
+    /// The settings generation [`Session::sync_settings`] last applied.
+    synced_generation: Option<u64>,
 }
 
 impl Session {
@@ -215,6 +218,7 @@ impl Session {
             database,
             txn_start: chrono::Utc::now(),
             backend_pid: 0,
+            synced_generation: None,
         };
         session.refresh_functions();
         session
@@ -290,6 +294,12 @@ impl Session {
     pub fn sync_settings(&mut self) {
         let (path, batch) = {
             let st = self.settings.lock();
+            // nothing changed since the last sync: the common case, once per statement
+            let generation = st.generation();
+            if self.synced_generation == Some(generation) {
+                return;
+            }
+            self.synced_generation = Some(generation);
             (
                 st.get("search_path").unwrap_or_default(),
                 st.get("orochi.vectorized_batch_size").unwrap_or_default(),

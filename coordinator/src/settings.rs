@@ -573,6 +573,9 @@ fn check_settable(d: &Def) -> DbResult<()> {
 /// The server-wide values (`ALTER SYSTEM` as of the last reload), shared by all sessions.
 pub type ServerValues = Arc<RwLock<BTreeMap<String, String>>>;
 
+/// How many times the server values were reloaded (part of [`Settings::generation`]).
+pub static SERVER_RELOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Checks an `ALTER SYSTEM SET` value; returns the name as registered and the value as shown.
 pub fn check_system_value(name: &str, value: &str) -> DbResult<(&'static str, String)> {
     let d = check_name(name)?;
@@ -698,9 +701,11 @@ impl Settings {
         self.generation += 1;
     }
 
-    /// Changes with every SET, RESET, and end of a transaction that undid or dropped values.
+    /// Changes with every SET, RESET, end of a transaction that undid or dropped values, and
+    /// server-wide reload (`pg_reload_conf()`).
     pub fn generation(&self) -> u64 {
         self.generation
+            .wrapping_add(SERVER_RELOADS.load(std::sync::atomic::Ordering::Relaxed) << 40)
     }
 
     /// A transaction block began: SETs from here on are undone if it rolls back.

@@ -981,16 +981,15 @@ impl Handler {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         use futures::SinkExt;
-        let at = (
-            session.settings.lock().generation(),
-            session.user.clone(),
-            session.role.clone(),
-        );
+        let generation = session.settings.lock().generation();
         let changed: Vec<(&'static str, String)> = {
             let mut reported = self.reported.lock();
-            if reported.at.as_ref() == Some(&at) {
+            if reported.at.as_ref().is_some_and(|(g, user, role)| {
+                *g == generation && *user == session.user && *role == session.role
+            }) {
                 return Ok(());
             }
+            let at = (generation, session.user.clone(), session.role.clone());
             // the first call (right after start-up) only records what the client was told
             let first = reported.at.is_none();
             reported.at = Some(at);
