@@ -17,7 +17,10 @@ pub struct CoordinatorOptions {
     pub max_connections: usize,
     /// The memory the server is sized to stay within (resident set), in bytes. The query pool
     /// and the row cache are carved out of it; the rest is for connections, in-flight batches
-    /// and the row store's own bookkeeping.
+    /// and the row store's own bookkeeping [default: a quarter of the machine's memory, or of
+    /// the cgroup's limit when that is lower (containers), at least 2 GiB].
+    /// Hard-coded 2 GiB before: its 256 MiB row cache was smaller than pgbench scale 10's
+    /// working set (docs/benchmarks.md).
     pub memory_limit_bytes: u64,
     /// Memory limit for all queries together (DataFusion memory pool), in bytes
     /// [default: half of `memory_limit_bytes`]. A query over its share spills or fails with
@@ -44,13 +47,42 @@ pub struct CoordinatorOptions {
     pub passwords: BTreeMap<String, String>,
 }
 
+/// A quarter of the memory this process may use: physical memory, or the cgroup's limit
+/// (v2 `memory.max`, v1 `memory.limit_in_bytes`) when lower; at least 2 GiB (what the
+/// default budgets need to pass [`CoordinatorOptions::validate`]).
+pub fn default_memory_limit_bytes() -> u64 {
+    let physical = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024);
+    let cgroup = [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .filter_map(|p| std::fs::read_to_string(p).ok())
+    .filter_map(|t| t.trim().parse::<u64>().ok())
+    .min();
+    let available = match (physical, cgroup) {
+        (Some(p), Some(c)) => p.min(c),
+        (Some(p), None) => p,
+        (None, Some(c)) => c,
+        (None, None) => 8 << 30,
+    };
+    (available / 4).max(2 << 30)
+}
+
 impl Default for CoordinatorOptions {
     fn default() -> Self {
         CoordinatorOptions {
             listen: "127.0.0.1:5432".into(),
             data_dir: PathBuf::from("./orochi-data"),
             max_connections: 100,
-            memory_limit_bytes: 2 << 30,
+            memory_limit_bytes: default_memory_limit_bytes(),
             query_memory_limit_bytes: None,
             row_cache_bytes: None,
             write_set_limit_bytes: None,
@@ -109,5 +141,18 @@ impl CoordinatorOptions {
 
     pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
         toml::from_str(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_budgets_are_valid() {
+        let o = CoordinatorOptions::default();
+        assert!(o.memory_limit_bytes >= 2 << 30);
+        o.validate().expect("the defaults fit their own limit");
+        assert_eq!(o.row_cache_bytes(), o.memory_limit_bytes / 8);
     }
 }
