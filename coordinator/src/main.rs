@@ -43,6 +43,12 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    // a panic (a bug: e.g. in a connection task, which the accept loop survives) is logged
+    // as one error event with its location, not raw stderr text
+    std::panic::set_hook(Box::new(|info| {
+        let backtrace = std::backtrace::Backtrace::capture();
+        tracing::error!(panic = %info, %backtrace, "panic");
+    }));
     let mut options = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
