@@ -153,6 +153,22 @@ pub const PARAMETERS: &[Def] = &[
         "Sets the number of digits displayed for floating-point values.",
     ),
     def(
+        "idle_in_transaction_session_timeout",
+        millis(),
+        "0",
+        Context::User,
+        CLIENT,
+        "Sets the maximum allowed idle time between queries, when in a transaction.",
+    ),
+    def(
+        "idle_session_timeout",
+        millis(),
+        "0",
+        Context::User,
+        CLIENT,
+        "Sets the maximum allowed idle time between queries, when not in a transaction.",
+    ),
+    def(
         "integer_datetimes",
         Kind::Bool,
         "on",
@@ -731,11 +747,13 @@ impl Settings {
 
     /// `statement_timeout` as a duration; `None` when 0 (no timeout).
     pub fn statement_timeout(&self) -> Option<std::time::Duration> {
-        let shown = self.get("statement_timeout").ok()?;
-        let ms: u64 = lookup("statement_timeout")?
-            .base_value(&shown)
-            .parse()
-            .ok()?;
+        self.duration("statement_timeout")
+    }
+
+    /// A millisecond parameter as a duration; `None` when 0 (disabled).
+    pub fn duration(&self, name: &str) -> Option<std::time::Duration> {
+        let shown = self.get(name).ok()?;
+        let ms: u64 = lookup(name)?.base_value(&shown).parse().ok()?;
         (ms > 0).then(|| std::time::Duration::from_millis(ms))
     }
 

@@ -274,3 +274,75 @@ async fn write_set_budget_fails_with_53200_not_the_server() {
         .get(0);
     assert_eq!(n, 5_000);
 }
+
+/// `idle_in_transaction_session_timeout` ends a session left idle inside a block (FATAL
+/// 25P03): its transaction rolls back and its row locks go. `idle_session_timeout` ends one
+/// idle outside a block (57P05). Sessions that keep working are not touched.
+#[tokio::test]
+async fn idle_timeouts_end_sessions_and_free_their_locks() {
+    use std::time::Duration;
+    let server = Server::start().expect("server");
+    let admin = server.connect().await;
+    admin
+        .batch_execute(
+            "CREATE TABLE idle_t (id int PRIMARY KEY, v int); INSERT INTO idle_t VALUES (1, 0)",
+        )
+        .await
+        .unwrap();
+
+    let (idler, conn) = tokio_postgres::connect(&server.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    idler
+        .batch_execute(
+            "SET idle_in_transaction_session_timeout = 300; BEGIN; UPDATE idle_t SET v = 1 WHERE id = 1",
+        )
+        .await
+        .unwrap();
+    // the row is locked; once the idle session is ended, this UPDATE goes through
+    let updated = tokio::time::timeout(
+        Duration::from_secs(10),
+        admin.execute("UPDATE idle_t SET v = 2 WHERE id = 1", &[]),
+    )
+    .await
+    .expect("the idle transaction's lock was released")
+    .unwrap();
+    assert_eq!(updated, 1);
+    let err = conn.await.unwrap().expect_err("the idle session was ended");
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT),
+        "{err}"
+    );
+    let v: i32 = admin
+        .query_one("SELECT v FROM idle_t WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 2, "the idle transaction's UPDATE was rolled back");
+
+    let (sleeper, conn) = tokio_postgres::connect(&server.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    sleeper
+        .batch_execute("SET idle_session_timeout = 200")
+        .await
+        .unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("the idle session was ended")
+        .unwrap()
+        .expect_err("ended with an error");
+    assert_eq!(err.code().map(|c| c.code()), Some("57P05"), "{err}");
+    // a busy session with the same settings is not ended between its statements
+    admin
+        .batch_execute("SET idle_session_timeout = 300")
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        admin.simple_query("SELECT 1").await.unwrap();
+    }
+}

@@ -197,6 +197,24 @@ async fn process_connection(
                 _ = &mut startup_timeout => None,
                 msg = socket.next() => msg,
             }
+        } else if let Some((after, error)) =
+            (matches!(socket.state(), PgWireConnectionState::ReadyForQuery)
+                && socket.read_buffer().is_empty())
+            .then(|| handler.idle_timeout())
+            .flatten()
+        {
+            // idle_in_transaction_session_timeout / idle_session_timeout: the session goes,
+            // and with it (below, in the caller) its transaction and row locks
+            tokio::select! {
+                msg = socket.next() => msg,
+                _ = tokio::time::sleep(after) => {
+                    let info = crate::pgwire::error::fatal_info(&error);
+                    let _ = socket
+                        .send(pgwire::messages::PgWireBackendMessage::ErrorResponse(info.into()))
+                        .await;
+                    break;
+                }
+            }
         } else {
             socket.next().await
         };
