@@ -42,6 +42,9 @@ pub enum WriteOp {
 pub struct WriteRequest {
     pub table: TableId,
     pub ops: Vec<WriteOp>,
+    /// The longest a write may wait for one row lock (`lock_timeout`); past it the write
+    /// fails with 55P03. `None`: wait as long as it takes (deadlocks are still detected).
+    pub lock_timeout: Option<std::time::Duration>,
 }
 
 /// Per op: whether it took effect (an `InsertIgnore` that found the key reports `false`).
@@ -91,13 +94,15 @@ pub trait ShardService: Send + Sync + std::fmt::Debug {
 
     /// Reads rows by primary key under `txn` (sees the transaction's own writes).
     /// With `lock`, each key is locked for `txn` first, so the row returned is the latest
-    /// committed version and no other transaction can change it until `txn` ends.
+    /// committed version and no other transaction can change it until `txn` ends; a lock
+    /// wait longer than `lock_timeout` fails with 55P03.
     async fn get(
         &self,
         txn: TxnId,
         table: TableId,
         keys: &[Vec<u8>],
         lock: bool,
+        lock_timeout: Option<std::time::Duration>,
     ) -> DbResult<Vec<Option<Row>>>;
 
     /// Scans shards under `txn`, streaming Arrow batches of the projected columns. The stream

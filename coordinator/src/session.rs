@@ -163,6 +163,8 @@ pub struct Session {
     pub backend_pid: i32,
     /// The settings generation [`Session::sync_settings`] last applied.
     synced_generation: Option<u64>,
+    /// `lock_timeout`, as of the last [`Session::sync_settings`].
+    pub lock_timeout: Option<std::time::Duration>,
 }
 
 impl Session {
@@ -219,6 +221,7 @@ impl Session {
             txn_start: chrono::Utc::now(),
             backend_pid: 0,
             synced_generation: None,
+            lock_timeout: None,
         };
         session.refresh_functions();
         session
@@ -300,6 +303,7 @@ impl Session {
                 return;
             }
             self.synced_generation = Some(generation);
+            self.lock_timeout = st.duration("lock_timeout");
             (
                 st.get("search_path").unwrap_or_default(),
                 st.get("orochi.vectorized_batch_size").unwrap_or_default(),

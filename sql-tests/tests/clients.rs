@@ -346,3 +346,78 @@ async fn idle_timeouts_end_sessions_and_free_their_locks() {
         admin.simple_query("SELECT 1").await.unwrap();
     }
 }
+
+/// `lock_timeout`: a statement waiting longer than it for a row lock fails with 55P03
+/// ("canceling statement due to lock timeout"), on the fast path (point UPDATE) and the
+/// general one (UPDATE by a predicate); the session stays usable, and once the holder ends
+/// the same statement goes through. Without it a waiter waits.
+#[tokio::test]
+async fn lock_timeout_bounds_row_lock_waits() {
+    use std::time::{Duration, Instant};
+    let server = Server::start().expect("server");
+    let holder = server.connect().await;
+    let waiter = server.connect().await;
+    holder
+        .batch_execute(
+            "CREATE TABLE lt (id int PRIMARY KEY, v int); INSERT INTO lt VALUES (1, 0), (2, 0)",
+        )
+        .await
+        .unwrap();
+    holder
+        .batch_execute("BEGIN; UPDATE lt SET v = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    waiter
+        .batch_execute("SET lock_timeout = '200ms'")
+        .await
+        .unwrap();
+    for sql in [
+        "UPDATE lt SET v = v + 10 WHERE id = 1",
+        "UPDATE lt SET v = v + 10 WHERE v >= 0",
+    ] {
+        let started = Instant::now();
+        let err = waiter
+            .execute(sql, &[])
+            .await
+            .expect_err("the row is locked");
+        assert_eq!(
+            err.code(),
+            Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE),
+            "{sql}: {err}"
+        );
+        assert_eq!(
+            err.as_db_error().unwrap().message(),
+            "canceling statement due to lock timeout"
+        );
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(150) && waited < Duration::from_secs(5),
+            "{sql}: waited {waited:?}"
+        );
+    }
+    // unlocked rows are not affected
+    assert_eq!(
+        waiter
+            .execute("UPDATE lt SET v = 5 WHERE id = 2", &[])
+            .await
+            .unwrap(),
+        1
+    );
+    // without a limit the waiter waits for the holder's commit
+    waiter.batch_execute("RESET lock_timeout").await.unwrap();
+    let wait = tokio::spawn(async move {
+        waiter
+            .execute("UPDATE lt SET v = v + 10 WHERE id = 1", &[])
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!wait.is_finished(), "the waiter did not wait");
+    holder.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(wait.await.unwrap().unwrap(), 1);
+    let v: i32 = holder
+        .query_one("SELECT v FROM lt WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 11);
+}

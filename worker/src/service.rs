@@ -122,8 +122,14 @@ impl LocalShardService {
         self.txns.lock().get(&txn).cloned()
     }
 
-    async fn lock(&self, txn: TxnId, state: &Mutex<TxnState>, key: &LockKey) -> DbResult<()> {
-        if self.locks.acquire(txn, key).await? {
+    async fn lock(
+        &self,
+        txn: TxnId,
+        state: &Mutex<TxnState>,
+        key: &LockKey,
+        timeout: Option<std::time::Duration>,
+    ) -> DbResult<()> {
+        if self.locks.acquire(txn, key, timeout).await? {
             state.lock().locks.push(key.clone());
         }
         Ok(())
@@ -229,6 +235,7 @@ impl ShardService for LocalShardService {
         table: TableId,
         keys: &[Vec<u8>],
         lock: bool,
+        lock_timeout: Option<std::time::Duration>,
     ) -> DbResult<Vec<Option<Row>>> {
         let entry = self.store.table(table)?;
         let state = if lock {
@@ -240,7 +247,8 @@ impl ShardService for LocalShardService {
         for key in keys {
             if lock {
                 let state = state.as_ref().expect("created above");
-                self.lock(txn, state, &(table, key.clone())).await?;
+                self.lock(txn, state, &(table, key.clone()), lock_timeout)
+                    .await?;
             }
             let guard = state.as_ref().map(|s| s.lock());
             out.push(self.read(&entry, guard.as_deref(), key)?);
@@ -308,7 +316,7 @@ impl ShardService for LocalShardService {
                     // A hidden row id comes from a sequence: a new one cannot collide with
                     // a stored row or another writer, so there is nothing to lock or check.
                     if !def.hidden_rowid {
-                        self.lock(txn, &state, &lk).await?;
+                        self.lock(txn, &state, &lk, req.lock_timeout).await?;
                     }
                     let mut st = state.lock();
                     if !def.hidden_rowid && self.exists(&entry, &st, shard, &lk.1)? {
@@ -328,7 +336,7 @@ impl ShardService for LocalShardService {
                     let key = def.encode_key(&row);
                     let shard = def.shard_of_row(&row);
                     let lk = (def.id, key);
-                    self.lock(txn, &state, &lk).await?;
+                    self.lock(txn, &state, &lk, req.lock_timeout).await?;
                     let mut st = state.lock();
                     if self.exists(&entry, &st, shard, &lk.1)? {
                         applied.push(false);
@@ -348,10 +356,10 @@ impl ShardService for LocalShardService {
                     let new_key = def.encode_key(&row);
                     let new_shard = def.shard_of_row(&row);
                     let old = (def.id, old_key);
-                    self.lock(txn, &state, &old).await?;
+                    self.lock(txn, &state, &old, req.lock_timeout).await?;
                     if new_key != old.1 {
                         let new = (def.id, new_key);
-                        self.lock(txn, &state, &new).await?;
+                        self.lock(txn, &state, &new, req.lock_timeout).await?;
                         let old_shard = entry.shard_of_key(&old.1)?;
                         let mut st = state.lock();
                         if self.exists(&entry, &st, new_shard, &new.1)? {
@@ -388,7 +396,7 @@ impl ShardService for LocalShardService {
                 WriteOp::Delete { key } => {
                     let shard = entry.shard_of_key(&key)?;
                     let lk = (def.id, key);
-                    self.lock(txn, &state, &lk).await?;
+                    self.lock(txn, &state, &lk, req.lock_timeout).await?;
                     self.put(&mut state.lock(), lk, PendingWrite { shard, value: None })?;
                     applied.push(true);
                 }

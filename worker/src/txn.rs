@@ -90,7 +90,14 @@ pub struct LockTable {
 impl LockTable {
     /// Locks `key` for `txn`, waiting for its current owner to finish.
     /// Returns `true` if newly acquired (the caller records it for release).
-    pub async fn acquire(&self, txn: TxnId, key: &LockKey) -> DbResult<bool> {
+    /// Waits at most `timeout` in all (then 55P03, as Postgres' `lock_timeout`).
+    pub async fn acquire(
+        &self,
+        txn: TxnId,
+        key: &LockKey,
+        timeout: Option<std::time::Duration>,
+    ) -> DbResult<bool> {
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         loop {
             let released = {
                 let mut inner = self.inner.lock();
@@ -146,7 +153,18 @@ impl LockTable {
                     .is_some_and(|e| e.owner != txn && Arc::ptr_eq(&e.released, &released))
             };
             if still_held {
-                notified.await;
+                match deadline {
+                    None => notified.await,
+                    Some(d) => {
+                        if tokio::time::timeout_at(d, notified).await.is_err() {
+                            self.inner.lock().waits_for.remove(&txn);
+                            return Err(DbError::new(
+                                SqlState::LockNotAvailable,
+                                "canceling statement due to lock timeout",
+                            ));
+                        }
+                    }
+                }
             }
             self.inner.lock().waits_for.remove(&txn);
         }
@@ -181,17 +199,17 @@ mod tests {
         let locks = Arc::new(LockTable::default());
         let a: LockKey = (1, b"a".to_vec());
         let b: LockKey = (1, b"b".to_vec());
-        assert!(locks.acquire(1, &a).await.unwrap());
-        assert!(!locks.acquire(1, &a).await.unwrap());
-        assert!(locks.acquire(2, &b).await.unwrap());
+        assert!(locks.acquire(1, &a, None).await.unwrap());
+        assert!(!locks.acquire(1, &a, None).await.unwrap());
+        assert!(locks.acquire(2, &b, None).await.unwrap());
         // txn 2 waits for a (held by 1)
         let l2 = locks.clone();
         let a2 = a.clone();
-        let waiter = tokio::spawn(async move { l2.acquire(2, &a2).await });
+        let waiter = tokio::spawn(async move { l2.acquire(2, &a2, None).await });
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert!(!waiter.is_finished());
         // txn 1 now wants b (held by 2, which waits for 1): deadlock
-        let err = locks.acquire(1, &b).await.unwrap_err();
+        let err = locks.acquire(1, &b, None).await.unwrap_err();
         assert_eq!(err.state, SqlState::DeadlockDetected);
         locks.release_all(1, std::slice::from_ref(&a));
         assert!(waiter.await.unwrap().unwrap());

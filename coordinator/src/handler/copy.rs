@@ -573,6 +573,7 @@ impl CopyIn {
         let req = WriteRequest {
             table: self.def.id,
             ops,
+            lock_timeout: s.lock_timeout,
         };
         s.instance
             .service

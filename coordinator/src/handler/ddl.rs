@@ -707,7 +707,14 @@ async fn add_primary_key(
             }
             s.instance
                 .service
-                .write(copy_txn, WriteRequest { table: new.id, ops })
+                .write(
+                    copy_txn,
+                    WriteRequest {
+                        table: new.id,
+                        ops,
+                        lock_timeout: None,
+                    },
+                )
                 .await
                 .map_err(|e| {
                     if e.state == SqlState::UniqueViolation {

@@ -232,7 +232,14 @@ async fn write_ops(
         let resp = s
             .instance
             .service
-            .write(txn, WriteRequest { table: def.id, ops })
+            .write(
+                txn,
+                WriteRequest {
+                    table: def.id,
+                    ops,
+                    lock_timeout: s.lock_timeout,
+                },
+            )
             .await?;
         applied.extend(resp.applied);
         ops = rest;
@@ -433,7 +440,11 @@ async fn on_conflict_do_update(
         None => None,
     };
     let keys: Vec<Vec<u8>> = conflicting.iter().map(|r| def.encode_key(r)).collect();
-    let existing = s.instance.service.get(txn, def.id, &keys, true).await?;
+    let existing = s
+        .instance
+        .service
+        .get(txn, def.id, &keys, true, s.lock_timeout)
+        .await?;
     let mut pairs = Vec::new();
     for (proposed, ex) in conflicting.into_iter().zip(existing) {
         if let Some(ex) = ex {
@@ -720,7 +731,7 @@ async fn locked_matches(
         let rows: Vec<Row> = s
             .instance
             .service
-            .get(txn, def.id, chunk, true)
+            .get(txn, def.id, chunk, true, s.lock_timeout)
             .await?
             .into_iter()
             .flatten()

@@ -352,7 +352,7 @@ pub async fn execute(
             let rows = s
                 .instance
                 .service
-                .get(txn, def.id, std::slice::from_ref(&key), false)
+                .get(txn, def.id, std::slice::from_ref(&key), false, None)
                 .await?;
             let projection: Vec<usize> = columns.iter().map(|(c, _)| *c).collect();
             let mut builder = BatchBuilder::new(def, &projection, 1);
@@ -394,7 +394,13 @@ pub async fn execute(
             let rows = s
                 .instance
                 .service
-                .get(txn, def.id, std::slice::from_ref(&key), true)
+                .get(
+                    txn,
+                    def.id,
+                    std::slice::from_ref(&key),
+                    true,
+                    s.lock_timeout,
+                )
                 .await?;
             let Some(Some(old)) = rows.into_iter().next() else {
                 return Ok(Some(StatementResult::Command("UPDATE 0".into())));
@@ -415,6 +421,7 @@ pub async fn execute(
                     WriteRequest {
                         table: def.id,
                         ops: vec![WriteOp::Update { old_key: key, row }],
+                        lock_timeout: s.lock_timeout,
                     },
                 )
                 .await?;
