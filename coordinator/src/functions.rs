@@ -576,7 +576,66 @@ pub fn stateless_functions() -> Vec<ScalarUDF> {
     out.push(ScalarUDF::new_from_impl(SizePretty {
         signature: Signature::any(1, Volatility::Immutable),
     }));
+    out.push(
+        datafusion::logical_expr::async_udf::AsyncScalarUDF::new(Arc::new(PgSleep {
+            signature: Signature::exact(vec![DataType::Float64], Volatility::Volatile),
+        }))
+        .into_scalar_udf(),
+    );
     out
+}
+
+/// `pg_sleep(seconds)`: waits without holding a thread (an async function), once per row as
+/// Postgres does; cancel and `statement_timeout` interrupt it like any query. Returns what
+/// Postgres' `void` prints: an empty string.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct PgSleep {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for PgSleep {
+    fn name(&self) -> &str {
+        "pg_sleep"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        datafusion::common::internal_err!("pg_sleep is evaluated asynchronously")
+    }
+}
+
+#[async_trait::async_trait]
+impl datafusion::logical_expr::async_udf::AsyncScalarUDFImpl for PgSleep {
+    async fn invoke_async_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let rows = args.number_rows;
+        let seconds = ColumnarValue::values_to_arrays(&args.args)?.remove(0);
+        let seconds = seconds
+            .as_any()
+            .downcast_ref::<arrow::array::Float64Array>()
+            .expect("signature is float8");
+        let total: f64 = (0..rows.max(1))
+            .map(|i| {
+                let i = if seconds.len() == 1 { 0 } else { i };
+                if seconds.is_null(i) {
+                    0.0
+                } else {
+                    seconds.value(i).max(0.0)
+                }
+            })
+            .sum();
+        if total.is_finite() && total > 0.0 {
+            tokio::time::sleep(std::time::Duration::from_secs_f64(total.min(1e9))).await;
+        }
+        // `void` prints as an empty string
+        Ok(ColumnarValue::Array(Arc::new(StringArray::from(vec![
+            "";
+            rows
+        ]))))
+    }
 }
 
 /// Postgres names the one column of a scalar set-returning function in FROM after its alias
