@@ -47,7 +47,7 @@ HEAD
   row "pgbench" "$("$(dirname "$PSQL")/pgbench" --version 2>/dev/null | awk '{print $3}')" "bench/pgbench.sh (not in \`make test\`)" "runs unmodified; figures in benchmarks.md" "yes (side by side)"
   cat <<'TAIL'
 
-Not covered yet: `\dp`, `\l+`, and the other ORMs (Django, Rails, Prisma).
+Not covered yet: `\dp`, and the other ORMs (Django, Rails, Prisma).
 TAIL
 } > "$OUT.tmp"
 if grep -q '|  |' "$OUT.tmp"; then

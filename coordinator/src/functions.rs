@@ -320,6 +320,11 @@ pub fn session_functions(info: &SessionInfo<'_>) -> Vec<ScalarUDF> {
         info.role,
         &relation_search_path,
     ));
+    functions.push(privileges::database_function(
+        info.catalog,
+        info.role,
+        info.database,
+    ));
     functions.extend(crate::pgtypes::functions(
         info.catalog,
         &relation_search_path,

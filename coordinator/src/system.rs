@@ -31,6 +31,7 @@ pub const TABLES: &[&str] = &[
     "pg_roles",
     "pg_user",
     "pg_authid",
+    "pg_tablespace",
     "pg_extension",
     "pg_tables",
     "pg_am",
@@ -447,6 +448,8 @@ const SUPERUSER_OID: u32 = 10;
 /// `pg_database_owner`, which owns the `public` schema since Postgres 15.
 pub const DATABASE_OWNER_OID: u32 = 6171;
 const DATABASE_OID: u32 = 5;
+/// `pg_default`, as in Postgres (`pg_global` is the next).
+const DEFAULT_TABLESPACE_OID: u32 = 1663;
 const EXTENSION_OID: u32 = 16_000;
 
 pub fn namespace_oid(name: &str) -> u32 {
@@ -943,6 +946,7 @@ pub fn table(catalog: &Catalog, name: &str, _user: &str) -> Option<Arc<dyn Table
                 ("datlocprovider", 't'),
                 ("daticulocale", 't'),
                 ("datacl", 'a'),
+                ("dattablespace", 'o'),
             ]);
             tb.row(vec![
                 V::O(DATABASE_OID),
@@ -956,7 +960,30 @@ pub fn table(catalog: &Catalog, name: &str, _user: &str) -> Option<Arc<dyn Table
                 t("c"),
                 V::Null,
                 V::Null,
+                V::O(DEFAULT_TABLESPACE_OID),
             ]);
+            tb.provider()
+        }
+        "pg_tablespace" => {
+            let mut tb = Table::new(&[
+                ("oid", 'o'),
+                ("spcname", 't'),
+                ("spcowner", 'o'),
+                ("spcacl", 'a'),
+                ("spcoptions", 'a'),
+            ]);
+            for (oid, name) in [
+                (DEFAULT_TABLESPACE_OID, "pg_default"),
+                (DEFAULT_TABLESPACE_OID + 1, "pg_global"),
+            ] {
+                tb.row(vec![
+                    V::O(oid),
+                    t(name),
+                    V::O(SUPERUSER_OID),
+                    V::Null,
+                    V::Null,
+                ]);
+            }
             tb.provider()
         }
         "pg_roles" => {

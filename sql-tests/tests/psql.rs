@@ -229,4 +229,41 @@ fn list_databases() {
         "{out}"
     );
     assert!(out.contains("(1 row)"), "{out}");
+    // \l+ adds size (all tables' bytes), tablespace and description
+    run_psql(
+        "127.0.0.1",
+        &server.port.to_string(),
+        "postgres",
+        "CREATE TABLE sized (id int PRIMARY KEY, v text);\n\
+         INSERT INTO sized SELECT g, repeat('x', 100) FROM generate_series(1, 200) g;",
+    );
+    let out = run_psql(
+        "127.0.0.1",
+        &server.port.to_string(),
+        "postgres",
+        "\\pset format unaligned\n\\l+",
+    );
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("postgres|"))
+        .unwrap_or_else(|| panic!("{out}"));
+    let fields: Vec<&str> = row.split('|').collect();
+    assert_eq!(
+        &fields[..8],
+        &[
+            "postgres", "postgres", "UTF8", "C.UTF-8", "C.UTF-8", "", "libc", ""
+        ],
+        "{out}"
+    );
+    // (run_psql normalizes the Size column; the size itself:)
+    assert_eq!(fields[8], "<size>", "{out}");
+    assert_eq!(fields[9], "pg_default", "{out}");
+    let size = run_psql(
+        "127.0.0.1",
+        &server.port.to_string(),
+        "postgres",
+        "SELECT pg_database_size(current_database()) > 20000, \
+         pg_size_pretty(pg_database_size('postgres')) LIKE '% kB';",
+    );
+    assert!(size.contains(" t        | t"), "{size}");
 }

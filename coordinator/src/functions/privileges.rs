@@ -286,3 +286,148 @@ pub fn functions(catalog: &Arc<Catalog>, role: &str, search_path: &[String]) -> 
     })
     .collect()
 }
+
+/// `has_database_privilege([role,] database, privileges)`: there is one database; PUBLIC may
+/// CONNECT to it and create TEMPORARY objects, and only a superuser (its owner) may CREATE.
+struct HasDatabasePrivilege {
+    catalog: Arc<Catalog>,
+    role: String,
+    database: String,
+    signature: Signature,
+}
+
+impl std::fmt::Debug for HasDatabasePrivilege {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HasDatabasePrivilege")
+            .field("role", &self.role)
+            .finish()
+    }
+}
+
+impl PartialEq for HasDatabasePrivilege {
+    fn eq(&self, o: &Self) -> bool {
+        self.role == o.role && self.database == o.database
+    }
+}
+impl Eq for HasDatabasePrivilege {}
+impl std::hash::Hash for HasDatabasePrivilege {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.role.hash(state);
+    }
+}
+
+impl HasDatabasePrivilege {
+    fn answer(&self, role: Option<Arg>, database: Arg, privs: &str) -> DbResult<bool> {
+        let role = match role {
+            None => self.role.clone(),
+            Some(Arg::Name(n)) => n,
+            Some(Arg::Oid(oid)) => crate::system::role_name(&self.catalog, oid),
+        };
+        let Some(role) = self.catalog.role(&role) else {
+            return Err(DbError::new(
+                SqlState::UndefinedObject,
+                format!("role \"{role}\" does not exist"),
+            ));
+        };
+        match database {
+            Arg::Name(n) if n == self.database || n == "postgres" => {}
+            Arg::Oid(_) => {}
+            Arg::Name(n) => {
+                return Err(DbError::new(
+                    SqlState::InvalidCatalogName,
+                    format!("database \"{n}\" does not exist"),
+                ));
+            }
+        }
+        let mut any = false;
+        for item in privs.split(',') {
+            let word = item.trim().to_ascii_uppercase();
+            let word = word
+                .strip_suffix("WITH GRANT OPTION")
+                .map(str::trim)
+                .unwrap_or(&word)
+                .to_string();
+            any |= match word.as_str() {
+                "CONNECT" | "TEMPORARY" | "TEMP" => true,
+                "CREATE" => role.superuser,
+                _ => {
+                    return Err(DbError::new(
+                        SqlState::InvalidParameterValue,
+                        format!("unrecognized privilege type: \"{}\"", item.trim()),
+                    ));
+                }
+            };
+        }
+        Ok(any)
+    }
+}
+
+impl ScalarUDFImpl for HasDatabasePrivilege {
+    fn name(&self) -> &str {
+        "has_database_privilege"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let scalar = args
+            .args
+            .iter()
+            .all(|a| matches!(a, ColumnarValue::Scalar(_)));
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let (role_arg, rest) = match arrays.len() {
+            2 => (None, &arrays[..]),
+            3 => (Some(&arrays[0]), &arrays[1..]),
+            n => {
+                return Err(db_to_df(DbError::new(
+                    SqlState::UndefinedFunction,
+                    format!("function has_database_privilege() does not take {n} arguments"),
+                )));
+            }
+        };
+        let rows = args
+            .number_rows
+            .max(arrays.iter().map(|a| a.len()).max().unwrap_or(0));
+        let mut out = BooleanBuilder::with_capacity(rows);
+        for i in 0..rows {
+            let at = |a: &ArrayRef| arg_at(a, if a.len() == 1 { 0 } else { i });
+            let role = match role_arg {
+                None => None,
+                Some(a) => match at(a)? {
+                    None => {
+                        out.append_null();
+                        continue;
+                    }
+                    some => some,
+                },
+            };
+            match (at(&rest[0])?, at(&rest[1])?) {
+                (Some(db), Some(Arg::Name(privs))) => {
+                    out.append_value(self.answer(role, db, &privs).map_err(db_to_df)?)
+                }
+                _ => out.append_null(),
+            }
+        }
+        let array: ArrayRef = Arc::new(out.finish());
+        if scalar {
+            Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(
+                &array, 0,
+            )?))
+        } else {
+            Ok(ColumnarValue::Array(array))
+        }
+    }
+}
+
+/// `has_database_privilege` for a session of `role` in `database`.
+pub fn database_function(catalog: &Arc<Catalog>, role: &str, database: &str) -> ScalarUDF {
+    ScalarUDF::new_from_impl(HasDatabasePrivilege {
+        catalog: catalog.clone(),
+        role: role.to_string(),
+        database: database.to_string(),
+        signature: Signature::variadic_any(Volatility::Stable),
+    })
+}
