@@ -23,6 +23,8 @@ slt: build
 	OROCHI_PYTHON=$$(./scripts/python-env.sh) OROCHI_NODE_PATH=$$(./scripts/node-env.sh) \
 		OROCHI_JDBC_JAR=$$(./scripts/java-env.sh) \
 		./scripts/with-postgres.sh $(CARGO) test $(PROFILE_FLAGS) -p orochi-sql-tests --test drivers
+	@# tests/security.rs makes its TLS certificates with the openssl CLI
+	command -v openssl >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl)
 	$(CARGO) test $(PROFILE_FLAGS) -p orochi-sql-tests --test clients --test protocol --test security --test durability --test memory
 	./scripts/compatibility.sh $$(./scripts/python-env.sh) $$(./scripts/node-env.sh) $$(./scripts/java-env.sh)
 
