@@ -208,6 +208,62 @@ impl HasPrivilege {
     }
 }
 
+/// The body both inquiry functions share: `(object, privileges)` or `(role, object,
+/// privileges)`, scalars or columns, NULL in, NULL out; `answer` gets the role (`None`: the
+/// current one), the object and the privilege list of a row.
+fn inquire(
+    name: &str,
+    args: ScalarFunctionArgs,
+    answer: impl Fn(Option<Arg>, Arg, &str) -> DbResult<bool>,
+) -> Result<ColumnarValue> {
+    let scalar = args
+        .args
+        .iter()
+        .all(|a| matches!(a, ColumnarValue::Scalar(_)));
+    let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+    let (role_arg, rest) = match arrays.len() {
+        2 => (None, &arrays[..]),
+        3 => (Some(&arrays[0]), &arrays[1..]),
+        n => {
+            return Err(db_to_df(DbError::new(
+                SqlState::UndefinedFunction,
+                format!("function {name}() does not take {n} arguments"),
+            )));
+        }
+    };
+    let rows = args
+        .number_rows
+        .max(arrays.iter().map(|a| a.len()).max().unwrap_or(0));
+    let mut out = BooleanBuilder::with_capacity(rows);
+    for i in 0..rows {
+        let at = |a: &ArrayRef| arg_at(a, if a.len() == 1 { 0 } else { i });
+        let role = match role_arg {
+            None => None,
+            Some(a) => match at(a)? {
+                None => {
+                    out.append_null();
+                    continue;
+                }
+                some => some,
+            },
+        };
+        match (at(&rest[0])?, at(&rest[1])?) {
+            (Some(object), Some(Arg::Name(privs))) => {
+                out.append_value(answer(role, object, &privs).map_err(db_to_df)?)
+            }
+            _ => out.append_null(),
+        }
+    }
+    let array: ArrayRef = Arc::new(out.finish());
+    if scalar {
+        Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(
+            &array, 0,
+        )?))
+    } else {
+        Ok(ColumnarValue::Array(array))
+    }
+}
+
 impl ScalarUDFImpl for HasPrivilege {
     fn name(&self) -> &str {
         self.name
@@ -219,51 +275,13 @@ impl ScalarUDFImpl for HasPrivilege {
         Ok(DataType::Boolean)
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let scalar = args
-            .args
-            .iter()
-            .all(|a| matches!(a, ColumnarValue::Scalar(_)));
-        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
-        let (role_arg, rest) = match arrays.len() {
-            2 => (None, &arrays[..]),
-            3 => (Some(&arrays[0]), &arrays[1..]),
-            n => {
-                return Err(db_to_df(DbError::new(
-                    SqlState::UndefinedFunction,
-                    format!("function {}() does not take {n} arguments", self.name),
-                )));
-            }
-        };
-        let rows = args
-            .number_rows
-            .max(arrays.iter().map(|a| a.len()).max().unwrap_or(0));
-        let mut out = BooleanBuilder::with_capacity(rows);
-        for i in 0..rows {
-            let at = |a: &ArrayRef| arg_at(a, if a.len() == 1 { 0 } else { i });
-            let role = match role_arg {
-                None => Some(self.role.clone()),
-                Some(a) => match at(a)? {
-                    None => None,
-                    Some(arg) => Some(self.role_name(arg).map_err(db_to_df)?),
-                },
+        inquire(self.name, args, |role, object, privs| {
+            let role = match role {
+                None => self.role.clone(),
+                Some(arg) => self.role_name(arg)?,
             };
-            let object = at(&rest[0])?;
-            let privs = at(&rest[1])?;
-            match (role, object, privs) {
-                (Some(role), Some(object), Some(Arg::Name(privs))) => {
-                    out.append_value(self.answer(role, object, &privs).map_err(db_to_df)?)
-                }
-                _ => out.append_null(),
-            }
-        }
-        let array: ArrayRef = Arc::new(out.finish());
-        if scalar {
-            Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(
-                &array, 0,
-            )?))
-        } else {
-            Ok(ColumnarValue::Array(array))
-        }
+            self.answer(role, object, privs)
+        })
     }
 }
 
@@ -373,52 +391,9 @@ impl ScalarUDFImpl for HasDatabasePrivilege {
         Ok(DataType::Boolean)
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let scalar = args
-            .args
-            .iter()
-            .all(|a| matches!(a, ColumnarValue::Scalar(_)));
-        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
-        let (role_arg, rest) = match arrays.len() {
-            2 => (None, &arrays[..]),
-            3 => (Some(&arrays[0]), &arrays[1..]),
-            n => {
-                return Err(db_to_df(DbError::new(
-                    SqlState::UndefinedFunction,
-                    format!("function has_database_privilege() does not take {n} arguments"),
-                )));
-            }
-        };
-        let rows = args
-            .number_rows
-            .max(arrays.iter().map(|a| a.len()).max().unwrap_or(0));
-        let mut out = BooleanBuilder::with_capacity(rows);
-        for i in 0..rows {
-            let at = |a: &ArrayRef| arg_at(a, if a.len() == 1 { 0 } else { i });
-            let role = match role_arg {
-                None => None,
-                Some(a) => match at(a)? {
-                    None => {
-                        out.append_null();
-                        continue;
-                    }
-                    some => some,
-                },
-            };
-            match (at(&rest[0])?, at(&rest[1])?) {
-                (Some(db), Some(Arg::Name(privs))) => {
-                    out.append_value(self.answer(role, db, &privs).map_err(db_to_df)?)
-                }
-                _ => out.append_null(),
-            }
-        }
-        let array: ArrayRef = Arc::new(out.finish());
-        if scalar {
-            Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(
-                &array, 0,
-            )?))
-        } else {
-            Ok(ColumnarValue::Array(array))
-        }
+        inquire("has_database_privilege", args, |role, database, privs| {
+            self.answer(role, database, privs)
+        })
     }
 }
 
