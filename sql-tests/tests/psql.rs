@@ -17,6 +17,10 @@ CREATE TABLE nopk (x bigint, "Mixed Case" boolean DEFAULT true, s varchar, c cha
 CREATE SCHEMA app;
 CREATE TABLE app.events (id bigserial PRIMARY KEY, payload jsonb, at timestamptz NOT NULL DEFAULT now());
 INSERT INTO items VALUES (1, 'apple', 1.50, '2024-01-02 03:04:05', 'fruit'), (2, 'bread', 2.25, '2024-02-03 04:05:06', NULL);
+DROP ROLE IF EXISTS psql_reader;
+DROP ROLE IF EXISTS psql_writer;
+CREATE ROLE psql_reader;
+CREATE USER psql_writer CREATEDB CONNECTION LIMIT 3 PASSWORD 'pw';
 "#;
 
 /// The meta-commands compared (each one psql invocation; several lines run in order).
