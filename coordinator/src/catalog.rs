@@ -14,7 +14,7 @@ use orochi_common::schema::{TableDef, TableId};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
-use crate::privilege::{Acl, DATABASE_OWNER, RoleDef};
+use crate::privilege::{Acl, RoleDef};
 
 /// Sequence values are reserved durably in blocks of this many (Postgres logs 32 at a time too),
 /// so `nextval` is usually a memory operation; a crash skips at most one block.
@@ -39,7 +39,7 @@ struct Inner {
     next_table_id: TableId,
     roles: BTreeMap<String, RoleDef>,
     /// `table/{id}` or `schema/{name}` → owner and ACL; absent: owned by the bootstrap
-    /// superuser (`public`: by `pg_database_owner`) with the default ACL.
+    /// superuser with the default ACL (`public`: as initdb leaves it).
     acls: BTreeMap<String, Acl>,
 }
 
@@ -167,6 +167,15 @@ impl Catalog {
         self.inner.read().roles.get(name).cloned()
     }
 
+    /// Whether `name` is a superuser role (no copy of the role: checked on every statement).
+    pub fn is_superuser(&self, name: &str) -> bool {
+        self.inner
+            .read()
+            .roles
+            .get(name)
+            .is_some_and(|r| r.superuser)
+    }
+
     pub fn roles(&self) -> Vec<RoleDef> {
         self.inner.read().roles.values().cloned().collect()
     }
@@ -268,11 +277,11 @@ impl Catalog {
             .get(&schema_acl_key(name))
             .cloned()
             .unwrap_or_else(|| {
-                Acl::owned_by(if name == "public" {
-                    DATABASE_OWNER
+                if name == "public" {
+                    Acl::public_schema()
                 } else {
-                    crate::privilege::BOOTSTRAP_SUPERUSER
-                })
+                    Acl::owned_by(crate::privilege::BOOTSTRAP_SUPERUSER)
+                }
             })
     }
 

@@ -223,6 +223,12 @@ impl ScalarUDFImpl for TableIsVisible {
 
 /// Applies `f` to each oid argument (NULL stays NULL).
 fn map_oids(args: &ScalarFunctionArgs, f: impl Fn(u32) -> ScalarValue) -> Result<ColumnarValue> {
+    map_ints(args, |n| f(n as u32))
+}
+
+/// Applies `f` to each value of the (integer) first argument, as an `i64`; NULL stays NULL
+/// (of `f`'s result type).
+fn map_ints(args: &ScalarFunctionArgs, f: impl Fn(i64) -> ScalarValue) -> Result<ColumnarValue> {
     let scalar = matches!(args.args[0], ColumnarValue::Scalar(_));
     let array = ColumnarValue::values_to_arrays(&args.args)?.remove(0);
     let array = arrow::compute::cast(&array, &DataType::Int64)?;
@@ -235,7 +241,7 @@ fn map_oids(args: &ScalarFunctionArgs, f: impl Fn(u32) -> ScalarValue) -> Result
             if ints.is_null(i) {
                 ScalarValue::try_from(&f(0).data_type()).unwrap_or(ScalarValue::Null)
             } else {
-                f(ints.value(i) as u32)
+                f(ints.value(i))
             }
         })
         .collect();
@@ -549,21 +555,7 @@ impl ScalarUDFImpl for SizePretty {
         Ok(DataType::Utf8)
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let scalar = matches!(args.args[0], ColumnarValue::Scalar(_));
-        let sizes = ColumnarValue::values_to_arrays(&args.args)?.remove(0);
-        let sizes = arrow::compute::cast(&sizes, &DataType::Int64)?;
-        let sizes = sizes
-            .as_any()
-            .downcast_ref::<arrow::array::Int64Array>()
-            .expect("cast to Int64");
-        let out: StringArray = (0..sizes.len())
-            .map(|i| (!sizes.is_null(i)).then(|| size_pretty(sizes.value(i))))
-            .collect();
-        if scalar {
-            Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?))
-        } else {
-            Ok(ColumnarValue::Array(Arc::new(out)))
-        }
+        map_ints(&args, |n| ScalarValue::Utf8(Some(size_pretty(n))))
     }
 }
 

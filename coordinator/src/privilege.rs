@@ -3,8 +3,9 @@
 //! A role ([`RoleDef`]) may log in, be a superuser, create roles or databases, and carries a
 //! SCRAM-SHA-256 verifier (Postgres' `rolpassword` format), never a password. Tables and
 //! schemas have an owner and an access-control list ([`Acl`]): `None` until the first GRANT
-//! or REVOKE, meaning the default (the owner holds everything; on `public`, PUBLIC may use
-//! it), then the explicit list Postgres would print (`{alice=arwdDxt/alice,bob=r/alice}`).
+//! or REVOKE, meaning the default (the owner holds everything), then the explicit list
+//! Postgres would print (`{alice=arwdDxt/alice,bob=r/alice}`). `public` starts with the
+//! explicit ACL initdb gives it (PG 15: PUBLIC may use it, not create in it).
 //!
 //! Checks ([`Access`]): a superuser passes every check; anyone else needs the privilege in the
 //! object's effective ACL, granted to them or to PUBLIC. Ownership (DROP, ALTER, GRANT) is
@@ -242,30 +243,34 @@ impl Acl {
     }
 
     /// The default ACL Postgres uses while `relacl`/`nspacl` is NULL: everything for the owner
-    /// (with grant option, implicitly); `public` also lets PUBLIC use it.
-    pub fn default_items(&self, kind: ObjectKind, public_schema: bool) -> Vec<AclItem> {
-        let all = PrivSet::of(kind.privileges());
-        let mut items = vec![AclItem {
+    /// (who may always grant it on).
+    pub fn default_items(&self, kind: ObjectKind) -> Vec<AclItem> {
+        vec![AclItem {
             grantee: self.owner.clone(),
             grantor: self.owner.clone(),
-            privs: all,
+            privs: PrivSet::of(kind.privileges()),
             grantable: PrivSet::default(),
-        }];
-        if public_schema {
-            items.push(AclItem {
-                grantee: String::new(),
-                grantor: self.owner.clone(),
-                privs: PrivSet::of(&[Privilege::Usage]),
-                grantable: PrivSet::default(),
-            });
-        }
-        items
+        }]
     }
 
-    pub fn effective(&self, kind: ObjectKind, public_schema: bool) -> Vec<AclItem> {
+    /// `public` as initdb leaves it (PG 15): its owner may use and create in it, PUBLIC may
+    /// use it; an explicit ACL, as Postgres shows it.
+    pub fn public_schema() -> Acl {
+        let mut acl = Acl::owned_by(DATABASE_OWNER);
+        acl.grant(
+            ObjectKind::Schema,
+            "",
+            DATABASE_OWNER,
+            PrivSet::of(&[Privilege::Usage]),
+            false,
+        );
+        acl
+    }
+
+    pub fn effective(&self, kind: ObjectKind) -> Vec<AclItem> {
         self.items
             .clone()
-            .unwrap_or_else(|| self.default_items(kind, public_schema))
+            .unwrap_or_else(|| self.default_items(kind))
     }
 
     /// `{a=r/b,…}` as `relacl`/`nspacl` print; `None` while the ACL is the default.
@@ -279,13 +284,12 @@ impl Acl {
     pub fn grant(
         &mut self,
         kind: ObjectKind,
-        public_schema: bool,
         grantee: &str,
         grantor: &str,
         privs: PrivSet,
         grant_option: bool,
     ) {
-        let mut items = self.effective(kind, public_schema);
+        let mut items = self.effective(kind);
         match items
             .iter_mut()
             .find(|i| i.grantee == grantee && i.grantor == grantor)
@@ -315,13 +319,12 @@ impl Acl {
     pub fn revoke(
         &mut self,
         kind: ObjectKind,
-        public_schema: bool,
         grantee: &str,
         grantor: &str,
         privs: PrivSet,
         grant_option_only: bool,
     ) {
-        let mut items = self.effective(kind, public_schema);
+        let mut items = self.effective(kind);
         for i in items
             .iter_mut()
             .filter(|i| i.grantee == grantee && i.grantor == grantor)
@@ -335,12 +338,18 @@ impl Acl {
         self.items = Some(items);
     }
 
-    /// What `role` holds (its own grants and PUBLIC's).
-    pub fn privileges_of(&self, kind: ObjectKind, public_schema: bool, role: &str) -> PrivSet {
-        self.effective(kind, public_schema)
+    /// What `role` holds (its own grants and PUBLIC's), and which of those it may grant on.
+    pub fn held_by(&self, kind: ObjectKind, role: &str) -> (PrivSet, PrivSet) {
+        self.effective(kind)
             .iter()
             .filter(|i| i.grantee.is_empty() || i.grantee == role)
-            .fold(PrivSet::default(), |m, i| m.union(i.privs))
+            .fold((PrivSet::default(), PrivSet::default()), |(h, g), i| {
+                (h.union(i.privs), g.union(i.grantable))
+            })
+    }
+
+    pub fn privileges_of(&self, kind: ObjectKind, role: &str) -> PrivSet {
+        self.held_by(kind, role).0
     }
 
     /// Whether `role` appears in the ACL as grantee or grantor (DROP ROLE refuses then).
@@ -383,19 +392,8 @@ impl Access {
     }
 
     /// Ok when the role holds `p` on the object; else `permission denied for <kind> <name>`.
-    pub fn check(
-        &self,
-        acl: &Acl,
-        kind: ObjectKind,
-        name: &str,
-        public_schema: bool,
-        p: Privilege,
-    ) -> DbResult<()> {
-        if self.superuser
-            || acl
-                .privileges_of(kind, public_schema, &self.role)
-                .contains(p)
-        {
+    pub fn check(&self, acl: &Acl, kind: ObjectKind, name: &str, p: Privilege) -> DbResult<()> {
+        if self.superuser || acl.privileges_of(kind, &self.role).contains(p) {
             return Ok(());
         }
         Err(permission_denied(kind, name))
@@ -419,13 +417,7 @@ pub fn check_table(catalog: &Catalog, who: &Access, def: &TableDef, p: Privilege
         return Ok(());
     }
     check_schema(catalog, who, &def.schema, Privilege::Usage)?;
-    who.check(
-        &catalog.table_acl(def.id),
-        ObjectKind::Table,
-        &def.name,
-        false,
-        p,
-    )
+    who.check(&catalog.table_acl(def.id), ObjectKind::Table, &def.name, p)
 }
 
 /// `p` on a schema (a superuser passes).
@@ -433,13 +425,7 @@ pub fn check_schema(catalog: &Catalog, who: &Access, schema: &str, p: Privilege)
     if who.superuser || schema == "pg_catalog" || schema == "information_schema" {
         return Ok(());
     }
-    who.check(
-        &catalog.schema_acl(schema),
-        ObjectKind::Schema,
-        schema,
-        schema == "public",
-        p,
-    )
+    who.check(&catalog.schema_acl(schema), ObjectKind::Schema, schema, p)
 }
 
 /// DROP, ALTER, GRANT on a table: its owner or a superuser.
@@ -531,7 +517,6 @@ mod tests {
         assert_eq!(acl.text(ObjectKind::Table), None);
         acl.grant(
             ObjectKind::Table,
-            false,
             "bob",
             "alice",
             PrivSet::of(&[Privilege::Select, Privilege::Insert]),
@@ -539,7 +524,6 @@ mod tests {
         );
         acl.grant(
             ObjectKind::Table,
-            false,
             "",
             "alice",
             PrivSet::of(&[Privilege::Select]),
@@ -551,35 +535,41 @@ mod tests {
         );
         acl.revoke(
             ObjectKind::Table,
-            false,
             "bob",
             "alice",
             PrivSet::of(&[Privilege::Insert]),
             false,
         );
         assert!(
-            acl.privileges_of(ObjectKind::Table, false, "bob")
+            acl.privileges_of(ObjectKind::Table, "bob")
                 .contains(Privilege::Select)
         );
         assert!(
-            !acl.privileges_of(ObjectKind::Table, false, "bob")
+            !acl.privileges_of(ObjectKind::Table, "bob")
                 .contains(Privilege::Insert)
         );
         // carol has what PUBLIC has
         assert!(
-            acl.privileges_of(ObjectKind::Table, false, "carol")
+            acl.privileges_of(ObjectKind::Table, "carol")
                 .contains(Privilege::Select)
         );
-        let public = Acl::owned_by(DATABASE_OWNER);
+        let public = Acl::public_schema();
         assert!(
             public
-                .privileges_of(ObjectKind::Schema, true, "carol")
+                .privileges_of(ObjectKind::Schema, "carol")
                 .contains(Privilege::Usage)
         );
         assert!(
             !public
-                .privileges_of(ObjectKind::Schema, true, "carol")
+                .privileges_of(ObjectKind::Schema, "carol")
                 .contains(Privilege::Create)
+        );
+        assert_eq!(
+            public.text(ObjectKind::Schema).unwrap(),
+            vec![
+                "pg_database_owner=UC/pg_database_owner",
+                "=U/pg_database_owner"
+            ]
         );
     }
 

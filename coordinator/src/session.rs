@@ -165,6 +165,8 @@ pub struct Session {
     synced_generation: Option<u64>,
     /// `lock_timeout`, as of the last [`Session::sync_settings`].
     pub lock_timeout: Option<std::time::Duration>,
+    /// `idle_session_timeout` and `idle_in_transaction_session_timeout`, likewise.
+    pub idle_timeouts: (Option<std::time::Duration>, Option<std::time::Duration>),
 }
 
 impl Session {
@@ -222,6 +224,7 @@ impl Session {
             backend_pid: 0,
             synced_generation: None,
             lock_timeout: None,
+            idle_timeouts: (None, None),
         };
         session.refresh_functions();
         session
@@ -239,11 +242,7 @@ impl Session {
     pub fn access(&self) -> crate::privilege::Access {
         crate::privilege::Access {
             role: self.role.clone(),
-            superuser: self
-                .instance
-                .catalog
-                .role(&self.role)
-                .is_some_and(|r| r.superuser),
+            superuser: self.instance.catalog.is_superuser(&self.role),
         }
     }
 
@@ -292,7 +291,7 @@ impl Session {
     }
 
     /// Re-derives what depends on parameters (the search path and the functions resolving
-    /// names through it, the execution batch size) after `SET`, `set_config()`, a rollback
+    /// names through it, the execution batch size, the lock and idle timeouts) after `SET`, `set_config()`, a rollback
     /// or `pg_reload_conf()` changed them.
     pub fn sync_settings(&mut self) {
         let (path, batch) = {
@@ -304,6 +303,10 @@ impl Session {
             }
             self.synced_generation = Some(generation);
             self.lock_timeout = st.duration("lock_timeout");
+            self.idle_timeouts = (
+                st.duration("idle_session_timeout"),
+                st.duration("idle_in_transaction_session_timeout"),
+            );
             (
                 st.get("search_path").unwrap_or_default(),
                 st.get("orochi.vectorized_batch_size").unwrap_or_default(),

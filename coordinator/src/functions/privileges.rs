@@ -131,8 +131,8 @@ impl HasPrivilege {
         }
     }
 
-    /// The object's ACL, its display name, and whether it is `public` (default ACL).
-    fn object(&self, arg: Arg) -> DbResult<(Acl, bool)> {
+    /// The object's ACL.
+    fn object(&self, arg: Arg) -> DbResult<Acl> {
         match self.kind {
             ObjectKind::Table => {
                 let def = match &arg {
@@ -158,7 +158,7 @@ impl HasPrivilege {
                         },
                     )
                 })?;
-                Ok((self.catalog.table_acl(def.id), false))
+                Ok(self.catalog.table_acl(def.id))
             }
             ObjectKind::Schema => {
                 let name = match &arg {
@@ -178,25 +178,18 @@ impl HasPrivilege {
                         },
                     )
                 })?;
-                let public = name == "public";
-                Ok((self.catalog.schema_acl(&name), public))
+                Ok(self.catalog.schema_acl(&name))
             }
         }
     }
 
     fn answer(&self, role: String, object: Arg, privs: &str) -> DbResult<bool> {
         let (wanted, wanted_grant) = parse_privileges(privs, self.kind)?;
-        let (acl, public) = self.object(object)?;
-        if self.catalog.role(&role).is_some_and(|r| r.superuser) {
+        let acl = self.object(object)?;
+        if self.catalog.is_superuser(&role) {
             return Ok(true);
         }
-        let items = acl.effective(self.kind, public);
-        let mine = items
-            .iter()
-            .filter(|i| i.grantee.is_empty() || i.grantee == role);
-        let (held, grantable) = mine.fold((PrivSet::default(), PrivSet::default()), |(h, g), i| {
-            (h.union(i.privs), g.union(i.grantable))
-        });
+        let (held, grantable) = acl.held_by(self.kind, &role);
         let owner = acl.owner == role;
         // any one of the listed privileges suffices, as in Postgres
         let ok = self.kind.privileges().iter().any(|&p| {

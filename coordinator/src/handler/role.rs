@@ -123,10 +123,7 @@ fn check_new_name(name: &str) -> DbResult<()> {
 }
 
 fn is_superuser(s: &Session) -> bool {
-    s.instance
-        .catalog
-        .role(&s.role)
-        .is_some_and(|r| r.superuser)
+    s.instance.catalog.is_superuser(&s.role)
 }
 
 pub fn handle_create_role(s: &Session, cr: &ast::CreateRole) -> DbResult<StatementResult> {
@@ -453,7 +450,7 @@ fn change_acls(
     objects: Option<&ast::GrantObjects>,
     privs: &ast::Privileges,
     grantees_list: &[ast::Grantee],
-    change: impl Fn(&mut Acl, ObjectKind, bool, &str, &str, PrivSet),
+    change: impl Fn(&mut Acl, ObjectKind, &str, &str, PrivSet),
 ) -> DbResult<()> {
     let kind = kind_of(objects);
     let privs = privileges(privs, kind)?;
@@ -462,9 +459,9 @@ fn change_acls(
     let access = s.access();
     let catalog = &s.instance.catalog;
     for t in targets {
-        let (mut acl, name, public) = match &t {
-            Target::Table(def) => (catalog.table_acl(def.id), def.name.clone(), false),
-            Target::Schema(n) => (catalog.schema_acl(n), n.clone(), n == "public"),
+        let (mut acl, name) = match &t {
+            Target::Table(def) => (catalog.table_acl(def.id), def.name.clone()),
+            Target::Schema(n) => (catalog.schema_acl(n), n.clone()),
         };
         // A superuser acts as the owner. Anyone else grants (and revokes) what they hold
         // with grant option, as themselves; holding a privilege without it grants nothing
@@ -472,12 +469,8 @@ fn change_acls(
         let (grantor, privs) = if access.superuser || acl.owner == access.role {
             (acl.owner.clone(), privs)
         } else {
-            let grantable = acl
-                .effective(kind, public)
-                .iter()
-                .filter(|i| i.grantee.is_empty() || i.grantee == access.role)
-                .fold(PrivSet::default(), |m, i| m.union(i.grantable));
-            if grantable.is_empty() && acl.privileges_of(kind, public, &access.role).is_empty() {
+            let (held, grantable) = acl.held_by(kind, &access.role);
+            if held.is_empty() {
                 return Err(permission_denied(kind, &name));
             }
             (access.role.clone(), privs.intersect(grantable))
@@ -486,7 +479,7 @@ fn change_acls(
             continue;
         }
         for g in &grantees {
-            change(&mut acl, kind, public, g, &grantor, privs);
+            change(&mut acl, kind, g, &grantor, privs);
         }
         match &t {
             Target::Table(def) => catalog.put_table_acl(def.id, &acl)?,
@@ -503,9 +496,7 @@ pub fn handle_grant(s: &Session, g: &ast::Grant) -> DbResult<StatementResult> {
         g.objects.as_ref(),
         &g.privileges,
         &g.grantees,
-        |acl, kind, public, grantee, grantor, privs| {
-            acl.grant(kind, public, grantee, grantor, privs, option)
-        },
+        |acl, kind, grantee, grantor, privs| acl.grant(kind, grantee, grantor, privs, option),
     )?;
     Ok(StatementResult::Command("GRANT".into()))
 }
@@ -516,9 +507,7 @@ pub fn handle_revoke(s: &Session, r: &ast::Revoke) -> DbResult<StatementResult> 
         r.objects.as_ref(),
         &r.privileges,
         &r.grantees,
-        |acl, kind, public, grantee, grantor, privs| {
-            acl.revoke(kind, public, grantee, grantor, privs, false)
-        },
+        |acl, kind, grantee, grantor, privs| acl.revoke(kind, grantee, grantor, privs, false),
     )?;
     Ok(StatementResult::Command("REVOKE".into()))
 }
@@ -541,11 +530,7 @@ pub fn handle_set_role(s: &mut Session, role: Option<&ast::Ident>) -> DbResult<S
             format!("role \"{target}\" does not exist"),
         ));
     };
-    let session_superuser = s
-        .instance
-        .catalog
-        .role(&s.user)
-        .is_some_and(|r| r.superuser);
+    let session_superuser = s.instance.catalog.is_superuser(&s.user);
     if target != s.user && !session_superuser {
         return Err(DbError::new(
             SqlState::InsufficientPrivilege,
@@ -572,11 +557,7 @@ pub fn handle_set_session_authorization(
             format!("role \"{target}\" does not exist"),
         ));
     };
-    let login_superuser = s
-        .instance
-        .catalog
-        .role(&s.login_user)
-        .is_some_and(|r| r.superuser);
+    let login_superuser = s.instance.catalog.is_superuser(&s.login_user);
     if target != s.login_user && !login_superuser {
         return Err(DbError::new(
             SqlState::InsufficientPrivilege,

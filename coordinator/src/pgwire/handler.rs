@@ -63,7 +63,6 @@ pub struct Connection {
     auth: Arc<AuthState>,
     statement_names: Arc<parking_lot::Mutex<BTreeSet<String>>>,
     reported: Arc<parking_lot::Mutex<Reported>>,
-    idle_timeouts: Arc<parking_lot::Mutex<Option<IdleTimeouts>>>,
 }
 
 /// The server's authentication rules and this connection's place in the SCRAM exchange.
@@ -91,7 +90,6 @@ impl Connection {
             }),
             statement_names: Default::default(),
             reported: Default::default(),
-            idle_timeouts: Default::default(),
         })
     }
 
@@ -110,7 +108,6 @@ impl Connection {
             auth: self.auth.clone(),
             statement_names: self.statement_names.clone(),
             reported: self.reported.clone(),
-            idle_timeouts: self.idle_timeouts.clone(),
         })
     }
 }
@@ -142,13 +139,7 @@ pub struct Handler {
     statement_names: Arc<parking_lot::Mutex<BTreeSet<String>>>,
     /// What the client was last told of the reported parameters (ParameterStatus).
     reported: Arc<parking_lot::Mutex<Reported>>,
-    /// The idle timeouts (session, in transaction) as of a settings generation.
-    idle_timeouts: Arc<parking_lot::Mutex<Option<IdleTimeouts>>>,
 }
-
-/// `idle_session_timeout` and `idle_in_transaction_session_timeout` as of a settings
-/// generation.
-type IdleTimeouts = (u64, Option<Duration>, Option<Duration>);
 
 /// The reportable parameters' values the client knows, and the session state they were read
 /// at (settings generation, session user, current role).
@@ -1061,43 +1052,26 @@ impl Handler {
     /// `idle_in_transaction_session_timeout` inside a block, `idle_session_timeout` outside.
     /// `None`: no limit (or a statement holds the session).
     pub fn idle_timeout(&self) -> Option<(Duration, DbError)> {
-        let session = self.session.try_lock().ok()?;
-        let settings = session.settings.lock();
-        let in_block = !matches!(session.txn, crate::session::TxnStatus::Idle);
-        // the two settings rarely change: read them again only when the settings did
-        let generation = settings.generation();
-        let mut cache = self.idle_timeouts.lock();
-        let (idle, in_txn) = match *cache {
-            Some((g, idle, in_txn)) if g == generation => (idle, in_txn),
-            _ => {
-                let t = (
-                    settings.duration("idle_session_timeout"),
-                    settings.duration("idle_in_transaction_session_timeout"),
+        let mut session = self.session.try_lock().ok()?;
+        // the statement that just ran may have changed them
+        session.sync_settings();
+        let (idle, in_block) = session.idle_timeouts;
+        if matches!(session.txn, crate::session::TxnStatus::Idle) {
+            idle.map(|d| {
+                let e = DbError::new(
+                    SqlState::IdleSessionTimeout,
+                    "terminating connection due to idle-session timeout",
                 );
-                *cache = Some((generation, t.0, t.1));
-                t
-            }
-        };
-        drop(cache);
-        match in_block {
-            false => idle.map(|d| {
-                (
-                    d,
-                    DbError::new(
-                        SqlState::IdleSessionTimeout,
-                        "terminating connection due to idle-session timeout",
-                    ),
-                )
-            }),
-            true => in_txn.map(|d| {
-                (
-                    d,
-                    DbError::new(
-                        SqlState::IdleInTransactionSessionTimeout,
-                        "terminating connection due to idle-in-transaction timeout",
-                    ),
-                )
-            }),
+                (d, e)
+            })
+        } else {
+            in_block.map(|d| {
+                let e = DbError::new(
+                    SqlState::IdleInTransactionSessionTimeout,
+                    "terminating connection due to idle-in-transaction timeout",
+                );
+                (d, e)
+            })
         }
     }
 
@@ -1155,10 +1129,8 @@ impl Handler {
             .insert::<pgwire::api::ConnectionGuard>(guard);
         {
             let mut s = self.session.lock().await;
-            let (user, database) = login_names(client);
             s.set_session_user(&role.name);
-            debug_assert_eq!(user, role.name);
-            s.database = database;
+            s.database = login_names(client).1;
             if let Some(app) = client.metadata().get("application_name").cloned() {
                 let _ = s.settings.lock().set("application_name", &app, false);
             }
