@@ -512,6 +512,17 @@ pub fn handle_revoke(s: &Session, r: &ast::Revoke) -> DbResult<StatementResult> 
     Ok(StatementResult::Command("REVOKE".into()))
 }
 
+/// The role a `SET ROLE` / `SET SESSION AUTHORIZATION` names (22023 if there is none, as
+/// Postgres reports an invalid parameter value).
+fn existing_role_for_set(s: &Session, name: &str) -> DbResult<RoleDef> {
+    s.instance.catalog.role(name).ok_or_else(|| {
+        DbError::new(
+            SqlState::InvalidParameterValue,
+            format!("role \"{name}\" does not exist"),
+        )
+    })
+}
+
 /// `SET ROLE name | NONE`, `RESET ROLE`: without role membership, only a superuser session
 /// may become another role (and any session its own).
 pub fn handle_set_role(s: &mut Session, role: Option<&ast::Ident>) -> DbResult<StatementResult> {
@@ -524,12 +535,7 @@ pub fn handle_set_role(s: &mut Session, role: Option<&ast::Ident>) -> DbResult<S
     } else {
         target
     };
-    let Some(def) = s.instance.catalog.role(&target) else {
-        return Err(DbError::new(
-            SqlState::InvalidParameterValue,
-            format!("role \"{target}\" does not exist"),
-        ));
-    };
+    let def = existing_role_for_set(s, &target)?;
     let session_superuser = s.instance.catalog.is_superuser(&s.user);
     if target != s.user && !session_superuser {
         return Err(DbError::new(
@@ -551,12 +557,7 @@ pub fn handle_set_session_authorization(
         ast::SetSessionAuthorizationParamKind::Default => s.login_user.clone(),
         ast::SetSessionAuthorizationParamKind::User(i) => normalize_ident(i),
     };
-    let Some(def) = s.instance.catalog.role(&target) else {
-        return Err(DbError::new(
-            SqlState::InvalidParameterValue,
-            format!("role \"{target}\" does not exist"),
-        ));
-    };
+    let def = existing_role_for_set(s, &target)?;
     let login_superuser = s.instance.catalog.is_superuser(&s.login_user);
     if target != s.login_user && !login_superuser {
         return Err(DbError::new(

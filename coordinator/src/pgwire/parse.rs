@@ -131,12 +131,12 @@ fn rewrite_alter_system(sql: &str) -> Option<String> {
 /// `CREATE USER x …` → `CREATE ROLE x … LOGIN` (unless LOGIN/NOLOGIN is given), `ALTER USER`
 /// → `ALTER ROLE`, `DROP USER` → `DROP ROLE`. `None` when there is none.
 fn rewrite_user_statements(sql: &str) -> Option<String> {
-    let head: String = sql.trim_start().chars().take(6).collect();
-    let head = head.to_ascii_lowercase();
-    if !["create", "alter", "drop"]
-        .iter()
-        .any(|k| head.starts_with(k))
-    {
+    // most statements are none of these: decide on the first word without allocating
+    let head = sql.trim_start().as_bytes();
+    if !["create", "alter", "drop"].iter().any(|k| {
+        head.get(..k.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(k.as_bytes()))
+    }) {
         return None;
     }
     let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize().ok()?;

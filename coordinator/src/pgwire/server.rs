@@ -129,7 +129,7 @@ fn hba_rules(
 }
 
 /// The TLS acceptor when `tls_cert_file` and `tls_key_file` are set.
-pub fn tls_acceptor(
+fn tls_acceptor(
     options: &crate::config::CoordinatorOptions,
 ) -> Result<Option<TlsAcceptor>, String> {
     use pgwire::tokio::tokio_rustls::rustls;
