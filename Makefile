@@ -5,7 +5,7 @@ PROFILE_FLAGS ?=
 .PHONY: run test unit slt fmt lint check bench build
 
 build:
-	$(CARGO) build $(PROFILE_FLAGS) -p orochi-coordinator
+	$(CARGO) build $(PROFILE_FLAGS) -p orochi-coordinator -p orochi-worker
 
 ## Build and start the standalone server on 127.0.0.1:5432 with data in ./orochi-data.
 run:
@@ -25,7 +25,7 @@ slt: build
 		./scripts/with-postgres.sh $(CARGO) test $(PROFILE_FLAGS) -p orochi-sql-tests --test drivers
 	@# tests/security.rs makes its TLS certificates with the openssl CLI
 	command -v openssl >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl)
-	$(CARGO) test $(PROFILE_FLAGS) -p orochi-sql-tests --test clients --test protocol --test security --test durability --test memory
+	$(CARGO) test $(PROFILE_FLAGS) -p orochi-sql-tests --test clients --test protocol --test security --test durability --test memory --test cluster
 	./scripts/compatibility.sh $$(./scripts/python-env.sh) $$(./scripts/node-env.sh) $$(./scripts/java-env.sh)
 
 fmt:

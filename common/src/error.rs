@@ -165,6 +165,85 @@ impl SqlState {
     }
 }
 
+impl SqlState {
+    /// Every condition, for decoding a code received from another process.
+    pub const ALL: &'static [SqlState] = &[
+        SqlState::SuccessfulCompletion,
+        SqlState::Warning,
+        SqlState::FeatureNotSupported,
+        SqlState::InvalidTransactionState,
+        SqlState::ActiveSqlTransaction,
+        SqlState::NoActiveSqlTransaction,
+        SqlState::InFailedSqlTransaction,
+        SqlState::IdleInTransactionSessionTimeout,
+        SqlState::IdleSessionTimeout,
+        SqlState::ReadOnlySqlTransaction,
+        SqlState::InvalidSavepointSpecification,
+        SqlState::CardinalityViolation,
+        SqlState::NullValueNotAllowed,
+        SqlState::InvalidName,
+        SqlState::InvalidTextRepresentation,
+        SqlState::InvalidBinaryRepresentation,
+        SqlState::NumericValueOutOfRange,
+        SqlState::DivisionByZero,
+        SqlState::StringDataRightTruncation,
+        SqlState::InvalidDatetimeFormat,
+        SqlState::DatetimeFieldOverflow,
+        SqlState::InvalidParameterValue,
+        SqlState::BadCopyFileFormat,
+        SqlState::DataException,
+        SqlState::CharacterNotInRepertoire,
+        SqlState::NotNullViolation,
+        SqlState::UniqueViolation,
+        SqlState::CheckViolation,
+        SqlState::SyntaxError,
+        SqlState::UndefinedTable,
+        SqlState::UndefinedColumn,
+        SqlState::UndefinedObject,
+        SqlState::UndefinedFunction,
+        SqlState::UndefinedParameter,
+        SqlState::DuplicateTable,
+        SqlState::DuplicateColumn,
+        SqlState::DuplicateSchema,
+        SqlState::DuplicateObject,
+        SqlState::AmbiguousColumn,
+        SqlState::DatatypeMismatch,
+        SqlState::InvalidTableDefinition,
+        SqlState::InvalidColumnReference,
+        SqlState::InvalidSchemaName,
+        SqlState::InsufficientPrivilege,
+        SqlState::ReservedName,
+        SqlState::InvalidGrantOperation,
+        SqlState::ObjectInUse,
+        SqlState::InvalidCatalogName,
+        SqlState::InvalidPassword,
+        SqlState::InvalidAuthorizationSpecification,
+        SqlState::TooManyConnections,
+        SqlState::OutOfMemory,
+        SqlState::ProgramLimitExceeded,
+        SqlState::QueryCanceled,
+        SqlState::AdminShutdown,
+        SqlState::SerializationFailure,
+        SqlState::DeadlockDetected,
+        SqlState::LockNotAvailable,
+        SqlState::ProtocolViolation,
+        SqlState::ConnectionFailure,
+        SqlState::InvalidCursorName,
+        SqlState::InvalidSqlStatementName,
+        SqlState::DuplicatePreparedStatement,
+        SqlState::ObjectNotInPrerequisiteState,
+        SqlState::DependentObjectsStillExist,
+        SqlState::CantChangeRuntimeParam,
+        SqlState::IoError,
+        SqlState::InternalError,
+    ];
+
+    /// The condition with this five-character code, if we emit it.
+    pub fn from_code(code: &str) -> Option<SqlState> {
+        SqlState::ALL.iter().copied().find(|s| s.code() == code)
+    }
+}
+
 impl fmt::Display for SqlState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.code())
@@ -212,3 +291,92 @@ impl DbError {
 }
 
 pub type DbResult<T> = Result<T, DbError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fails to compile when a condition is added without being listed here; add it to
+    /// [`SqlState::ALL`] too, which the assertions below then check.
+    fn listed(s: SqlState) -> bool {
+        match s {
+            SqlState::SuccessfulCompletion
+            | SqlState::Warning
+            | SqlState::FeatureNotSupported
+            | SqlState::InvalidTransactionState
+            | SqlState::ActiveSqlTransaction
+            | SqlState::NoActiveSqlTransaction
+            | SqlState::InFailedSqlTransaction
+            | SqlState::IdleInTransactionSessionTimeout
+            | SqlState::IdleSessionTimeout
+            | SqlState::ReadOnlySqlTransaction
+            | SqlState::InvalidSavepointSpecification
+            | SqlState::CardinalityViolation
+            | SqlState::NullValueNotAllowed
+            | SqlState::InvalidName
+            | SqlState::InvalidTextRepresentation
+            | SqlState::InvalidBinaryRepresentation
+            | SqlState::NumericValueOutOfRange
+            | SqlState::DivisionByZero
+            | SqlState::StringDataRightTruncation
+            | SqlState::InvalidDatetimeFormat
+            | SqlState::DatetimeFieldOverflow
+            | SqlState::InvalidParameterValue
+            | SqlState::BadCopyFileFormat
+            | SqlState::DataException
+            | SqlState::CharacterNotInRepertoire
+            | SqlState::NotNullViolation
+            | SqlState::UniqueViolation
+            | SqlState::CheckViolation
+            | SqlState::SyntaxError
+            | SqlState::UndefinedTable
+            | SqlState::UndefinedColumn
+            | SqlState::UndefinedObject
+            | SqlState::UndefinedFunction
+            | SqlState::UndefinedParameter
+            | SqlState::DuplicateTable
+            | SqlState::DuplicateColumn
+            | SqlState::DuplicateSchema
+            | SqlState::DuplicateObject
+            | SqlState::AmbiguousColumn
+            | SqlState::DatatypeMismatch
+            | SqlState::InvalidTableDefinition
+            | SqlState::InvalidColumnReference
+            | SqlState::InvalidSchemaName
+            | SqlState::InsufficientPrivilege
+            | SqlState::ReservedName
+            | SqlState::InvalidGrantOperation
+            | SqlState::ObjectInUse
+            | SqlState::InvalidCatalogName
+            | SqlState::InvalidPassword
+            | SqlState::InvalidAuthorizationSpecification
+            | SqlState::TooManyConnections
+            | SqlState::OutOfMemory
+            | SqlState::ProgramLimitExceeded
+            | SqlState::QueryCanceled
+            | SqlState::AdminShutdown
+            | SqlState::SerializationFailure
+            | SqlState::DeadlockDetected
+            | SqlState::LockNotAvailable
+            | SqlState::ProtocolViolation
+            | SqlState::ConnectionFailure
+            | SqlState::InvalidCursorName
+            | SqlState::InvalidSqlStatementName
+            | SqlState::DuplicatePreparedStatement
+            | SqlState::ObjectNotInPrerequisiteState
+            | SqlState::DependentObjectsStillExist
+            | SqlState::CantChangeRuntimeParam
+            | SqlState::IoError
+            | SqlState::InternalError => SqlState::ALL.contains(&s),
+        }
+    }
+
+    #[test]
+    fn every_code_round_trips() {
+        for &s in SqlState::ALL {
+            assert!(listed(s));
+            assert_eq!(SqlState::from_code(s.code()), Some(s), "{s:?}");
+        }
+        assert_eq!(SqlState::from_code("99999"), None);
+    }
+}

@@ -9,13 +9,15 @@
 //! - [`hash`]: the fixed, documented hash that places rows into shard hash ranges.
 //! - [`schema`]: table/column definitions shared by the coordinator catalog and workers.
 //! - [`service`]: the [`service::ShardService`] trait — the one interface between coordinator and
-//!   worker, implemented in-process (standalone) and, later, over Arrow Flight.
+//!   worker, implemented in-process (standalone) and over Arrow Flight (cluster).
+//! - [`rpc`]: the messages of the worker protocol (Flight actions and scan tickets).
 
 pub mod datum;
 pub mod error;
 pub mod hash;
 pub mod keycodec;
 pub mod rowcodec;
+pub mod rpc;
 pub mod schema;
 pub mod service;
 pub mod types;

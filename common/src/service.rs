@@ -25,7 +25,7 @@ pub type BatchStream =
 pub type Row = Vec<Datum>;
 
 /// One buffered write.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum WriteOp {
     /// Insert a new row; fails with 23505 if the key exists.
     Insert { row: Row },
@@ -38,7 +38,7 @@ pub enum WriteOp {
 }
 
 /// The writes of one statement to one table.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct WriteRequest {
     pub table: TableId,
     pub ops: Vec<WriteOp>,
@@ -48,13 +48,13 @@ pub struct WriteRequest {
 }
 
 /// Per op: whether it took effect (an `InsertIgnore` that found the key reports `false`).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct WriteResponse {
     pub applied: Vec<bool>,
 }
 
 /// A scan of some shards of one table.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ScanRequest {
     pub table: TableId,
     pub shards: Vec<ShardIndex>,
@@ -117,6 +117,18 @@ pub trait ShardService: Send + Sync + std::fmt::Debug {
     async fn commit(&self, txn: TxnId) -> DbResult<()>;
     /// Discards the transaction's writes and releases its locks.
     async fn abort(&self, txn: TxnId);
+
+    /// Two-phase commit, phase one: makes `txn`'s writes durable without applying them and
+    /// keeps its row locks. The transaction then waits for [`ShardService::commit_prepared`]
+    /// or [`ShardService::abort_prepared`], across a restart of the worker if need be.
+    async fn prepare(&self, txn: TxnId) -> DbResult<()>;
+    /// Phase two: applies a prepared transaction (durable on return). Idempotent: a
+    /// transaction this worker does not know (already resolved) is not an error.
+    async fn commit_prepared(&self, txn: TxnId) -> DbResult<()>;
+    /// Phase two, the other way: discards a prepared transaction. Idempotent.
+    async fn abort_prepared(&self, txn: TxnId) -> DbResult<()>;
+    /// The prepared transactions awaiting a decision.
+    async fn prepared(&self) -> DbResult<Vec<TxnId>>;
 
     /// Marks the current end of `txn`'s write set; [`ShardService::rollback_to`] undoes later
     /// writes (statement atomicity inside a transaction block, savepoints).

@@ -356,6 +356,54 @@ impl Catalog {
         self.flush()
     }
 
+    /// The worker list shards were placed on (cluster mode), once recorded.
+    pub fn workers(&self) -> DbResult<Option<Vec<String>>> {
+        match self.tree.get("workers").map_err(io)? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| corrupt("workers", e)),
+        }
+    }
+
+    pub fn put_workers(&self, workers: &[String]) -> DbResult<()> {
+        let bytes = serde_json::to_vec(workers).expect("strings serialize");
+        self.tree.insert("workers", bytes).map_err(io)?;
+        self.flush()
+    }
+
+    /// Records that a distributed transaction committed (two-phase commit's decision),
+    /// durably: from here on recovery commits it wherever it is still prepared.
+    pub fn put_commit_decision(&self, txn: u64) -> DbResult<()> {
+        self.tree
+            .insert(format!("decision/{txn:020}"), &[])
+            .map_err(io)?;
+        self.flush()
+    }
+
+    /// Forgets a decision once every participant applied it.
+    pub fn remove_commit_decision(&self, txn: u64) -> DbResult<()> {
+        self.tree
+            .remove(format!("decision/{txn:020}"))
+            .map_err(io)?;
+        Ok(())
+    }
+
+    /// The transactions with a recorded commit decision.
+    pub fn commit_decisions(&self) -> Vec<u64> {
+        self.tree
+            .scan_prefix("decision/")
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter_map(|k| {
+                std::str::from_utf8(&k["decision/".len()..])
+                    .ok()?
+                    .parse()
+                    .ok()
+            })
+            .collect()
+    }
+
     pub fn table(&self, schema: &str, name: &str) -> Option<Arc<TableDef>> {
         self.inner
             .read()

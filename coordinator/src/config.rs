@@ -45,6 +45,10 @@ pub struct CoordinatorOptions {
     /// each user's role gets it (created with LOGIN if missing), and, without an
     /// `hba_file`, every login must then pass SCRAM-SHA-256.
     pub passwords: BTreeMap<String, String>,
+    /// Worker daemons (`host:port`, their Flight address). Empty: standalone, with an
+    /// embedded worker. Shard *i* of every table lives on worker *i mod N*, so the list and
+    /// its order are fixed once tables exist (the catalog remembers it).
+    pub workers: Vec<String>,
 }
 
 /// A quarter of the memory this process may use: physical memory, or the cgroup's limit
@@ -91,6 +95,7 @@ impl Default for CoordinatorOptions {
             tls_key_file: None,
             query_parallelism: 0,
             passwords: BTreeMap::new(),
+            workers: Vec::new(),
         }
     }
 }

@@ -15,10 +15,12 @@
 //! - [`config`]: the coordinator options (`CoordinatorOptions`).
 //! - [`error`]: DataFusion ↔ SQLSTATE error mapping.
 //! - [`system`]: `pg_catalog` tables built from the catalog.
-//! - [`standalone`]: starting a coordinator with an embedded worker.
+//! - [`standalone`]: starting a coordinator: with an embedded worker, or with worker daemons.
+//! - [`cluster`]: the shard service over worker daemons (Flight client, routing, 2PC).
 
 pub mod catalog;
 pub mod checked;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod exec;

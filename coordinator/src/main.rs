@@ -33,6 +33,10 @@ struct Args {
     /// Maximum concurrent client connections
     #[arg(long, env = "OROCHI_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
+    /// A worker daemon's Flight address, host:port (repeatable; OROCHI_WORKER_HOSTS takes a
+    /// comma-separated list). Without any, the coordinator runs standalone.
+    #[arg(long = "worker", env = "OROCHI_WORKER_HOSTS", value_delimiter = ',')]
+    workers: Vec<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -67,6 +71,9 @@ fn main() -> anyhow::Result<()> {
     if let Some(m) = args.max_connections {
         options.max_connections = m;
     }
+    if !args.workers.is_empty() {
+        options.workers = args.workers.clone();
+    }
     if let Ok(password) = std::env::var("OROCHI_PASSWORD") {
         options.passwords.insert("postgres".into(), password);
     }
@@ -84,7 +91,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(options: CoordinatorOptions) -> anyhow::Result<()> {
     let listen = options.listen.clone();
-    let standalone = orochi_coordinator::standalone::open(options)?;
+    let standalone = orochi_coordinator::standalone::open(options).await?;
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;

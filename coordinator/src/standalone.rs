@@ -1,6 +1,6 @@
 //! Standalone mode: a coordinator with an in-process worker over the same data directory.
 
-use std::fs::{File, TryLockError};
+use std::fs::File;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -11,6 +11,7 @@ use orochi_worker::LocalShardService;
 use orochi_worker::service::StoreOptions;
 
 use crate::catalog::Catalog;
+use crate::cluster::{ClusterShardService, RemoteWorker};
 use crate::config::CoordinatorOptions;
 use crate::session::Instance;
 
@@ -20,42 +21,29 @@ pub struct Standalone {
     _lock: File,
 }
 
-pub fn open(options: CoordinatorOptions) -> anyhow::Result<Standalone> {
+pub async fn open(options: CoordinatorOptions) -> anyhow::Result<Standalone> {
     options.validate().map_err(anyhow::Error::msg)?;
     let dir = options.data_dir.clone();
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("creating data directory {}", dir.display()))?;
-    let lock_path = dir.join("orochi.lock");
-    let lock = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("opening lock file {}", lock_path.display()))?;
-    match lock.try_lock() {
-        Ok(()) => {}
-        Err(TryLockError::WouldBlock) => anyhow::bail!(
-            "data directory {} is in use by another OrochiDB process (lock file {} is held)",
-            dir.display(),
-            lock_path.display()
-        ),
-        Err(TryLockError::Error(e)) => {
-            return Err(e).with_context(|| format!("locking {}", lock_path.display()));
-        }
-    }
+    let lock = orochi_worker::datadir::lock(&dir)?;
     let catalog = Arc::new(
         Catalog::open(&dir.join("catalog")).map_err(|e| anyhow::anyhow!("{}", e.message))?,
     );
     crate::pgwire::auth::apply_configured_passwords(&catalog, &options.passwords)
         .map_err(|e| anyhow::anyhow!("setting configured passwords: {}", e.message))?;
-    let service = LocalShardService::open(
-        &dir.join("worker"),
-        &StoreOptions {
-            cache_bytes: options.row_cache_bytes(),
-            write_set_limit_bytes: options.write_set_limit_bytes(),
-        },
-    )
-    .map_err(|e| anyhow::anyhow!("opening row store: {}", e.message))?;
+    let service: Arc<dyn orochi_common::service::ShardService> = if options.workers.is_empty() {
+        Arc::new(
+            LocalShardService::open(
+                &dir.join("worker"),
+                &StoreOptions {
+                    cache_bytes: options.row_cache_bytes(),
+                    write_set_limit_bytes: options.write_set_limit_bytes(),
+                },
+            )
+            .map_err(|e| anyhow::anyhow!("opening row store: {}", e.message))?,
+        )
+    } else {
+        connect_workers(&options.workers, &catalog).await?
+    };
     // operators that outgrow their share of the query memory pool spill here (emptied at
     // start: spill files of a previous process are garbage)
     let spill_dir = dir.join("tmp");
@@ -71,12 +59,7 @@ pub fn open(options: CoordinatorOptions) -> anyhow::Result<Standalone> {
         )
         .build_arc()
         .context("building the query runtime")?;
-    let instance = Arc::new(Instance::new(
-        catalog,
-        Arc::new(service),
-        Arc::new(options),
-        runtime,
-    ));
+    let instance = Arc::new(Instance::new(catalog, service, Arc::new(options), runtime));
     instance
         .reload_settings()
         .context("reading ALTER SYSTEM parameters")?;
@@ -84,4 +67,41 @@ pub fn open(options: CoordinatorOptions) -> anyhow::Result<Standalone> {
         instance,
         _lock: lock,
     })
+}
+
+/// Cluster mode: the configured workers, checked against the placement the catalog recorded,
+/// with what a crash left prepared resolved.
+async fn connect_workers(
+    addresses: &[String],
+    catalog: &Arc<Catalog>,
+) -> anyhow::Result<Arc<dyn orochi_common::service::ShardService>> {
+    let recorded = catalog
+        .workers()
+        .map_err(|e| anyhow::anyhow!("reading the worker list: {}", e.message))?;
+    match recorded {
+        Some(r) if r != addresses => anyhow::bail!(
+            "the data directory's tables are placed on workers {} but this start names {}; \
+             shards cannot move between workers yet, so start with the recorded list",
+            r.join(","),
+            addresses.join(",")
+        ),
+        Some(_) => {}
+        None => catalog
+            .put_workers(addresses)
+            .map_err(|e| anyhow::anyhow!("recording the worker list: {}", e.message))?,
+    }
+    let mut workers = Vec::new();
+    for a in addresses {
+        let w = RemoteWorker::new(a).map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        match w.hello().await {
+            Ok(version) => tracing::info!(worker = %a, %version, "worker connected"),
+            Err(e) => {
+                tracing::warn!(worker = %a, error = %e.message, "worker not reachable; statements that need its shards fail until it is")
+            }
+        }
+        workers.push(w);
+    }
+    let service = Arc::new(ClusterShardService::new(workers, catalog.clone()));
+    service.recover().await;
+    Ok(service)
 }

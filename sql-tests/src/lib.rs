@@ -167,10 +167,22 @@ impl Server {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> anyhow::Result<Server> {
-        let bin = binary("orochi-coordinator");
+        Server::start_binary("orochi-coordinator", port, data_dir, args, env)
+    }
+
+    /// Starts `name` (`orochi-coordinator` or `orochi-worker`: both take `--listen` and
+    /// `--data-dir` and write `orochi.pid`) and waits until it listens.
+    pub fn start_binary(
+        name: &str,
+        port: u16,
+        data_dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Server> {
+        let bin = binary(name);
         anyhow::ensure!(
             bin.exists(),
-            "{} not built (run `cargo build -p orochi-coordinator`)",
+            "{} not built (run `cargo build -p orochi-coordinator -p orochi-worker`)",
             bin.display()
         );
         let mut child = Command::new(&bin)
@@ -258,6 +270,47 @@ impl Server {
             return c.wait().map(|s| s.success()).unwrap_or(false);
         }
         false
+    }
+}
+
+/// A coordinator with worker daemons, each a real process on loopback.
+pub struct Cluster {
+    pub coordinator: Server,
+    pub workers: Vec<Server>,
+    _tmp: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts `workers` worker daemons and a coordinator that places shards on them.
+    pub fn start(workers: usize) -> anyhow::Result<Cluster> {
+        let tmp = tempfile::tempdir()?;
+        let mut started = Vec::new();
+        for i in 0..workers {
+            let dir = tmp.path().join(format!("worker{i}"));
+            started.push(Server::start_binary("orochi-worker", 0, &dir, &[], &[])?);
+        }
+        let mut args = Vec::new();
+        let addresses: Vec<String> = started
+            .iter()
+            .map(|w| format!("127.0.0.1:{}", w.port))
+            .collect();
+        for a in &addresses {
+            args.push("--worker");
+            args.push(a.as_str());
+        }
+        let coordinator = Server::start_configured(0, &tmp.path().join("coordinator"), &args, &[])?;
+        Ok(Cluster {
+            coordinator,
+            workers: started,
+            _tmp: tmp,
+        })
+    }
+
+    /// Restarts worker `i` on its port and data directory (after [`Server::kill`]).
+    pub fn restart_worker(&mut self, i: usize) -> anyhow::Result<()> {
+        let (port, dir) = (self.workers[i].port, self.workers[i].data_dir.clone());
+        self.workers[i] = Server::start_binary("orochi-worker", port, &dir, &[], &[])?;
+        Ok(())
     }
 }
 

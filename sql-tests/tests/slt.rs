@@ -1,10 +1,10 @@
-//! Runs every `.slt` file under `sql-tests/slt/` against a standalone OrochiDB started for this
-//! run, and the `pg_compat_*.slt` files also against PostgreSQL when `OROCHI_PG_URL` is set
-//! (the Makefile starts one). Exits non-zero if any file fails.
+//! Runs every `.slt` file under `sql-tests/slt/` against a standalone OrochiDB and against a
+//! coordinator with 2 worker daemons (all started for this run), and the `pg_compat_*.slt`
+//! files also against PostgreSQL when `OROCHI_PG_URL` is set (the Makefile starts one). Exits non-zero if any file fails.
 
 use std::path::{Path, PathBuf};
 
-use orochi_sql_tests::{PgDb, Server};
+use orochi_sql_tests::{Cluster, PgDb, Server};
 
 fn slt_files(dir: &Path, out: &mut Vec<PathBuf>) {
     let mut entries: Vec<_> = std::fs::read_dir(dir)
@@ -51,18 +51,26 @@ async fn main() {
     if let Some(f) = &filter {
         files.retain(|p| p.to_string_lossy().contains(f.as_str()));
     }
-    let server = Server::start().expect("starting orochi-coordinator");
     let mut failures = Vec::new();
-    for f in &files {
-        let name = f.strip_prefix(&root).unwrap_or(f).display().to_string();
-        match run_file(&server.url(), "orochi", f).await {
-            Ok(()) => println!("ok      orochi     {name}"),
-            Err(e) => {
-                println!("FAILED  orochi     {name}\n{e}");
-                failures.push(format!("orochi: {name}"));
+    // the same files, the same expected results, on both topologies
+    let server = Server::start().expect("starting orochi-coordinator");
+    let cluster = Cluster::start(2).expect("starting a coordinator and 2 workers");
+    for (topology, url) in [
+        ("orochi", server.url()),
+        ("cluster", cluster.coordinator.url()),
+    ] {
+        for f in &files {
+            let name = f.strip_prefix(&root).unwrap_or(f).display().to_string();
+            match run_file(&url, "orochi", f).await {
+                Ok(()) => println!("ok      {topology:<10} {name}"),
+                Err(e) => {
+                    println!("FAILED  {topology:<10} {name}\n{e}");
+                    failures.push(format!("{topology}: {name}"));
+                }
             }
         }
     }
+    drop(cluster);
     match std::env::var("OROCHI_PG_URL") {
         Ok(pg) => {
             for f in files.iter().filter(|f| {

@@ -6,12 +6,16 @@
 //! - [`commit`]: group commit — concurrent commits share one fsync.
 //! - [`batch`]: builds Arrow record batches from rows (the scan output format).
 //! - [`service`]: [`service::LocalShardService`], the in-process implementation of
-//!   [`orochi_common::service::ShardService`] used by standalone mode.
+//!   [`orochi_common::service::ShardService`] used by standalone mode and the worker daemon.
+//! - [`flight`]: the worker daemon's Arrow Flight server (the protocol of `orochi_common::rpc`).
+//! - [`datadir`]: the data-directory lock.
 //!
 //! Architecture invariant: this crate does not depend on DataFusion or sqlparser.
 
 pub mod batch;
 pub mod commit;
+pub mod datadir;
+pub mod flight;
 pub mod service;
 pub mod store;
 pub mod txn;

@@ -44,6 +44,9 @@ pub struct LocalShardService {
     group_commit: GroupCommit,
     locks: LockTable,
     txns: Mutex<HashMap<TxnId, Arc<Mutex<TxnState>>>>,
+    /// Prepared transactions (two-phase commit): their changes, applied by
+    /// `commit_prepared`, and the row locks they keep until then.
+    prepared: Mutex<HashMap<TxnId, PreparedTxn>>,
     /// Bytes the open transactions' write sets hold (estimated), and the most they may.
     write_set_bytes: std::sync::atomic::AtomicU64,
     write_set_limit: u64,
@@ -57,6 +60,11 @@ pub struct LocalShardService {
 /// estimate) let the write sets grow to 3× their budget.
 const WRITE_ENTRY_OVERHEAD: u64 = 480;
 
+struct PreparedTxn {
+    changes: Vec<Change>,
+    locks: Vec<LockKey>,
+}
+
 impl std::fmt::Debug for LocalShardService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalShardService").finish_non_exhaustive()
@@ -67,11 +75,34 @@ impl LocalShardService {
     pub fn open(dir: &Path, options: &StoreOptions) -> DbResult<LocalShardService> {
         let store = Arc::new(RowStore::open(dir, options.cache_bytes)?);
         let group_commit = GroupCommit::start(store.clone());
+        // transactions prepared before a restart are in doubt: they keep their row locks
+        // until the coordinator decides
+        let locks = LockTable::default();
+        let mut prepared = HashMap::new();
+        for (txn, changes) in store.load_prepared()? {
+            let keys: Vec<LockKey> = changes.iter().map(|c| (c.table, c.key.clone())).collect();
+            for k in &keys {
+                locks.take(txn, k.clone());
+            }
+            tracing::info!(
+                txn,
+                changes = changes.len(),
+                "prepared transaction in doubt"
+            );
+            prepared.insert(
+                txn,
+                PreparedTxn {
+                    changes,
+                    locks: keys,
+                },
+            );
+        }
         Ok(LocalShardService {
             store,
             group_commit,
-            locks: LockTable::default(),
+            locks,
             txns: Mutex::new(HashMap::new()),
+            prepared: Mutex::new(prepared),
             write_set_bytes: Default::default(),
             write_set_limit: options.write_set_limit_bytes,
         })
@@ -170,6 +201,46 @@ impl LocalShardService {
             .map_err(|e| DbError::new(SqlState::IoError, format!("row store read: {e}")))?;
         bytes.map(|b| entry.decode_row(&b)).transpose()
     }
+}
+
+impl LocalShardService {
+    /// Removes a transaction's state and returns its charge to the write-set budget.
+    fn take_txn(&self, txn: TxnId) -> Option<TxnState> {
+        let state = self.txns.lock().remove(&txn)?;
+        let state = std::mem::take(&mut *state.lock());
+        self.release(&state);
+        Some(state)
+    }
+
+    /// Applies committed changes to the row store (big ones on the blocking pool).
+    async fn apply(&self, changes: Vec<Change>) -> DbResult<()> {
+        if changes.is_empty() {
+            Ok(())
+        } else if changes.len() > 1000 {
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || store.apply(&changes))
+                .await
+                .map_err(|e| DbError::internal(format!("commit task: {e}")))
+                .and_then(|r| r)
+        } else {
+            self.store.apply(&changes)
+        }
+    }
+}
+
+/// A finished transaction's writes as row-store changes, and the locks it holds.
+fn into_changes(state: TxnState) -> (Vec<Change>, Vec<LockKey>) {
+    let changes = state
+        .writes
+        .into_iter()
+        .map(|((table, key), w)| Change {
+            table,
+            shard: w.shard,
+            key,
+            value: w.value,
+        })
+        .collect();
+    (changes, state.locks)
 }
 
 fn duplicate_key(def: &TableDef, row: &[Datum]) -> DbError {
@@ -406,39 +477,18 @@ impl ShardService for LocalShardService {
     }
 
     async fn commit(&self, txn: TxnId) -> DbResult<()> {
-        let Some(state) = self.txns.lock().remove(&txn) else {
+        let Some(state) = self.take_txn(txn) else {
             return Ok(());
         };
-        let state = std::mem::take(&mut *state.lock());
-        self.release(&state);
-        let changes: Vec<Change> = state
-            .writes
-            .into_iter()
-            .map(|((table, key), w)| Change {
-                table,
-                shard: w.shard,
-                key,
-                value: w.value,
-            })
-            .collect();
+        let (changes, locks) = into_changes(state);
         let empty = changes.is_empty();
-        let applied = if empty {
-            Ok(())
-        } else if changes.len() > 1000 {
-            let store = self.store.clone();
-            tokio::task::spawn_blocking(move || store.apply(&changes))
-                .await
-                .map_err(|e| DbError::internal(format!("commit task: {e}")))
-                .and_then(|r| r)
-        } else {
-            self.store.apply(&changes)
-        };
+        let applied = self.apply(changes).await;
         // Early lock release: the row locks go as soon as the changes are applied, not after
         // the fsync. Safe for acknowledged commits because the row store has one log, flushed
         // in order: a transaction that takes these rows next applies after us, and the flush
         // it waits for before its own acknowledgement covers our changes too. Waiters no
         // longer queue behind our fsync (Postgres holds its locks through the WAL flush).
-        self.locks.release_all(txn, &state.locks);
+        self.locks.release_all(txn, &locks);
         applied?;
         if !empty {
             self.group_commit.wait_durable().await?;
@@ -454,6 +504,74 @@ impl ShardService for LocalShardService {
         self.release(&state.lock());
         let locks = std::mem::take(&mut state.lock().locks);
         self.locks.release_all(txn, &locks);
+    }
+
+    async fn prepare(&self, txn: TxnId) -> DbResult<()> {
+        let (changes, locks) = match self.take_txn(txn) {
+            Some(state) => into_changes(state),
+            None => (Vec::new(), Vec::new()),
+        };
+        let store = self.store.clone();
+        let changes = tokio::task::spawn_blocking(move || {
+            store.save_prepared(txn, &changes).map(|()| changes)
+        })
+        .await
+        .map_err(|e| DbError::internal(format!("prepare task: {e}")))?;
+        let changes = match changes {
+            Ok(c) => c,
+            Err(e) => {
+                self.locks.release_all(txn, &locks);
+                return Err(e);
+            }
+        };
+        self.prepared
+            .lock()
+            .insert(txn, PreparedTxn { changes, locks });
+        self.group_commit.wait_durable().await
+    }
+
+    async fn commit_prepared(&self, txn: TxnId) -> DbResult<()> {
+        let Some(p) = self.prepared.lock().remove(&txn) else {
+            return Ok(());
+        };
+        let PreparedTxn { changes, locks } = p;
+        let applied = self.apply(changes).await;
+        if let Err(e) = applied {
+            // still prepared: the decision can be retried
+            tracing::error!(txn, error = %e.message, "applying a prepared transaction failed");
+            let changes = self
+                .store
+                .load_prepared()?
+                .into_iter()
+                .find(|(t, _)| *t == txn);
+            if let Some((_, changes)) = changes {
+                self.prepared
+                    .lock()
+                    .insert(txn, PreparedTxn { changes, locks });
+            }
+            return Err(e);
+        }
+        // replaying a commit is harmless (same values), so the record may go after the apply
+        self.store.remove_prepared(txn)?;
+        self.locks.release_all(txn, &locks);
+        self.group_commit.wait_durable().await
+    }
+
+    async fn abort_prepared(&self, txn: TxnId) -> DbResult<()> {
+        let Some(p) = self.prepared.lock().remove(&txn) else {
+            return Ok(());
+        };
+        // if this removal is lost in a crash, the coordinator aborts it again: no commit
+        // decision exists for it
+        self.store.remove_prepared(txn)?;
+        self.locks.release_all(txn, &p.locks);
+        Ok(())
+    }
+
+    async fn prepared(&self) -> DbResult<Vec<TxnId>> {
+        let mut out: Vec<TxnId> = self.prepared.lock().keys().copied().collect();
+        out.sort_unstable();
+        Ok(out)
     }
 
     async fn savepoint(&self, txn: TxnId) -> DbResult<u64> {
@@ -618,4 +736,86 @@ impl ScanCursor {
 pub fn encode_key_values(values: &[Datum]) -> Vec<u8> {
     let refs: Vec<&Datum> = values.iter().collect();
     keycodec::encode_key(&refs)
+}
+
+#[cfg(test)]
+mod tests {
+    use orochi_common::schema::ColumnDef;
+    use orochi_common::types::SqlType;
+
+    use super::*;
+
+    fn table() -> TableDef {
+        TableDef {
+            id: 16384,
+            schema: "public".into(),
+            name: "t".into(),
+            columns: vec![
+                ColumnDef::new("k", SqlType::Int8),
+                ColumnDef::new("v", SqlType::Int8),
+            ],
+            primary_key: vec![0],
+            distribution_column: 0,
+            shard_count: 4,
+            hidden_rowid: false,
+            version: 1,
+        }
+    }
+
+    fn insert(k: i64) -> WriteRequest {
+        WriteRequest {
+            table: 16384,
+            ops: vec![WriteOp::Insert {
+                row: vec![Datum::Int8(k), Datum::Int8(k * 10)],
+            }],
+            lock_timeout: Some(std::time::Duration::from_millis(50)),
+        }
+    }
+
+    /// A prepared transaction survives a restart of the worker in doubt: its rows are not
+    /// visible, its row locks still held, until the decision comes; commit then applies it
+    /// and abort discards it.
+    #[tokio::test]
+    async fn prepared_transactions_survive_a_restart_in_doubt() {
+        let dir = tempfile::tempdir().unwrap();
+        let def = table();
+        let key = |k: i64| def.encode_key(&[Datum::Int8(k), Datum::Int8(0)]);
+        {
+            let s = LocalShardService::open(dir.path(), &StoreOptions::default()).unwrap();
+            s.create_table(&def).await.unwrap();
+            s.write(7, insert(1)).await.unwrap();
+            s.prepare(7).await.unwrap();
+            s.write(8, insert(2)).await.unwrap();
+            s.prepare(8).await.unwrap();
+            assert_eq!(s.prepared().await.unwrap(), vec![7, 8]);
+        }
+        let s = LocalShardService::open(dir.path(), &StoreOptions::default()).unwrap();
+        assert_eq!(s.prepared().await.unwrap(), vec![7, 8]);
+        assert_eq!(
+            s.get(9, 16384, &[key(1)], false, None).await.unwrap(),
+            vec![None]
+        );
+        // the in-doubt transaction still holds its row lock
+        let err = s.write(9, insert(1)).await.unwrap_err();
+        assert_eq!(err.state, SqlState::LockNotAvailable);
+        s.abort(9).await;
+
+        s.commit_prepared(7).await.unwrap();
+        s.abort_prepared(8).await.unwrap();
+        // idempotent: a repeated decision is not an error
+        s.commit_prepared(7).await.unwrap();
+        assert!(s.prepared().await.unwrap().is_empty());
+        let rows = s
+            .get(10, 16384, &[key(1), key(2)], false, None)
+            .await
+            .unwrap();
+        assert_eq!(rows[0], Some(vec![Datum::Int8(1), Datum::Int8(10)]));
+        assert_eq!(rows[1], None);
+        // the locks are gone with the decisions
+        s.write(10, insert(2)).await.unwrap();
+        s.commit(10).await.unwrap();
+        drop(s);
+        let s = LocalShardService::open(dir.path(), &StoreOptions::default()).unwrap();
+        assert!(s.prepared().await.unwrap().is_empty());
+    }
 }

@@ -180,6 +180,8 @@ pub struct RowStore {
     db: sled::Db,
     /// Undo records of chunked commits in progress (see [`RowStore::apply`]).
     undo: sled::Tree,
+    /// Write sets of prepared transactions (two-phase commit), by transaction id.
+    prepared: sled::Tree,
     meta: sled::Tree,
     tables: RwLock<HashMap<TableId, Arc<TableEntry>>>,
 }
@@ -198,9 +200,11 @@ impl RowStore {
             .map_err(open_err)?;
         let meta = db.open_tree("meta").map_err(open_err)?;
         let undo = db.open_tree("undo").map_err(open_err)?;
+        let prepared = db.open_tree("prepared").map_err(open_err)?;
         let store = RowStore {
             db,
             undo,
+            prepared,
             meta,
             tables: RwLock::new(HashMap::new()),
         };
@@ -444,6 +448,33 @@ impl RowStore {
             .into(),
             TransactionError::Abort(()) => DbError::internal("row store transaction aborted"),
         })
+    }
+
+    /// Records a prepared transaction's changes (durable after the next [`RowStore::flush`]).
+    pub fn save_prepared(&self, txn: u64, changes: &[Change]) -> DbResult<()> {
+        self.prepared
+            .insert(txn.to_be_bytes(), encode_undo(changes))
+            .map_err(|source| StoreError::Io { table: 0, source })?;
+        Ok(())
+    }
+
+    /// Forgets a prepared transaction (committed or aborted).
+    pub fn remove_prepared(&self, txn: u64) -> DbResult<()> {
+        self.prepared
+            .remove(txn.to_be_bytes())
+            .map_err(|source| StoreError::Io { table: 0, source })?;
+        Ok(())
+    }
+
+    /// The prepared transactions recorded here, with their changes.
+    pub fn load_prepared(&self) -> DbResult<Vec<(u64, Vec<Change>)>> {
+        let mut out = Vec::new();
+        for item in self.prepared.iter() {
+            let (k, v) = item.map_err(|source| StoreError::Io { table: 0, source })?;
+            let txn = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| StoreError::Undo)?);
+            out.push((txn, decode_undo(&v).ok_or(StoreError::Undo)?));
+        }
+        Ok(out)
     }
 
     /// Makes every applied change durable (fsync).

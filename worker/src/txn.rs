@@ -170,6 +170,17 @@ impl LockTable {
         }
     }
 
+    /// Takes a lock nobody can hold yet (recovery of prepared transactions at start-up).
+    pub fn take(&self, txn: TxnId, key: LockKey) {
+        self.inner.lock().locks.insert(
+            key,
+            LockEntry {
+                owner: txn,
+                released: Arc::new(Notify::new()),
+            },
+        );
+    }
+
     /// Releases the given locks held by `txn` and wakes their waiters.
     pub fn release_all(&self, txn: TxnId, keys: &[LockKey]) {
         let mut inner = self.inner.lock();

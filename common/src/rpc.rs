@@ -1,0 +1,143 @@
+//! The worker protocol: what travels between a coordinator and a worker daemon over Arrow
+//! Flight. Every [`ShardService`](crate::service::ShardService) call except `scan` is a Flight
+//! `DoAction` whose body is a JSON [`Call`] and whose one result is a JSON [`Reply`]; a scan is a
+//! `DoGet` whose ticket is a JSON [`ScanTicket`] and whose answer is the Arrow IPC stream of the
+//! batches. Errors travel as a gRPC status whose message is a JSON [`WireError`], so the
+//! SQLSTATE a worker chose reaches the client unchanged.
+//!
+//! JSON keeps the protocol readable and versionable while it settles; rows are small in row
+//! operations, and bulk data (scans) is Arrow IPC already.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{DbError, SqlState};
+use crate::schema::{ShardIndex, TableDef, TableId};
+use crate::service::{Row, ScanRequest, TxnId, WriteRequest, WriteResponse};
+
+/// Bumped on any incompatible change; a coordinator refuses a worker that speaks another one.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The `DoAction` type every call uses.
+pub const ACTION: &str = "orochi.call";
+
+/// One call to a worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Call {
+    /// Who are you: the worker answers [`Reply::Hello`].
+    Hello,
+    CreateTable {
+        table: TableDef,
+    },
+    AlterTable {
+        table: TableDef,
+    },
+    DropTable {
+        table: TableId,
+    },
+    Truncate {
+        table: TableId,
+    },
+    Get {
+        txn: TxnId,
+        table: TableId,
+        keys: Vec<Vec<u8>>,
+        lock: bool,
+        lock_timeout_ms: Option<u64>,
+    },
+    Write {
+        txn: TxnId,
+        req: WriteRequest,
+    },
+    Commit {
+        txn: TxnId,
+    },
+    Abort {
+        txn: TxnId,
+    },
+    Savepoint {
+        txn: TxnId,
+    },
+    RollbackTo {
+        txn: TxnId,
+        savepoint: u64,
+    },
+    ShardStats {
+        table: TableId,
+    },
+    /// Two-phase commit, phase one: make the write set durable and keep its locks.
+    Prepare {
+        txn: TxnId,
+    },
+    /// Phase two of a prepared transaction.
+    CommitPrepared {
+        txn: TxnId,
+    },
+    AbortPrepared {
+        txn: TxnId,
+    },
+    /// The prepared transactions awaiting a decision (after a restart: in doubt).
+    ListPrepared,
+}
+
+/// A worker's answer to a [`Call`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Reply {
+    Hello { protocol: u32, version: String },
+    Done,
+    Rows(Vec<Option<Row>>),
+    Written(WriteResponse),
+    Savepoint(u64),
+    Stats(Vec<(ShardIndex, u64, u64)>),
+    Prepared(Vec<TxnId>),
+}
+
+/// The ticket of a scan (`DoGet`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScanTicket {
+    pub txn: TxnId,
+    pub req: ScanRequest,
+}
+
+/// A [`DbError`] on the wire.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireError {
+    pub sqlstate: String,
+    pub message: String,
+    pub detail: Option<String>,
+    pub context: Option<String>,
+}
+
+impl From<&DbError> for WireError {
+    fn from(e: &DbError) -> Self {
+        WireError {
+            sqlstate: e.state.code().to_string(),
+            message: e.message.clone(),
+            detail: e.detail.clone(),
+            context: e.context.clone(),
+        }
+    }
+}
+
+impl From<WireError> for DbError {
+    fn from(w: WireError) -> Self {
+        DbError {
+            state: SqlState::from_code(&w.sqlstate).unwrap_or(SqlState::InternalError),
+            message: w.message,
+            detail: w.detail,
+            context: w.context,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_keep_their_sqlstate_across_the_wire() {
+        let e = DbError::new(SqlState::UniqueViolation, "duplicate key").with_detail("Key (k)=(1)");
+        let json = serde_json::to_string(&WireError::from(&e)).unwrap();
+        let back: DbError = serde_json::from_str::<WireError>(&json).unwrap().into();
+        assert_eq!(back, e);
+    }
+}

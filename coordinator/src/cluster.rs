@@ -1,0 +1,715 @@
+//! Cluster mode: the shard service is a set of worker daemons reached over Arrow Flight.
+//!
+//! - [`RemoteWorker`]: one worker, a [`ShardService`] call per Flight request (protocol:
+//!   [`orochi_common::rpc`]).
+//! - [`ClusterShardService`]: the [`ShardService`] the rest of the coordinator sees. It places
+//!   shard *i* of every table on worker *i mod N* (so co-located tables keep shard *i*
+//!   together), routes row operations by the key's shard, splits scans per worker, and commits
+//!   a transaction that wrote on several workers with two-phase commit: every participant
+//!   prepares (its write set durable, its locks kept), the commit decision is made durable in
+//!   the catalog, then each applies. A coordinator restart resolves what a crash left prepared
+//!   ([`ClusterShardService::recover`]): commit where a decision exists, abort otherwise.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_flight::Action;
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_client::FlightServiceClient;
+use async_trait::async_trait;
+use futures::{StreamExt, TryStreamExt};
+use orochi_common::error::{DbError, DbResult, SqlState};
+use orochi_common::keycodec;
+use orochi_common::rpc::{ACTION, Call, PROTOCOL_VERSION, Reply, ScanTicket, WireError};
+use orochi_common::schema::{ShardIndex, TableDef, TableId};
+use orochi_common::service::{
+    BatchStream, Row, ScanRequest, ShardService, TxnId, WriteOp, WriteRequest, WriteResponse,
+};
+use orochi_common::types::SqlType;
+use parking_lot::{Mutex, RwLock};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::catalog::Catalog;
+
+/// How long connecting to a worker may take before its statements fail.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// HTTP/2 pings find a dead worker under an idle or blocked stream.
+const KEEPALIVE: Duration = Duration::from_secs(2);
+
+/// One worker daemon.
+#[derive(Clone)]
+pub struct RemoteWorker {
+    pub address: String,
+    client: FlightServiceClient<Channel>,
+}
+
+impl std::fmt::Debug for RemoteWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteWorker")
+            .field("address", &self.address)
+            .finish()
+    }
+}
+
+impl RemoteWorker {
+    /// A handle that connects on first use (and reconnects after the worker restarts).
+    pub fn new(address: &str) -> DbResult<RemoteWorker> {
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| {
+                DbError::new(
+                    SqlState::InvalidParameterValue,
+                    format!("invalid worker address \"{address}\": {e}"),
+                )
+            })?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(KEEPALIVE)
+            .keep_alive_timeout(KEEPALIVE)
+            .keep_alive_while_idle(true);
+        let client = FlightServiceClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(256 << 20)
+            .max_encoding_message_size(256 << 20);
+        Ok(RemoteWorker {
+            address: address.to_string(),
+            client,
+        })
+    }
+
+    /// The error a failed request stands for: the worker's own (with its SQLSTATE), or a
+    /// connection failure naming the worker.
+    fn error(&self, status: &tonic::Status) -> DbError {
+        if let Ok(w) = serde_json::from_str::<WireError>(status.message()) {
+            return w.into();
+        }
+        DbError::new(
+            SqlState::ConnectionFailure,
+            format!(
+                "worker {} is unavailable: {}",
+                self.address,
+                status.message()
+            ),
+        )
+    }
+
+    pub async fn call(&self, call: &Call) -> DbResult<Reply> {
+        let body = serde_json::to_vec(call)
+            .map_err(|e| DbError::internal(format!("encoding a worker call: {e}")))?;
+        let action = Action {
+            r#type: ACTION.into(),
+            body: body.into(),
+        };
+        let mut client = self.client.clone();
+        let mut results = client
+            .do_action(action)
+            .await
+            .map_err(|s| self.error(&s))?
+            .into_inner();
+        let result = results
+            .message()
+            .await
+            .map_err(|s| self.error(&s))?
+            .ok_or_else(|| {
+                DbError::new(
+                    SqlState::ProtocolViolation,
+                    format!("worker {} sent no reply", self.address),
+                )
+            })?;
+        serde_json::from_slice(&result.body).map_err(|e| {
+            DbError::new(
+                SqlState::ProtocolViolation,
+                format!("worker {} sent a malformed reply: {e}", self.address),
+            )
+        })
+    }
+
+    pub async fn scan(&self, txn: TxnId, req: ScanRequest) -> DbResult<BatchStream> {
+        let ticket = serde_json::to_vec(&ScanTicket { txn, req })
+            .map_err(|e| DbError::internal(format!("encoding a scan: {e}")))?;
+        let mut client = self.client.clone();
+        let data = client
+            .do_get(arrow_flight::Ticket {
+                ticket: ticket.into(),
+            })
+            .await
+            .map_err(|s| self.error(&s))?
+            .into_inner()
+            .map_err(|s| FlightError::Tonic(Box::new(s)));
+        let me = self.clone();
+        let batches =
+            FlightRecordBatchStream::new_from_flight_data(data).map_err(move |e| match e {
+                FlightError::Tonic(s) => me.error(&s),
+                other => DbError::new(
+                    SqlState::ProtocolViolation,
+                    format!("worker {}: {other}", me.address),
+                ),
+            });
+        Ok(Box::pin(batches))
+    }
+
+    /// Checks the worker answers and speaks our protocol.
+    pub async fn hello(&self) -> DbResult<String> {
+        match self.call(&Call::Hello).await? {
+            Reply::Hello { protocol, version } if protocol == PROTOCOL_VERSION => Ok(version),
+            Reply::Hello { protocol, .. } => Err(DbError::new(
+                SqlState::ConnectionFailure,
+                format!(
+                    "worker {} speaks protocol {protocol}, this coordinator {PROTOCOL_VERSION}",
+                    self.address
+                ),
+            )),
+            other => Err(unexpected(&self.address, &other)),
+        }
+    }
+}
+
+fn unexpected(address: &str, reply: &Reply) -> DbError {
+    DbError::new(
+        SqlState::ProtocolViolation,
+        format!("worker {address} sent an unexpected reply: {reply:?}"),
+    )
+}
+
+fn expect_done(address: &str, reply: Reply) -> DbResult<()> {
+    match reply {
+        Reply::Done => Ok(()),
+        other => Err(unexpected(address, &other)),
+    }
+}
+
+/// A table's definition with what routing a key needs.
+struct Routed {
+    def: Arc<TableDef>,
+    key_types: Vec<SqlType>,
+}
+
+pub struct ClusterShardService {
+    workers: Vec<RemoteWorker>,
+    catalog: Arc<Catalog>,
+    tables: RwLock<HashMap<TableId, Arc<Routed>>>,
+    /// Per open transaction, the workers holding state for it (writes, locks, savepoints).
+    participants: Mutex<HashMap<TxnId, BTreeSet<usize>>>,
+    /// Per open transaction, its savepoints: each worker's mark, by savepoint id.
+    savepoints: Mutex<HashMap<TxnId, Vec<Vec<u64>>>>,
+}
+
+impl std::fmt::Debug for ClusterShardService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterShardService")
+            .field("workers", &self.workers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterShardService {
+    pub fn new(workers: Vec<RemoteWorker>, catalog: Arc<Catalog>) -> Self {
+        let svc = ClusterShardService {
+            workers,
+            catalog: catalog.clone(),
+            tables: RwLock::new(HashMap::new()),
+            participants: Mutex::new(HashMap::new()),
+            savepoints: Mutex::new(HashMap::new()),
+        };
+        for def in catalog.all_tables() {
+            svc.remember(&def);
+        }
+        svc
+    }
+
+    pub fn workers(&self) -> &[RemoteWorker] {
+        &self.workers
+    }
+
+    /// The worker that owns shard `shard` (of every table).
+    pub fn owner(&self, shard: ShardIndex) -> usize {
+        shard as usize % self.workers.len()
+    }
+
+    fn remember(&self, def: &TableDef) {
+        self.tables.write().insert(
+            def.id,
+            Arc::new(Routed {
+                def: Arc::new(def.clone()),
+                key_types: def.key_types(),
+            }),
+        );
+    }
+
+    fn routed(&self, table: TableId) -> DbResult<Arc<Routed>> {
+        self.tables.read().get(&table).cloned().ok_or_else(|| {
+            DbError::new(
+                SqlState::UndefinedTable,
+                format!("table {table} does not exist"),
+            )
+        })
+    }
+
+    fn shard_of_key(r: &Routed, key: &[u8]) -> DbResult<ShardIndex> {
+        let values = keycodec::decode_key(&r.key_types, key)?;
+        Ok(r.def
+            .shard_of_value(&values[r.def.distribution_key_position()]))
+    }
+
+    fn join(&self, txn: TxnId, worker: usize) {
+        self.participants
+            .lock()
+            .entry(txn)
+            .or_default()
+            .insert(worker);
+    }
+
+    /// The same call on every worker, all at once; the first error wins.
+    async fn broadcast(&self, call: Call) -> DbResult<()> {
+        let calls = self.workers.iter().map(|w| {
+            let call = &call;
+            async move { expect_done(&w.address, w.call(call).await?) }
+        });
+        futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .collect::<DbResult<Vec<()>>>()
+            .map(|_| ())
+    }
+
+    /// Resolves what a crash left prepared on the workers: commit where the catalog holds a
+    /// commit decision, abort otherwise. A worker that cannot be reached is retried in the
+    /// background until it answers.
+    pub async fn recover(self: &Arc<Self>) {
+        let decisions: BTreeSet<TxnId> = self.catalog.commit_decisions().into_iter().collect();
+        let mut all_answered = true;
+        for (i, w) in self.workers.iter().enumerate() {
+            let prepared = match w.call(&Call::ListPrepared).await {
+                Ok(Reply::Prepared(p)) => p,
+                Ok(other) => {
+                    tracing::error!(worker = %w.address, error = %unexpected(&w.address, &other).message, "recovery");
+                    all_answered = false;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(worker = %w.address, error = %e.message, "worker unreachable at start; its in-doubt transactions are resolved when it is back");
+                    all_answered = false;
+                    let me = self.clone();
+                    let decisions = decisions.clone();
+                    tokio::spawn(async move { me.recover_worker_later(i, decisions).await });
+                    continue;
+                }
+            };
+            for txn in prepared {
+                let commit = decisions.contains(&txn);
+                tracing::info!(worker = %w.address, txn, commit, "resolving an in-doubt transaction");
+                self.resolve(i, txn, commit).await;
+            }
+        }
+        if all_answered {
+            for txn in decisions {
+                let _ = self.catalog.remove_commit_decision(txn);
+            }
+        }
+    }
+
+    async fn recover_worker_later(self: Arc<Self>, worker: usize, decisions: BTreeSet<TxnId>) {
+        let w = &self.workers[worker];
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if let Ok(Reply::Prepared(prepared)) = w.call(&Call::ListPrepared).await {
+                for txn in prepared {
+                    self.resolve(worker, txn, decisions.contains(&txn)).await;
+                }
+                return;
+            }
+        }
+    }
+
+    /// Phase two on one worker, retried in the background until the worker takes it.
+    async fn resolve(&self, worker: usize, txn: TxnId, commit: bool) {
+        let call = if commit {
+            Call::CommitPrepared { txn }
+        } else {
+            Call::AbortPrepared { txn }
+        };
+        let w = self.workers[worker].clone();
+        if let Err(e) = w.call(&call).await {
+            tracing::warn!(worker = %w.address, txn, commit, error = %e.message, "phase two failed; retrying in the background");
+            tokio::spawn(retry_until_done(w, call));
+        }
+    }
+
+    /// Two-phase commit over the workers a transaction wrote on (see the module docs).
+    async fn commit_two_phase(&self, txn: TxnId, participants: &[usize]) -> DbResult<()> {
+        let prepares = participants.iter().map(|&w| {
+            let worker = &self.workers[w];
+            async move {
+                let r = worker.call(&Call::Prepare { txn }).await;
+                (w, r.and_then(|r| expect_done(&worker.address, r)))
+            }
+        });
+        let prepared = futures::future::join_all(prepares).await;
+        if let Some(e) = prepared.iter().find_map(|(_, r)| r.as_ref().err()).cloned() {
+            for (w, r) in &prepared {
+                if r.is_err() {
+                    // not prepared there (or the answer was lost): end it either way
+                    let _ = self.workers[*w].call(&Call::Abort { txn }).await;
+                }
+                self.resolve(*w, txn, false).await;
+            }
+            return Err(e);
+        }
+        // the commit point: once this is durable, the transaction is committed
+        self.catalog.put_commit_decision(txn)?;
+        let applies = participants.iter().map(|&w| {
+            let worker = &self.workers[w];
+            async move { (w, worker.call(&Call::CommitPrepared { txn }).await) }
+        });
+        let mut pending = false;
+        for (w, r) in futures::future::join_all(applies).await {
+            if let Err(e) = r {
+                let worker = self.workers[w].clone();
+                tracing::warn!(worker = %worker.address, txn, error = %e.message, "phase two failed; retrying in the background");
+                tokio::spawn(retry_until_done(worker, Call::CommitPrepared { txn }));
+                pending = true;
+            }
+        }
+        if !pending {
+            // a lost removal is harmless: recovery finds nothing prepared for it
+            let _ = self.catalog.remove_commit_decision(txn);
+        }
+        Ok(())
+    }
+}
+
+/// Repeats a phase-two call until the worker takes it (it restarts with the transaction still
+/// prepared, and the call is idempotent).
+async fn retry_until_done(worker: RemoteWorker, call: Call) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        tokio::time::sleep(delay).await;
+        match worker.call(&call).await {
+            Ok(_) => return,
+            Err(e) => {
+                tracing::debug!(worker = %worker.address, error = %e.message, "retrying phase two")
+            }
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[async_trait]
+impl ShardService for ClusterShardService {
+    async fn create_table(&self, table: &TableDef) -> DbResult<()> {
+        self.broadcast(Call::CreateTable {
+            table: table.clone(),
+        })
+        .await?;
+        self.remember(table);
+        Ok(())
+    }
+
+    async fn alter_table(&self, table: &TableDef) -> DbResult<()> {
+        self.broadcast(Call::AlterTable {
+            table: table.clone(),
+        })
+        .await?;
+        self.remember(table);
+        Ok(())
+    }
+
+    async fn drop_table(&self, table: TableId) -> DbResult<()> {
+        self.broadcast(Call::DropTable { table }).await?;
+        self.tables.write().remove(&table);
+        Ok(())
+    }
+
+    async fn truncate(&self, table: TableId) -> DbResult<()> {
+        self.broadcast(Call::Truncate { table }).await
+    }
+
+    async fn get(
+        &self,
+        txn: TxnId,
+        table: TableId,
+        keys: &[Vec<u8>],
+        lock: bool,
+        lock_timeout: Option<Duration>,
+    ) -> DbResult<Vec<Option<Row>>> {
+        let r = self.routed(table)?;
+        // keys per worker, remembering where each answer goes
+        let mut per: HashMap<usize, (Vec<Vec<u8>>, Vec<usize>)> = HashMap::new();
+        for (i, k) in keys.iter().enumerate() {
+            let w = self.owner(Self::shard_of_key(&r, k)?);
+            let e = per.entry(w).or_default();
+            e.0.push(k.clone());
+            e.1.push(i);
+        }
+        let mut out = vec![None; keys.len()];
+        for (w, (keys, slots)) in per {
+            if lock {
+                self.join(txn, w);
+            }
+            let worker = &self.workers[w];
+            let reply = worker
+                .call(&Call::Get {
+                    txn,
+                    table,
+                    keys,
+                    lock,
+                    lock_timeout_ms: lock_timeout.map(|d| d.as_millis() as u64),
+                })
+                .await?;
+            let Reply::Rows(rows) = reply else {
+                return Err(unexpected(&worker.address, &reply));
+            };
+            if rows.len() != slots.len() {
+                return Err(DbError::new(
+                    SqlState::ProtocolViolation,
+                    format!(
+                        "worker {} answered the wrong number of rows",
+                        worker.address
+                    ),
+                ));
+            }
+            for (row, slot) in rows.into_iter().zip(slots) {
+                out[slot] = row;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn scan(&self, txn: TxnId, req: ScanRequest) -> DbResult<BatchStream> {
+        let r = self.routed(req.table)?;
+        let mut per: Vec<ScanRequest> = (0..self.workers.len())
+            .map(|_| ScanRequest {
+                shards: Vec::new(),
+                keys: req.keys.as_ref().map(|_| Vec::new()),
+                ..req.clone()
+            })
+            .collect();
+        match &req.keys {
+            Some(keys) => {
+                for k in keys {
+                    let w = self.owner(Self::shard_of_key(&r, k)?);
+                    per[w].keys.as_mut().expect("set above").push(k.clone());
+                }
+            }
+            None => {
+                for &s in &req.shards {
+                    per[self.owner(s)].shards.push(s);
+                }
+            }
+        }
+        let mut streams = Vec::new();
+        for (w, sub) in per.into_iter().enumerate() {
+            let empty = match &sub.keys {
+                Some(k) => k.is_empty(),
+                None => sub.shards.is_empty(),
+            };
+            if !empty {
+                streams.push(self.workers[w].scan(txn, sub).await?);
+            }
+        }
+        // every worker's scan runs at once; the pushed-down LIMIT holds for the merge
+        let merged = futures::stream::select_all(streams);
+        let Some(limit) = req.limit else {
+            return Ok(Box::pin(merged));
+        };
+        let limited = merged
+            .scan(limit, |left, batch| {
+                let out = match batch {
+                    Ok(_) if *left == 0 => None,
+                    Ok(b) => {
+                        let n = b.num_rows().min(*left);
+                        *left -= n;
+                        Some(Ok(b.slice(0, n)))
+                    }
+                    Err(e) => Some(Err(e)),
+                };
+                futures::future::ready(out)
+            })
+            .boxed();
+        Ok(limited)
+    }
+
+    async fn write(&self, txn: TxnId, req: WriteRequest) -> DbResult<WriteResponse> {
+        let r = self.routed(req.table)?;
+        let def = &r.def;
+        // ops per worker in statement order; an UPDATE that moves a row to another worker's
+        // shard becomes a delete there and an insert here
+        let mut per: Vec<(Vec<WriteOp>, Vec<usize>)> = (0..self.workers.len())
+            .map(|_| Default::default())
+            .collect();
+        let n = req.ops.len();
+        for (i, op) in req.ops.into_iter().enumerate() {
+            match op {
+                WriteOp::Update { old_key, row } => {
+                    let from = self.owner(Self::shard_of_key(&r, &old_key)?);
+                    let to = self.owner(def.shard_of_row(&row));
+                    if from == to {
+                        per[to].0.push(WriteOp::Update { old_key, row });
+                        per[to].1.push(i);
+                    } else {
+                        per[from].0.push(WriteOp::Delete { key: old_key });
+                        per[from].1.push(usize::MAX);
+                        per[to].0.push(WriteOp::Insert { row });
+                        per[to].1.push(i);
+                    }
+                }
+                WriteOp::Delete { key } => {
+                    let w = self.owner(Self::shard_of_key(&r, &key)?);
+                    per[w].0.push(WriteOp::Delete { key });
+                    per[w].1.push(i);
+                }
+                WriteOp::Insert { row } => {
+                    let w = self.owner(def.shard_of_row(&row));
+                    per[w].0.push(WriteOp::Insert { row });
+                    per[w].1.push(i);
+                }
+                WriteOp::InsertIgnore { row } => {
+                    let w = self.owner(def.shard_of_row(&row));
+                    per[w].0.push(WriteOp::InsertIgnore { row });
+                    per[w].1.push(i);
+                }
+            }
+        }
+        let mut applied = vec![true; n];
+        for (w, (ops, slots)) in per.into_iter().enumerate() {
+            if ops.is_empty() {
+                continue;
+            }
+            self.join(txn, w);
+            let worker = &self.workers[w];
+            let reply = worker
+                .call(&Call::Write {
+                    txn,
+                    req: WriteRequest {
+                        table: req.table,
+                        ops,
+                        lock_timeout: req.lock_timeout,
+                    },
+                })
+                .await?;
+            let Reply::Written(resp) = reply else {
+                return Err(unexpected(&worker.address, &reply));
+            };
+            for (ok, slot) in resp.applied.into_iter().zip(slots) {
+                if slot != usize::MAX {
+                    applied[slot] = ok;
+                }
+            }
+        }
+        Ok(WriteResponse { applied })
+    }
+
+    async fn commit(&self, txn: TxnId) -> DbResult<()> {
+        self.savepoints.lock().remove(&txn);
+        let participants: Vec<usize> = self
+            .participants
+            .lock()
+            .remove(&txn)
+            .map(|s| s.into_iter().collect())
+            .unwrap_or_default();
+        match participants.as_slice() {
+            [] => Ok(()),
+            [w] => {
+                let worker = &self.workers[*w];
+                expect_done(&worker.address, worker.call(&Call::Commit { txn }).await?)
+            }
+            _ => self.commit_two_phase(txn, &participants).await,
+        }
+    }
+
+    async fn abort(&self, txn: TxnId) {
+        self.savepoints.lock().remove(&txn);
+        let participants = self.participants.lock().remove(&txn).unwrap_or_default();
+        let calls = participants.into_iter().map(|w| {
+            let worker = &self.workers[w];
+            async move {
+                if let Err(e) = worker.call(&Call::Abort { txn }).await {
+                    // the worker went away: its transactions went with it
+                    tracing::warn!(worker = %worker.address, txn, error = %e.message, "abort");
+                }
+            }
+        });
+        futures::future::join_all(calls).await;
+    }
+
+    async fn prepare(&self, _txn: TxnId) -> DbResult<()> {
+        Err(DbError::new(
+            SqlState::FeatureNotSupported,
+            "PREPARE TRANSACTION is not supported",
+        ))
+    }
+
+    async fn commit_prepared(&self, _txn: TxnId) -> DbResult<()> {
+        Err(DbError::new(
+            SqlState::FeatureNotSupported,
+            "COMMIT PREPARED is not supported",
+        ))
+    }
+
+    async fn abort_prepared(&self, _txn: TxnId) -> DbResult<()> {
+        Err(DbError::new(
+            SqlState::FeatureNotSupported,
+            "ROLLBACK PREPARED is not supported",
+        ))
+    }
+
+    async fn prepared(&self) -> DbResult<Vec<TxnId>> {
+        Ok(Vec::new())
+    }
+
+    async fn savepoint(&self, txn: TxnId) -> DbResult<u64> {
+        // every worker marks its write set (one that joins later must still roll back), and
+        // the coordinator's savepoint id indexes the marks
+        let mut marks = Vec::with_capacity(self.workers.len());
+        for (w, worker) in self.workers.iter().enumerate() {
+            self.join(txn, w);
+            match worker.call(&Call::Savepoint { txn }).await? {
+                Reply::Savepoint(m) => marks.push(m),
+                other => return Err(unexpected(&worker.address, &other)),
+            }
+        }
+        let mut saved = self.savepoints.lock();
+        let list = saved.entry(txn).or_default();
+        list.push(marks);
+        Ok(list.len() as u64 - 1)
+    }
+
+    async fn rollback_to(&self, txn: TxnId, savepoint: u64) -> DbResult<()> {
+        let marks = self
+            .savepoints
+            .lock()
+            .get(&txn)
+            .and_then(|l| l.get(savepoint as usize).cloned())
+            .ok_or_else(|| {
+                DbError::internal(format!(
+                    "unknown savepoint {savepoint} of transaction {txn}"
+                ))
+            })?;
+        for (worker, mark) in self.workers.iter().zip(marks) {
+            expect_done(
+                &worker.address,
+                worker
+                    .call(&Call::RollbackTo {
+                        txn,
+                        savepoint: mark,
+                    })
+                    .await?,
+            )?;
+        }
+        Ok(())
+    }
+
+    async fn shard_stats(&self, table: TableId) -> DbResult<Vec<(ShardIndex, u64, u64)>> {
+        let mut out = Vec::new();
+        for (w, worker) in self.workers.iter().enumerate() {
+            match worker.call(&Call::ShardStats { table }).await? {
+                Reply::Stats(stats) => {
+                    out.extend(stats.into_iter().filter(|(s, _, _)| self.owner(*s) == w))
+                }
+                other => return Err(unexpected(&worker.address, &other)),
+            }
+        }
+        out.sort_by_key(|(s, _, _)| *s);
+        Ok(out)
+    }
+}

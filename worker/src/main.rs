@@ -1,0 +1,126 @@
+//! `orochi-worker`: a worker daemon. It owns shards in its data directory and serves them to
+//! coordinators over Arrow Flight (gRPC).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use arrow_flight::flight_service_server::FlightServiceServer;
+use clap::Parser;
+use orochi_worker::LocalShardService;
+use orochi_worker::flight::WorkerFlight;
+use orochi_worker::service::StoreOptions;
+
+/// See the coordinator: mimalloc returns freed pages to the OS.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "orochi-worker",
+    version,
+    about = "OrochiDB worker (owns shards, serves coordinators over Arrow Flight)"
+)]
+struct Args {
+    /// Address to listen on for coordinators [default: 127.0.0.1:5433]
+    #[arg(long, env = "OROCHI_WORKER_LISTEN")]
+    listen: Option<String>,
+    /// Data directory [default: ./orochi-worker-data]
+    #[arg(long, env = "OROCHI_WORKER_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// TOML configuration file
+    #[arg(long, env = "OROCHI_WORKER_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+/// The worker's configuration file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkerConfig {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    /// Row store page cache, in bytes [default: 256 MiB].
+    row_cache_bytes: Option<u64>,
+    /// What the write sets of all open transactions may hold together [default: 512 MiB].
+    write_set_limit_bytes: Option<u64>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    std::panic::set_hook(Box::new(|info| {
+        let backtrace = std::backtrace::Backtrace::capture();
+        tracing::error!(panic = %info, %backtrace, "panic");
+    }));
+    let config: WorkerConfig = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+        }
+        None => WorkerConfig::default(),
+    };
+    let listen = args
+        .listen
+        .or(config.listen.clone())
+        .unwrap_or_else(|| "127.0.0.1:5433".into());
+    let data_dir = args
+        .data_dir
+        .or(config.data_dir.clone())
+        .unwrap_or_else(|| "./orochi-worker-data".into());
+    let defaults = StoreOptions::default();
+    let store = StoreOptions {
+        cache_bytes: config.row_cache_bytes.unwrap_or(defaults.cache_bytes),
+        write_set_limit_bytes: config
+            .write_set_limit_bytes
+            .unwrap_or(defaults.write_set_limit_bytes),
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("orochi-worker")
+        .build()?
+        .block_on(run(listen, data_dir, store))
+}
+
+async fn run(listen: String, data_dir: PathBuf, store: StoreOptions) -> anyhow::Result<()> {
+    let _lock = orochi_worker::datadir::lock(&data_dir)?;
+    let service = LocalShardService::open(&data_dir.join("worker"), &store)
+        .map_err(|e| anyhow::anyhow!("opening row store: {}", e.message))?;
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let address = listener.local_addr()?;
+    // like the coordinator's: who serves this directory and where (tests read the port)
+    let pid_file = data_dir.join("orochi.pid");
+    std::fs::write(&pid_file, format!("{}\n{address}\n", std::process::id()))
+        .with_context(|| format!("writing {}", pid_file.display()))?;
+    tracing::info!(%address, version = env!("CARGO_PKG_VERSION"), "OrochiDB worker ready");
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+        }
+    };
+    let flight = FlightServiceServer::new(WorkerFlight::new(Arc::new(service)))
+        .max_decoding_message_size(256 << 20);
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(5)))
+        .add_service(flight)
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
+        .await
+        .context("serving Flight")?;
+    let _ = std::fs::remove_file(&pid_file);
+    tracing::info!("shut down cleanly");
+    Ok(())
+}
