@@ -81,6 +81,16 @@ impl ScanRequest {
     }
 }
 
+/// One shard owner as the coordinator sees it (`orochi_cluster_status()`).
+#[derive(Debug, Clone)]
+pub struct NodeStatus {
+    /// `host:port` of a worker daemon; `embedded` for standalone's in-process worker.
+    pub address: String,
+    pub up: bool,
+    /// When it last answered (microseconds since the Unix epoch); `None`: never.
+    pub last_contact_micros: Option<i64>,
+}
+
 #[async_trait]
 pub trait ShardService: Send + Sync + std::fmt::Debug {
     /// Creates (or re-defines, after ALTER TABLE) a table's shards owned by this worker.
@@ -137,4 +147,9 @@ pub trait ShardService: Send + Sync + std::fmt::Debug {
 
     /// Row count and approximate bytes per shard of a table.
     async fn shard_stats(&self, table: TableId) -> DbResult<Vec<(ShardIndex, u64, u64)>>;
+
+    /// The shard owners, checked now (a worker that does not answer within a second is down).
+    async fn nodes(&self) -> Vec<NodeStatus>;
+    /// Which of [`ShardService::nodes`] owns shard `shard` (of every table).
+    fn owner_of(&self, shard: ShardIndex) -> usize;
 }

@@ -25,7 +25,8 @@ use orochi_common::keycodec;
 use orochi_common::rpc::{ACTION, Call, PROTOCOL_VERSION, Reply, ScanTicket, WireError};
 use orochi_common::schema::{ShardIndex, TableDef, TableId};
 use orochi_common::service::{
-    BatchStream, Row, ScanRequest, ShardService, TxnId, WriteOp, WriteRequest, WriteResponse,
+    BatchStream, NodeStatus, Row, ScanRequest, ShardService, TxnId, WriteOp, WriteRequest,
+    WriteResponse,
 };
 use orochi_common::types::SqlType;
 use parking_lot::{Mutex, RwLock};
@@ -43,6 +44,8 @@ const KEEPALIVE: Duration = Duration::from_secs(2);
 pub struct RemoteWorker {
     pub address: String,
     client: FlightServiceClient<Channel>,
+    /// When the worker last answered a call (µs since the epoch; 0: never).
+    last_contact: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl std::fmt::Debug for RemoteWorker {
@@ -74,6 +77,7 @@ impl RemoteWorker {
         Ok(RemoteWorker {
             address: address.to_string(),
             client,
+            last_contact: Default::default(),
         })
     }
 
@@ -116,6 +120,7 @@ impl RemoteWorker {
                     format!("worker {} sent no reply", self.address),
                 )
             })?;
+        self.touch();
         serde_json::from_slice(&result.body).map_err(|e| {
             DbError::new(
                 SqlState::ProtocolViolation,
@@ -146,6 +151,18 @@ impl RemoteWorker {
                 ),
             });
         Ok(Box::pin(batches))
+    }
+
+    fn touch(&self) {
+        self.last_contact.store(
+            chrono::Utc::now().timestamp_micros(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// When the worker last answered.
+    pub fn last_contact_micros(&self) -> Option<i64> {
+        Some(self.last_contact.load(std::sync::atomic::Ordering::Relaxed)).filter(|&t| t > 0)
     }
 
     /// Checks the worker answers and speaks our protocol.
@@ -697,6 +714,25 @@ impl ShardService for ClusterShardService {
             )?;
         }
         Ok(())
+    }
+
+    async fn nodes(&self) -> Vec<NodeStatus> {
+        let checks = self.workers.iter().map(|w| async move {
+            let up = matches!(
+                tokio::time::timeout(Duration::from_secs(1), w.hello()).await,
+                Ok(Ok(_))
+            );
+            NodeStatus {
+                address: w.address.clone(),
+                up,
+                last_contact_micros: w.last_contact_micros(),
+            }
+        });
+        futures::future::join_all(checks).await
+    }
+
+    fn owner_of(&self, shard: ShardIndex) -> usize {
+        self.owner(shard)
     }
 
     async fn shard_stats(&self, table: TableId) -> DbResult<Vec<(ShardIndex, u64, u64)>> {

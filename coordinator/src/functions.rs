@@ -8,6 +8,7 @@
 //! ([`strip_pg_catalog_qualifier`]). `has_table_privilege`/`has_schema_privilege` are in
 //! [`privileges`], the relation size functions in [`sizes`].
 
+pub mod cluster;
 mod privileges;
 pub mod sizes;
 

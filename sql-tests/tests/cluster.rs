@@ -51,9 +51,64 @@ async fn rows_live_on_both_workers_and_a_dead_worker_fails_fast() {
     let c = cluster.coordinator.connect().await;
     let on0 = key_on_worker(&c, 0).await;
     let on1 = key_on_worker(&c, 1).await;
+    let addresses: Vec<String> = cluster
+        .workers
+        .iter()
+        .map(|w| format!("127.0.0.1:{}", w.port))
+        .collect();
+
+    // the shards are spread: 16 per worker, and both hold rows
+    let split: Vec<(String, i64, i64)> = c
+        .query(
+            "SELECT worker, count(*), sum(row_count)::bigint FROM orochi_shard_distribution() \
+             WHERE table_name = 'public.t' GROUP BY worker ORDER BY worker",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let mut expected = addresses.clone();
+    expected.sort();
+    assert_eq!(
+        split.iter().map(|s| s.0.clone()).collect::<Vec<_>>(),
+        expected
+    );
+    assert!(split.iter().all(|s| s.1 == 16 && s.2 > 0), "{split:?}");
+    assert_eq!(split.iter().map(|s| s.2).sum::<i64>(), 200);
+    let status: Vec<(String, String, i32)> = c
+        .query(
+            "SELECT address, state, shard_count FROM orochi_cluster_status() \
+             WHERE role = 'worker' ORDER BY node_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        status,
+        vec![
+            (addresses[0].clone(), "up".to_string(), 16),
+            (addresses[1].clone(), "up".to_string(), 16)
+        ]
+    );
 
     cluster.workers[1].kill();
     let down = format!("127.0.0.1:{}", cluster.workers[1].port);
+    let states: Vec<String> = c
+        .query(
+            "SELECT state FROM orochi_cluster_status() WHERE role = 'worker' ORDER BY node_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(states, vec!["up", "down"]);
 
     // a statement that needs worker 1 fails within seconds, naming it
     let started = Instant::now();

@@ -586,6 +586,18 @@ impl ShardService for LocalShardService {
         Ok(())
     }
 
+    async fn nodes(&self) -> Vec<orochi_common::service::NodeStatus> {
+        vec![orochi_common::service::NodeStatus {
+            address: "embedded".into(),
+            up: true,
+            last_contact_micros: Some(chrono::Utc::now().timestamp_micros()),
+        }]
+    }
+
+    fn owner_of(&self, _shard: ShardIndex) -> usize {
+        0
+    }
+
     async fn shard_stats(&self, table: TableId) -> DbResult<Vec<(ShardIndex, u64, u64)>> {
         let entry = self.store.table(table)?;
         tokio::task::spawn_blocking(move || {

@@ -197,7 +197,16 @@ impl QueryParser for OrochiQueryParser {
         let Some(stmt) = stmts.pop() else {
             return Ok(None);
         };
-        let session = self.session.lock().await;
+        let mut session = self.session.lock().await;
+        if let Statement::Query(q) = &stmt {
+            // functions whose rows are gathered before planning (see their modules)
+            crate::functions::sizes::prepare(&mut session, q)
+                .await
+                .map_err(|e| to_pgwire(&e, None))?;
+            crate::functions::cluster::prepare(&mut session, q)
+                .await
+                .map_err(|e| to_pgwire(&e, None))?;
+        }
         let (inferred, schema) = describe(&session, &stmt).map_err(|e| to_pgwire(&e, None))?;
         let n = inferred.len().max(types.len());
         let param_types = (0..n)
