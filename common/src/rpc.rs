@@ -20,6 +20,11 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// The `DoAction` type every call uses.
 pub const ACTION: &str = "orochi.call";
 
+/// Response metadata with the worker's boot id: a random number drawn when the worker starts.
+/// A coordinator that sees it change during a transaction knows the worker lost that
+/// transaction's writes.
+pub const BOOT_HEADER: &str = "x-orochi-boot";
+
 /// One call to a worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Call {
@@ -77,6 +82,9 @@ pub enum Call {
     },
     /// The prepared transactions awaiting a decision (after a restart: in doubt).
     ListPrepared,
+    /// Ends every open transaction that is not prepared: the (one) coordinator restarted, so
+    /// the sessions they belonged to are gone, and their row locks must go too.
+    AbortOpen,
 }
 
 /// A worker's answer to a [`Call`].

@@ -10,7 +10,7 @@
 //!   the catalog, then each applies. A coordinator restart resolves what a crash left prepared
 //!   ([`ClusterShardService::recover`]): commit where a decision exists, abort otherwise.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +22,9 @@ use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
 use orochi_common::error::{DbError, DbResult, SqlState};
 use orochi_common::keycodec;
-use orochi_common::rpc::{ACTION, Call, PROTOCOL_VERSION, Reply, ScanTicket, WireError};
+use orochi_common::rpc::{
+    ACTION, BOOT_HEADER, Call, PROTOCOL_VERSION, Reply, ScanTicket, WireError,
+};
 use orochi_common::schema::{ShardIndex, TableDef, TableId};
 use orochi_common::service::{
     BatchStream, NodeStatus, Row, ScanRequest, ShardService, TxnId, WriteOp, WriteRequest,
@@ -98,6 +100,12 @@ impl RemoteWorker {
     }
 
     pub async fn call(&self, call: &Call) -> DbResult<Reply> {
+        self.call_with_boot(call).await.map(|(r, _)| r)
+    }
+
+    /// A call, and the worker's boot id (it changes when the worker restarts, which loses
+    /// the write sets of its open transactions).
+    pub async fn call_with_boot(&self, call: &Call) -> DbResult<(Reply, Option<u64>)> {
         let body = serde_json::to_vec(call)
             .map_err(|e| DbError::internal(format!("encoding a worker call: {e}")))?;
         let action = Action {
@@ -105,11 +113,12 @@ impl RemoteWorker {
             body: body.into(),
         };
         let mut client = self.client.clone();
-        let mut results = client
-            .do_action(action)
-            .await
-            .map_err(|s| self.error(&s))?
-            .into_inner();
+        let response = client.do_action(action).await.map_err(|s| self.error(&s))?;
+        let boot = response
+            .metadata()
+            .get(BOOT_HEADER)
+            .and_then(|v| v.to_str().ok()?.parse().ok());
+        let mut results = response.into_inner();
         let result = results
             .message()
             .await
@@ -121,12 +130,13 @@ impl RemoteWorker {
                 )
             })?;
         self.touch();
-        serde_json::from_slice(&result.body).map_err(|e| {
+        let reply = serde_json::from_slice(&result.body).map_err(|e| {
             DbError::new(
                 SqlState::ProtocolViolation,
                 format!("worker {} sent a malformed reply: {e}", self.address),
             )
-        })
+        })?;
+        Ok((reply, boot))
     }
 
     pub async fn scan(&self, txn: TxnId, req: ScanRequest) -> DbResult<BatchStream> {
@@ -181,6 +191,24 @@ impl RemoteWorker {
     }
 }
 
+/// Records the first boot id seen for a participant, and fails if a later one differs.
+fn check_boot(address: &str, seen: &mut Option<u64>, boot: Option<u64>) -> DbResult<()> {
+    match (*seen, boot) {
+        (Some(a), Some(b)) if a != b => Err(DbError::new(
+            SqlState::SerializationFailure,
+            format!(
+                "worker {address} restarted during this transaction and lost its writes there; \
+                 the transaction was rolled back"
+            ),
+        )),
+        (None, b) => {
+            *seen = b;
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
 fn unexpected(address: &str, reply: &Reply) -> DbError {
     DbError::new(
         SqlState::ProtocolViolation,
@@ -205,8 +233,9 @@ pub struct ClusterShardService {
     workers: Vec<RemoteWorker>,
     catalog: Arc<Catalog>,
     tables: RwLock<HashMap<TableId, Arc<Routed>>>,
-    /// Per open transaction, the workers holding state for it (writes, locks, savepoints).
-    participants: Mutex<HashMap<TxnId, BTreeSet<usize>>>,
+    /// Per open transaction, the workers holding state for it (writes, locks, savepoints),
+    /// with the boot id each had when the transaction first reached it.
+    participants: Mutex<HashMap<TxnId, BTreeMap<usize, Option<u64>>>>,
     /// Per open transaction, its savepoints: each worker's mark, by savepoint id.
     savepoints: Mutex<HashMap<TxnId, Vec<Vec<u64>>>>,
 }
@@ -268,12 +297,22 @@ impl ClusterShardService {
             .shard_of_value(&values[r.def.distribution_key_position()]))
     }
 
-    fn join(&self, txn: TxnId, worker: usize) {
+    /// A call that creates or uses `txn`'s state on worker `w`. A worker that restarted since
+    /// the transaction first reached it lost the transaction's writes there: the call fails
+    /// (and the session rolls the transaction back) instead of committing what is left.
+    async fn txn_call(&self, txn: TxnId, w: usize, call: &Call) -> DbResult<Reply> {
         self.participants
             .lock()
             .entry(txn)
             .or_default()
-            .insert(worker);
+            .entry(w)
+            .or_insert(None);
+        let (reply, boot) = self.workers[w].call_with_boot(call).await?;
+        let mut participants = self.participants.lock();
+        if let Some(seen) = participants.get_mut(&txn).and_then(|m| m.get_mut(&w)) {
+            check_boot(&self.workers[w].address, seen, boot)?;
+        }
+        Ok(reply)
     }
 
     /// The same call on every worker, all at once; the first error wins.
@@ -296,6 +335,9 @@ impl ClusterShardService {
         let decisions: BTreeSet<TxnId> = self.catalog.commit_decisions().into_iter().collect();
         let mut all_answered = true;
         for (i, w) in self.workers.iter().enumerate() {
+            // the sessions of the previous coordinator process are gone: so are their
+            // transactions (prepared ones wait for the decision below)
+            let _ = w.call(&Call::AbortOpen).await;
             let prepared = match w.call(&Call::ListPrepared).await {
                 Ok(Reply::Prepared(p)) => p,
                 Ok(other) => {
@@ -329,6 +371,8 @@ impl ClusterShardService {
         let w = &self.workers[worker];
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
+            // (no AbortOpen here: this process's sessions may already have transactions there;
+            // a worker that was down lost the old ones anyway)
             if let Ok(Reply::Prepared(prepared)) = w.call(&Call::ListPrepared).await {
                 for txn in prepared {
                     self.resolve(worker, txn, decisions.contains(&txn)).await;
@@ -353,12 +397,20 @@ impl ClusterShardService {
     }
 
     /// Two-phase commit over the workers a transaction wrote on (see the module docs).
-    async fn commit_two_phase(&self, txn: TxnId, participants: &[usize]) -> DbResult<()> {
-        let prepares = participants.iter().map(|&w| {
+    async fn commit_two_phase(
+        &self,
+        txn: TxnId,
+        participants: &BTreeMap<usize, Option<u64>>,
+    ) -> DbResult<()> {
+        let prepares = participants.iter().map(|(&w, &seen)| {
             let worker = &self.workers[w];
             async move {
-                let r = worker.call(&Call::Prepare { txn }).await;
-                (w, r.and_then(|r| expect_done(&worker.address, r)))
+                let r = worker.call_with_boot(&Call::Prepare { txn }).await;
+                let r = r.and_then(|(reply, boot)| {
+                    check_boot(&worker.address, &mut Some(seen).flatten(), boot)?;
+                    expect_done(&worker.address, reply)
+                });
+                (w, r)
             }
         });
         let prepared = futures::future::join_all(prepares).await;
@@ -374,7 +426,7 @@ impl ClusterShardService {
         }
         // the commit point: once this is durable, the transaction is committed
         self.catalog.put_commit_decision(txn)?;
-        let applies = participants.iter().map(|&w| {
+        let applies = participants.keys().map(|&w| {
             let worker = &self.workers[w];
             async move { (w, worker.call(&Call::CommitPrepared { txn }).await) }
         });
@@ -460,19 +512,27 @@ impl ShardService for ClusterShardService {
         }
         let mut out = vec![None; keys.len()];
         for (w, (keys, slots)) in per {
-            if lock {
-                self.join(txn, w);
-            }
             let worker = &self.workers[w];
-            let reply = worker
-                .call(&Call::Get {
-                    txn,
-                    table,
-                    keys,
-                    lock,
-                    lock_timeout_ms: lock_timeout.map(|d| d.as_millis() as u64),
-                })
-                .await?;
+            let call = Call::Get {
+                txn,
+                table,
+                keys,
+                lock,
+                lock_timeout_ms: lock_timeout.map(|d| d.as_millis() as u64),
+            };
+            // a locking read holds state (the locks) on the worker; a plain one may read the
+            // transaction's own writes there, so it is checked the same way when it has any
+            let holds = lock
+                || self
+                    .participants
+                    .lock()
+                    .get(&txn)
+                    .is_some_and(|m| m.contains_key(&w));
+            let reply = if holds {
+                self.txn_call(txn, w, &call).await?
+            } else {
+                worker.call(&call).await?
+            };
             let Reply::Rows(rows) = reply else {
                 return Err(unexpected(&worker.address, &reply));
             };
@@ -592,18 +652,16 @@ impl ShardService for ClusterShardService {
             if ops.is_empty() {
                 continue;
             }
-            self.join(txn, w);
             let worker = &self.workers[w];
-            let reply = worker
-                .call(&Call::Write {
-                    txn,
-                    req: WriteRequest {
-                        table: req.table,
-                        ops,
-                        lock_timeout: req.lock_timeout,
-                    },
-                })
-                .await?;
+            let call = Call::Write {
+                txn,
+                req: WriteRequest {
+                    table: req.table,
+                    ops,
+                    lock_timeout: req.lock_timeout,
+                },
+            };
+            let reply = self.txn_call(txn, w, &call).await?;
             let Reply::Written(resp) = reply else {
                 return Err(unexpected(&worker.address, &reply));
             };
@@ -618,26 +676,25 @@ impl ShardService for ClusterShardService {
 
     async fn commit(&self, txn: TxnId) -> DbResult<()> {
         self.savepoints.lock().remove(&txn);
-        let participants: Vec<usize> = self
-            .participants
-            .lock()
-            .remove(&txn)
-            .map(|s| s.into_iter().collect())
-            .unwrap_or_default();
-        match participants.as_slice() {
-            [] => Ok(()),
-            [w] => {
-                let worker = &self.workers[*w];
-                expect_done(&worker.address, worker.call(&Call::Commit { txn }).await?)
-            }
-            _ => self.commit_two_phase(txn, &participants).await,
+        let participants: BTreeMap<usize, Option<u64>> =
+            self.participants.lock().remove(&txn).unwrap_or_default();
+        if participants.len() <= 1 {
+            let Some((&w, &seen)) = participants.iter().next() else {
+                return Ok(());
+            };
+            let worker = &self.workers[w];
+            let (reply, boot) = worker.call_with_boot(&Call::Commit { txn }).await?;
+            // a restart just before the commit: there was nothing left to commit there
+            check_boot(&worker.address, &mut Some(seen).flatten(), boot)?;
+            return expect_done(&worker.address, reply);
         }
+        self.commit_two_phase(txn, &participants).await
     }
 
     async fn abort(&self, txn: TxnId) {
         self.savepoints.lock().remove(&txn);
         let participants = self.participants.lock().remove(&txn).unwrap_or_default();
-        let calls = participants.into_iter().map(|w| {
+        let calls = participants.into_keys().map(|w| {
             let worker = &self.workers[w];
             async move {
                 if let Err(e) = worker.call(&Call::Abort { txn }).await {
@@ -674,13 +731,17 @@ impl ShardService for ClusterShardService {
         Ok(Vec::new())
     }
 
+    async fn abort_open(&self) -> DbResult<usize> {
+        self.broadcast(Call::AbortOpen).await?;
+        Ok(0)
+    }
+
     async fn savepoint(&self, txn: TxnId) -> DbResult<u64> {
         // every worker marks its write set (one that joins later must still roll back), and
         // the coordinator's savepoint id indexes the marks
         let mut marks = Vec::with_capacity(self.workers.len());
         for (w, worker) in self.workers.iter().enumerate() {
-            self.join(txn, w);
-            match worker.call(&Call::Savepoint { txn }).await? {
+            match self.txn_call(txn, w, &Call::Savepoint { txn }).await? {
                 Reply::Savepoint(m) => marks.push(m),
                 other => return Err(unexpected(&worker.address, &other)),
             }
@@ -702,15 +763,14 @@ impl ShardService for ClusterShardService {
                     "unknown savepoint {savepoint} of transaction {txn}"
                 ))
             })?;
-        for (worker, mark) in self.workers.iter().zip(marks) {
+        for (w, mark) in marks.into_iter().enumerate() {
+            let call = Call::RollbackTo {
+                txn,
+                savepoint: mark,
+            };
             expect_done(
-                &worker.address,
-                worker
-                    .call(&Call::RollbackTo {
-                        txn,
-                        savepoint: mark,
-                    })
-                    .await?,
+                &self.workers[w].address,
+                self.txn_call(txn, w, &call).await?,
             )?;
         }
         Ok(())

@@ -307,3 +307,90 @@ async fn a_changed_worker_list_is_refused() {
         .expect("must refuse");
     assert!(err.to_string().contains("exited"), "{err}");
 }
+
+/// A worker that restarts during a transaction has lost the transaction's writes there: the
+/// transaction must not commit what is left (the next statement or the COMMIT fails with
+/// 40001, and nothing of it is visible on any worker).
+#[tokio::test]
+async fn a_worker_restart_inside_a_transaction_rolls_it_back() {
+    let mut cluster = cluster_with_rows().await;
+    let c = cluster.coordinator.connect().await;
+    let on0 = key_on_worker(&c, 0).await;
+    let on1 = key_on_worker(&c, 1).await;
+
+    // restart before the next statement: that statement fails
+    c.batch_execute(&format!(
+        "BEGIN; UPDATE t SET v = 'lost' WHERE k IN ({on0}, {on1})"
+    ))
+    .await
+    .unwrap();
+    cluster.workers[1].kill();
+    cluster.restart_worker(1).unwrap();
+    let err = c
+        .batch_execute(&format!("UPDATE t SET v = 'again' WHERE k = {on1}"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "40001", "{err:?}");
+    let message = err.as_db_error().unwrap().message().to_string();
+    assert!(message.contains("restarted"), "{message}");
+    c.batch_execute("ROLLBACK").await.unwrap();
+
+    // restart between the last statement and COMMIT: the COMMIT fails
+    c.batch_execute(&format!(
+        "BEGIN; UPDATE t SET v = 'lost' WHERE k IN ({on0}, {on1})"
+    ))
+    .await
+    .unwrap();
+    cluster.workers[1].kill();
+    cluster.restart_worker(1).unwrap();
+    let err = c.batch_execute("COMMIT").await.unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "40001", "{err:?}");
+
+    let lost: i64 = c
+        .query_one("SELECT count(*) FROM t WHERE v IN ('lost', 'again')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(lost, 0, "a half transaction was committed");
+}
+
+/// A coordinator killed with a transaction open: its row locks on the workers do not outlive
+/// it; the restarted coordinator's sessions can write those rows at once.
+#[tokio::test]
+async fn a_dead_coordinators_locks_are_released_when_it_restarts() {
+    let mut cluster = cluster_with_rows().await;
+    let c = cluster.coordinator.connect().await;
+    c.batch_execute("BEGIN; UPDATE t SET v = 'held' WHERE k <= 50")
+        .await
+        .unwrap();
+    let port = cluster.coordinator.port;
+    let dir = cluster.coordinator.data_dir.clone();
+    cluster.coordinator.kill();
+    drop(c);
+    let workers: Vec<String> = cluster
+        .workers
+        .iter()
+        .map(|w| format!("127.0.0.1:{}", w.port))
+        .collect();
+    let args: Vec<&str> = workers
+        .iter()
+        .flat_map(|w| ["--worker", w.as_str()])
+        .collect();
+    cluster.coordinator = Server::start_on_with(port, &dir, &args).unwrap();
+    let c = cluster.coordinator.connect().await;
+    c.batch_execute("SET lock_timeout = '2s'").await.unwrap();
+    let n = c
+        .execute("UPDATE t SET v = 'mine' WHERE k <= 50", &[])
+        .await
+        .expect("the old transaction's locks must be gone");
+    assert_eq!(n, 50);
+    let held: i64 = c
+        .query_one("SELECT count(*) FROM t WHERE v = 'held'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        held, 0,
+        "the dead coordinator's transaction was not rolled back"
+    );
+}

@@ -43,11 +43,22 @@ fn bad_request(what: impl std::fmt::Display) -> Status {
 /// Serves a shard service over Flight.
 pub struct WorkerFlight {
     service: Arc<dyn ShardService>,
+    /// Drawn at start: sent with every reply ([`orochi_common::rpc::BOOT_HEADER`]).
+    boot: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
 }
 
 impl WorkerFlight {
     pub fn new(service: Arc<dyn ShardService>) -> Self {
-        WorkerFlight { service }
+        use std::hash::{BuildHasher, Hasher};
+        // a random 64-bit number (std's hasher keys are random per process)
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        let boot = h.finish().to_string().parse().expect("digits are ASCII");
+        WorkerFlight { service, boot }
     }
 
     async fn call(&self, call: Call) -> Result<Reply, DbError> {
@@ -117,6 +128,16 @@ impl WorkerFlight {
                 Reply::Done
             }
             Call::ListPrepared => Reply::Prepared(s.prepared().await?),
+            Call::AbortOpen => {
+                let n = s.abort_open().await?;
+                if n > 0 {
+                    tracing::info!(
+                        transactions = n,
+                        "a coordinator restarted: its open transactions were rolled back"
+                    );
+                }
+                Reply::Done
+            }
         })
     }
 }
@@ -147,7 +168,11 @@ impl FlightService for WorkerFlight {
         let body = serde_json::to_vec(&reply)
             .map_err(|e| status_of(&DbError::internal(format!("encoding a reply: {e}"))))?;
         let result = arrow_flight::Result { body: body.into() };
-        Ok(Response::new(futures::stream::iter([Ok(result)]).boxed()))
+        let mut response = Response::new(futures::stream::iter([Ok(result)]).boxed());
+        response
+            .metadata_mut()
+            .insert(orochi_common::rpc::BOOT_HEADER, self.boot.clone());
+        Ok(response)
     }
 
     async fn do_get(

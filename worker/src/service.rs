@@ -568,6 +568,14 @@ impl ShardService for LocalShardService {
         Ok(())
     }
 
+    async fn abort_open(&self) -> DbResult<usize> {
+        let open: Vec<TxnId> = self.txns.lock().keys().copied().collect();
+        for &txn in &open {
+            self.abort(txn).await;
+        }
+        Ok(open.len())
+    }
+
     async fn prepared(&self) -> DbResult<Vec<TxnId>> {
         let mut out: Vec<TxnId> = self.prepared.lock().keys().copied().collect();
         out.sort_unstable();
