@@ -155,4 +155,6 @@ pub trait ShardService: Send + Sync + std::fmt::Debug {
     async fn nodes(&self) -> Vec<NodeStatus>;
     /// Which of [`ShardService::nodes`] owns shard `shard` (of every table).
     fn owner_of(&self, shard: ShardIndex) -> usize;
+    /// The address of node `node` of [`ShardService::nodes`], as `nodes` reports it.
+    fn node_address(&self, node: usize) -> String;
 }

@@ -795,6 +795,12 @@ impl ShardService for ClusterShardService {
         self.owner(shard)
     }
 
+    fn node_address(&self, node: usize) -> String {
+        self.workers
+            .get(node)
+            .map_or_else(|| "unknown".into(), |w| w.address.clone())
+    }
+
     async fn shard_stats(&self, table: TableId) -> DbResult<Vec<(ShardIndex, u64, u64)>> {
         let mut out = Vec::new();
         for (w, worker) in self.workers.iter().enumerate() {

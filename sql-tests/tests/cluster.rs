@@ -57,6 +57,27 @@ async fn rows_live_on_both_workers_and_a_dead_worker_fails_fast() {
         .map(|w| format!("127.0.0.1:{}", w.port))
         .collect();
 
+    // EXPLAIN says where a scan runs: a point lookup on its shard's owner, a full scan on both
+    let plan = |sql: String| {
+        let c = &c;
+        async move {
+            c.query(&sql, &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+    };
+    let point = plan(format!("EXPLAIN SELECT * FROM t WHERE k = {on1}")).await;
+    assert!(point.contains(&format!("on=[{}]", addresses[1])), "{point}");
+    let full = plan("EXPLAIN SELECT count(*) FROM t".into()).await;
+    assert!(
+        full.contains(&format!("on=[{}, {}]", addresses[0], addresses[1])),
+        "{full}"
+    );
+
     // the shards are spread: 16 per worker, and both hold rows
     let split: Vec<(String, i64, i64)> = c
         .query(

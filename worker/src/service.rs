@@ -606,6 +606,10 @@ impl ShardService for LocalShardService {
         0
     }
 
+    fn node_address(&self, _node: usize) -> String {
+        "embedded".into()
+    }
+
     async fn shard_stats(&self, table: TableId) -> DbResult<Vec<(ShardIndex, u64, u64)>> {
         let entry = self.store.table(table)?;
         tokio::task::spawn_blocking(move || {

@@ -101,6 +101,19 @@ impl DisplayAs for ShardScanExec {
         if let Some(l) = self.limit {
             write!(f, ", limit={l}")?;
         }
+        // where it runs: the workers owning the shards it reads
+        let mut nodes: Vec<usize> = self
+            .shards
+            .iter()
+            .map(|&s| self.service.owner_of(s))
+            .collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        let names: Vec<String> = nodes
+            .iter()
+            .map(|&n| self.service.node_address(n))
+            .collect();
+        write!(f, ", on=[{}]", names.join(", "))?;
         Ok(())
     }
 }
