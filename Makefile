@@ -41,3 +41,4 @@ check: fmt lint test
 ## Benchmarks side by side with PostgreSQL; results go to docs/benchmarks.md.
 bench:
 	./bench/pgbench.sh
+	./bench/cluster.sh
