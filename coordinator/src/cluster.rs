@@ -191,9 +191,9 @@ impl RemoteWorker {
     }
 }
 
-/// Records the first boot id seen for a participant, and fails if a later one differs.
-fn check_boot(address: &str, seen: &mut Option<u64>, boot: Option<u64>) -> DbResult<()> {
-    match (*seen, boot) {
+/// Fails if a participant's boot id changed since the transaction first reached it.
+fn same_boot(address: &str, seen: Option<u64>, boot: Option<u64>) -> DbResult<()> {
+    match (seen, boot) {
         (Some(a), Some(b)) if a != b => Err(DbError::new(
             SqlState::SerializationFailure,
             format!(
@@ -201,10 +201,6 @@ fn check_boot(address: &str, seen: &mut Option<u64>, boot: Option<u64>) -> DbRes
                  the transaction was rolled back"
             ),
         )),
-        (None, b) => {
-            *seen = b;
-            Ok(())
-        }
         _ => Ok(()),
     }
 }
@@ -263,10 +259,6 @@ impl ClusterShardService {
         svc
     }
 
-    pub fn workers(&self) -> &[RemoteWorker] {
-        &self.workers
-    }
-
     /// The worker that owns shard `shard` (of every table).
     pub fn owner(&self, shard: ShardIndex) -> usize {
         shard as usize % self.workers.len()
@@ -310,7 +302,10 @@ impl ClusterShardService {
         let (reply, boot) = self.workers[w].call_with_boot(call).await?;
         let mut participants = self.participants.lock();
         if let Some(seen) = participants.get_mut(&txn).and_then(|m| m.get_mut(&w)) {
-            check_boot(&self.workers[w].address, seen, boot)?;
+            same_boot(&self.workers[w].address, *seen, boot)?;
+            if seen.is_none() {
+                *seen = boot;
+            }
         }
         Ok(reply)
     }
@@ -407,7 +402,7 @@ impl ClusterShardService {
             async move {
                 let r = worker.call_with_boot(&Call::Prepare { txn }).await;
                 let r = r.and_then(|(reply, boot)| {
-                    check_boot(&worker.address, &mut Some(seen).flatten(), boot)?;
+                    same_boot(&worker.address, seen, boot)?;
                     expect_done(&worker.address, reply)
                 });
                 (w, r)
@@ -685,7 +680,7 @@ impl ShardService for ClusterShardService {
             let worker = &self.workers[w];
             let (reply, boot) = worker.call_with_boot(&Call::Commit { txn }).await?;
             // a restart just before the commit: there was nothing left to commit there
-            check_boot(&worker.address, &mut Some(seen).flatten(), boot)?;
+            same_boot(&worker.address, seen, boot)?;
             return expect_done(&worker.address, reply);
         }
         self.commit_two_phase(txn, &participants).await

@@ -41,18 +41,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    // a panic (a bug: e.g. in a connection task, which the accept loop survives) is logged
-    // as one error event with its location, not raw stderr text
-    std::panic::set_hook(Box::new(|info| {
-        let backtrace = std::backtrace::Backtrace::capture();
-        tracing::error!(panic = %info, %backtrace, "panic");
-    }));
+    orochi_worker::daemon::init_logging();
     let mut options = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -96,21 +85,13 @@ async fn run(options: CoordinatorOptions) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {listen}"))?;
     let address = listener.local_addr()?;
-    // like postmaster.pid: who serves this data directory, and where (tests and tools read it;
-    // with `--listen 127.0.0.1:0` it is how they learn the port)
-    let pid_file = standalone.instance.options.data_dir.join("orochi.pid");
-    std::fs::write(&pid_file, format!("{}\n{address}\n", std::process::id()))
-        .with_context(|| format!("writing {}", pid_file.display()))?;
+    let pid_file =
+        orochi_worker::daemon::write_pid_file(&standalone.instance.options.data_dir, address)?;
     tracing::info!(%address, version = env!("CARGO_PKG_VERSION"), "OrochiDB standalone coordinator ready");
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     let signals = tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-        }
+        orochi_worker::daemon::shutdown_signal().await;
         signal.cancel();
     });
     orochi_coordinator::pgwire::server::serve(listener, standalone.instance.clone(), shutdown)

@@ -24,7 +24,7 @@ pub struct Standalone {
 pub async fn open(options: CoordinatorOptions) -> anyhow::Result<Standalone> {
     options.validate().map_err(anyhow::Error::msg)?;
     let dir = options.data_dir.clone();
-    let lock = orochi_worker::datadir::lock(&dir)?;
+    let lock = orochi_worker::daemon::lock_data_dir(&dir)?;
     let catalog = Arc::new(
         Catalog::open(&dir.join("catalog")).map_err(|e| anyhow::anyhow!("{}", e.message))?,
     );

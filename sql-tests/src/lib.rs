@@ -273,6 +273,21 @@ impl Server {
     }
 }
 
+fn worker_addresses(workers: &[Server]) -> Vec<String> {
+    workers
+        .iter()
+        .map(|w| format!("127.0.0.1:{}", w.port))
+        .collect()
+}
+
+/// `--worker A --worker B …`
+fn worker_args(addresses: &[String]) -> Vec<&str> {
+    addresses
+        .iter()
+        .flat_map(|a| ["--worker", a.as_str()])
+        .collect()
+}
+
 /// A coordinator with worker daemons, each a real process on loopback.
 pub struct Cluster {
     pub coordinator: Server,
@@ -289,21 +304,29 @@ impl Cluster {
             let dir = tmp.path().join(format!("worker{i}"));
             started.push(Server::start_binary("orochi-worker", 0, &dir, &[], &[])?);
         }
-        let mut args = Vec::new();
-        let addresses: Vec<String> = started
-            .iter()
-            .map(|w| format!("127.0.0.1:{}", w.port))
-            .collect();
-        for a in &addresses {
-            args.push("--worker");
-            args.push(a.as_str());
-        }
+        let addresses = worker_addresses(&started);
+        let args = worker_args(&addresses);
         let coordinator = Server::start_configured(0, &tmp.path().join("coordinator"), &args, &[])?;
         Ok(Cluster {
             coordinator,
             workers: started,
             _tmp: tmp,
         })
+    }
+
+    /// The workers' Flight addresses, in the order the coordinator was given them.
+    pub fn worker_addresses(&self) -> Vec<String> {
+        worker_addresses(&self.workers)
+    }
+
+    /// `kill -9` of the coordinator, then a start on the same port, data directory and
+    /// workers.
+    pub fn restart_coordinator(&mut self) -> anyhow::Result<()> {
+        let (port, dir) = (self.coordinator.port, self.coordinator.data_dir.clone());
+        self.coordinator.kill();
+        let addresses = self.worker_addresses();
+        self.coordinator = Server::start_on_with(port, &dir, &worker_args(&addresses))?;
+        Ok(())
     }
 
     /// Restarts worker `i` on its port and data directory (after [`Server::kill`]).

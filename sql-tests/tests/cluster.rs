@@ -51,11 +51,7 @@ async fn rows_live_on_both_workers_and_a_dead_worker_fails_fast() {
     let c = cluster.coordinator.connect().await;
     let on0 = key_on_worker(&c, 0).await;
     let on1 = key_on_worker(&c, 1).await;
-    let addresses: Vec<String> = cluster
-        .workers
-        .iter()
-        .map(|w| format!("127.0.0.1:{}", w.port))
-        .collect();
+    let addresses = cluster.worker_addresses();
 
     // EXPLAIN says where a scan runs: a point lookup on its shard's owner, a full scan on both
     let plan = |sql: String| {
@@ -118,7 +114,7 @@ async fn rows_live_on_both_workers_and_a_dead_worker_fails_fast() {
     );
 
     cluster.workers[1].kill();
-    let down = format!("127.0.0.1:{}", cluster.workers[1].port);
+    let down = addresses[1].clone();
     let states: Vec<String> = c
         .query(
             "SELECT state FROM orochi_cluster_status() WHERE role = 'worker' ORDER BY node_id",
@@ -280,19 +276,7 @@ async fn no_acknowledged_row_is_lost_when_a_worker_or_the_coordinator_is_killed(
     assert!(acked.len() > 100, "only {} rows acknowledged", acked.len());
 
     // the coordinator too: catalog and data come back from its data directory
-    let port = cluster.coordinator.port;
-    let dir = cluster.coordinator.data_dir.clone();
-    cluster.coordinator.kill();
-    let workers: Vec<String> = cluster
-        .workers
-        .iter()
-        .map(|w| format!("127.0.0.1:{}", w.port))
-        .collect();
-    let args: Vec<&str> = workers
-        .iter()
-        .flat_map(|w| ["--worker", w.as_str()])
-        .collect();
-    cluster.coordinator = Server::start_on_with(port, &dir, &args).unwrap();
+    cluster.restart_coordinator().unwrap();
     let c = cluster.coordinator.connect().await;
     let stored: BTreeSet<i32> = c
         .query("SELECT k FROM acked", &[])
@@ -384,20 +368,8 @@ async fn a_dead_coordinators_locks_are_released_when_it_restarts() {
     c.batch_execute("BEGIN; UPDATE t SET v = 'held' WHERE k <= 50")
         .await
         .unwrap();
-    let port = cluster.coordinator.port;
-    let dir = cluster.coordinator.data_dir.clone();
-    cluster.coordinator.kill();
+    cluster.restart_coordinator().unwrap();
     drop(c);
-    let workers: Vec<String> = cluster
-        .workers
-        .iter()
-        .map(|w| format!("127.0.0.1:{}", w.port))
-        .collect();
-    let args: Vec<&str> = workers
-        .iter()
-        .flat_map(|w| ["--worker", w.as_str()])
-        .collect();
-    cluster.coordinator = Server::start_on_with(port, &dir, &args).unwrap();
     let c = cluster.coordinator.connect().await;
     c.batch_execute("SET lock_timeout = '2s'").await.unwrap();
     let n = c

@@ -263,9 +263,7 @@ impl FlightService for WorkerFlight {
 mod tests {
     use arrow_flight::flight_service_client::FlightServiceClient;
     use arrow_flight::flight_service_server::FlightServiceServer;
-    use orochi_common::schema::{ColumnDef, TableDef};
     use orochi_common::service::ScanRequest;
-    use orochi_common::types::SqlType;
 
     use super::*;
     use crate::LocalShardService;
@@ -342,17 +340,7 @@ mod tests {
         assert_eq!(sqlstate(&e), "42P01");
 
         // a table, then a key that does not decode and a shard that does not exist
-        let def = TableDef {
-            id: 16384,
-            schema: "public".into(),
-            name: "t".into(),
-            columns: vec![ColumnDef::new("k", SqlType::Int8)],
-            primary_key: vec![0],
-            distribution_column: 0,
-            shard_count: 4,
-            hidden_rowid: false,
-            version: 1,
-        };
+        let def = crate::store::tests::table();
         let create = Call::CreateTable { table: def.clone() };
         action(&mut client, ACTION, serde_json::to_vec(&create).unwrap())
             .await

@@ -8,13 +8,14 @@
 //! - [`service`]: [`service::LocalShardService`], the in-process implementation of
 //!   [`orochi_common::service::ShardService`] used by standalone mode and the worker daemon.
 //! - [`flight`]: the worker daemon's Arrow Flight server (the protocol of `orochi_common::rpc`).
-//! - [`datadir`]: the data-directory lock.
+//! - [`daemon`]: what both daemons share: logging, the data-directory lock, the pid file,
+//!   shutdown signals.
 //!
 //! Architecture invariant: this crate does not depend on DataFusion or sqlparser.
 
 pub mod batch;
 pub mod commit;
-pub mod datadir;
+pub mod daemon;
 pub mod flight;
 pub mod service;
 pub mod store;

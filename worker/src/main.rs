@@ -47,16 +47,7 @@ struct WorkerConfig {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    std::panic::set_hook(Box::new(|info| {
-        let backtrace = std::backtrace::Backtrace::capture();
-        tracing::error!(panic = %info, %backtrace, "panic");
-    }));
+    orochi_worker::daemon::init_logging();
     let config: WorkerConfig = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -88,26 +79,15 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(listen: String, data_dir: PathBuf, store: StoreOptions) -> anyhow::Result<()> {
-    let _lock = orochi_worker::datadir::lock(&data_dir)?;
+    let _lock = orochi_worker::daemon::lock_data_dir(&data_dir)?;
     let service = LocalShardService::open(&data_dir.join("worker"), &store)
         .map_err(|e| anyhow::anyhow!("opening row store: {}", e.message))?;
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
     let address = listener.local_addr()?;
-    // like the coordinator's: who serves this directory and where (tests read the port)
-    let pid_file = data_dir.join("orochi.pid");
-    std::fs::write(&pid_file, format!("{}\n{address}\n", std::process::id()))
-        .with_context(|| format!("writing {}", pid_file.display()))?;
+    let pid_file = orochi_worker::daemon::write_pid_file(&data_dir, address)?;
     tracing::info!(%address, version = env!("CARGO_PKG_VERSION"), "OrochiDB worker ready");
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-        }
-    };
     let flight = FlightServiceServer::new(WorkerFlight::new(Arc::new(service)))
         .max_decoding_message_size(256 << 20);
     tonic::transport::Server::builder()
@@ -116,7 +96,7 @@ async fn run(listen: String, data_dir: PathBuf, store: StoreOptions) -> anyhow::
         .add_service(flight)
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
+            orochi_worker::daemon::shutdown_signal(),
         )
         .await
         .context("serving Flight")?;

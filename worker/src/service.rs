@@ -764,27 +764,8 @@ pub fn encode_key_values(values: &[Datum]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use orochi_common::schema::ColumnDef;
-    use orochi_common::types::SqlType;
-
     use super::*;
-
-    fn table() -> TableDef {
-        TableDef {
-            id: 16384,
-            schema: "public".into(),
-            name: "t".into(),
-            columns: vec![
-                ColumnDef::new("k", SqlType::Int8),
-                ColumnDef::new("v", SqlType::Int8),
-            ],
-            primary_key: vec![0],
-            distribution_column: 0,
-            shard_count: 4,
-            hidden_rowid: false,
-            version: 1,
-        }
-    }
+    use crate::store::tests::table;
 
     fn insert(k: i64) -> WriteRequest {
         WriteRequest {

@@ -487,13 +487,14 @@ impl RowStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use orochi_common::schema::ColumnDef;
     use orochi_common::types::SqlType;
 
     use super::*;
 
-    fn table() -> TableDef {
+    /// `t (k int8 PRIMARY KEY, v int8)`, id 16384, 4 shards: the worker's unit-test table.
+    pub(crate) fn table() -> TableDef {
         TableDef {
             id: 16384,
             schema: "public".into(),
