@@ -63,8 +63,14 @@ pub struct ScanRequest {
     /// Optional exact primary-key lookups instead of full shard scans (encoded keys).
     pub keys: Option<Vec<Vec<u8>>>,
     pub batch_rows: usize,
-    /// Stop after this many rows (a pushed-down LIMIT).
+    /// Stop after this many rows (a pushed-down LIMIT). Counts the scanned rows, before any
+    /// fragment.
     pub limit: Option<usize>,
+    /// A plan fragment to run over the scanned rows on the worker (filters, projections,
+    /// partial aggregates; see `orochi_worker::fragment`): the stream returned is the
+    /// fragment's output, not the rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fragment: Option<Vec<u8>>,
 }
 
 impl ScanRequest {
@@ -77,6 +83,7 @@ impl ScanRequest {
             keys: None,
             batch_rows,
             limit: None,
+            fragment: None,
         }
     }
 }

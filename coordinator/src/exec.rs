@@ -1,3 +1,4 @@
 //! Physical operators of our own.
 
+pub mod pushdown;
 pub mod shard_scan;

@@ -358,6 +358,18 @@ fn type_integer_literals(query: &mut ast::Query) {
                         _ => {}
                     }
                 }
+                // GROUP BY must see the select list's expressions as they are now typed
+                // (`GROUP BY g * 10` matching `SELECT g * 10`); a bare number is a position
+                if let ast::GroupByExpr::Expressions(exprs, _) = &mut select.group_by {
+                    for e in exprs.iter_mut() {
+                        if !matches!(e, ast::Expr::Value(_)) {
+                            in_expr(e);
+                        }
+                    }
+                }
+                if let Some(h) = select.having.as_mut() {
+                    in_expr(h);
+                }
                 for twj in select.from.iter_mut() {
                     in_table_factor(&mut twj.relation);
                     for j in twj.joins.iter_mut() {

@@ -187,6 +187,7 @@ impl Session {
             .with_config(config)
             .with_runtime_env(instance.runtime.clone())
             .with_default_features()
+            .with_physical_optimizer_rule(crate::exec::pushdown::rule())
             .build();
         state.add_analyzer_rule(Arc::new(crate::checked::CheckedIntegerArithmetic));
         {

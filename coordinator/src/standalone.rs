@@ -30,20 +30,6 @@ pub async fn open(options: CoordinatorOptions) -> anyhow::Result<Standalone> {
     );
     crate::pgwire::auth::apply_configured_passwords(&catalog, &options.passwords)
         .map_err(|e| anyhow::anyhow!("setting configured passwords: {}", e.message))?;
-    let service: Arc<dyn orochi_common::service::ShardService> = if options.workers.is_empty() {
-        Arc::new(
-            LocalShardService::open(
-                &dir.join("worker"),
-                &StoreOptions {
-                    cache_bytes: options.row_cache_bytes(),
-                    write_set_limit_bytes: options.write_set_limit_bytes(),
-                },
-            )
-            .map_err(|e| anyhow::anyhow!("opening row store: {}", e.message))?,
-        )
-    } else {
-        connect_workers(&options.workers, &catalog).await?
-    };
     // operators that outgrow their share of the query memory pool spill here (emptied at
     // start: spill files of a previous process are garbage)
     let spill_dir = dir.join("tmp");
@@ -59,6 +45,22 @@ pub async fn open(options: CoordinatorOptions) -> anyhow::Result<Standalone> {
         )
         .build_arc()
         .context("building the query runtime")?;
+    let service: Arc<dyn orochi_common::service::ShardService> = if options.workers.is_empty() {
+        Arc::new(
+            LocalShardService::open(
+                &dir.join("worker"),
+                &StoreOptions {
+                    cache_bytes: options.row_cache_bytes(),
+                    write_set_limit_bytes: options.write_set_limit_bytes(),
+                    // plan fragments share the coordinator's query memory pool
+                    query_runtime: Some(runtime.clone()),
+                },
+            )
+            .map_err(|e| anyhow::anyhow!("opening row store: {}", e.message))?,
+        )
+    } else {
+        connect_workers(&options.workers, &catalog).await?
+    };
     let instance = Arc::new(Instance::new(catalog, service, Arc::new(options), runtime));
     instance
         .reload_settings()

@@ -11,12 +11,18 @@
 //! - [`daemon`]: what both daemons share: logging, the data-directory lock, the pid file,
 //!   shutdown signals.
 //!
-//! Architecture invariant: this crate does not depend on DataFusion or sqlparser.
+//! - [`fragment`]: plan fragments (filters, projections, partial aggregates) the coordinator
+//!   ships to run over this worker's shards; [`dferror`]: SQLSTATEs for DataFusion errors.
+//!
+//! Architecture invariant: this crate uses DataFusion's execution engine only to run plan
+//! fragments the coordinator planned; it never parses or plans SQL (no sqlparser).
 
 pub mod batch;
 pub mod commit;
 pub mod daemon;
+pub mod dferror;
 pub mod flight;
+pub mod fragment;
 pub mod service;
 pub mod store;
 pub mod txn;

@@ -43,6 +43,9 @@ struct WorkerConfig {
     row_cache_bytes: Option<u64>,
     /// What the write sets of all open transactions may hold together [default: 512 MiB].
     write_set_limit_bytes: Option<u64>,
+    /// What the plan fragments running here (filters, partial aggregates) may hold
+    /// together; past it a query fails with 53200 [default: 1 GiB].
+    query_memory_bytes: Option<u64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -70,6 +73,16 @@ fn main() -> anyhow::Result<()> {
         write_set_limit_bytes: config
             .write_set_limit_bytes
             .unwrap_or(defaults.write_set_limit_bytes),
+        query_runtime: Some(
+            datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+                .with_memory_pool(Arc::new(
+                    datafusion::execution::memory_pool::FairSpillPool::new(
+                        config.query_memory_bytes.unwrap_or(1 << 30) as usize,
+                    ),
+                ))
+                .build_arc()
+                .context("building the fragment runtime")?,
+        ),
     };
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -28,6 +28,9 @@ pub struct StoreOptions {
     /// What the write sets of all open transactions may hold together; a write past it fails
     /// with 53200 (the transaction can be rolled back; the server stays up).
     pub write_set_limit_bytes: u64,
+    /// The runtime plan fragments run in (its memory pool bounds their partial aggregates);
+    /// `None`: a default runtime with an unbounded pool.
+    pub query_runtime: Option<Arc<datafusion::execution::runtime_env::RuntimeEnv>>,
 }
 
 impl Default for StoreOptions {
@@ -35,6 +38,7 @@ impl Default for StoreOptions {
         StoreOptions {
             cache_bytes: 256 << 20,
             write_set_limit_bytes: 512 << 20,
+            query_runtime: None,
         }
     }
 }
@@ -50,6 +54,8 @@ pub struct LocalShardService {
     /// Bytes the open transactions' write sets hold (estimated), and the most they may.
     write_set_bytes: std::sync::atomic::AtomicU64,
     write_set_limit: u64,
+    /// Where plan fragments run.
+    fragment_ctx: Arc<datafusion::execution::TaskContext>,
 }
 
 /// Bytes one written row holds beyond its key and encoded row until commit: the write-set map
@@ -105,6 +111,9 @@ impl LocalShardService {
             prepared: Mutex::new(prepared),
             write_set_bytes: Default::default(),
             write_set_limit: options.write_set_limit_bytes,
+            fragment_ctx: crate::fragment::task_context(
+                options.query_runtime.clone().unwrap_or_default(),
+            ),
         })
     }
 
@@ -327,7 +336,8 @@ impl ShardService for LocalShardService {
         Ok(out)
     }
 
-    async fn scan(&self, txn: TxnId, req: ScanRequest) -> DbResult<BatchStream> {
+    async fn scan(&self, txn: TxnId, mut req: ScanRequest) -> DbResult<BatchStream> {
+        let fragment = req.fragment.take();
         let entry = self.store.table(req.table)?;
         for &s in &req.shards {
             entry.tree(s)?;
@@ -370,7 +380,12 @@ impl ShardService for LocalShardService {
             };
             Ok(Some((batch, (!cursor.done).then(|| cursor.spawn_next()))))
         });
-        Ok(Box::pin(stream))
+        match fragment {
+            None => Ok(Box::pin(stream)),
+            Some(bytes) => {
+                crate::fragment::execute(&bytes, Box::pin(stream), self.fragment_ctx.clone())
+            }
+        }
     }
 
     async fn write(&self, txn: TxnId, req: WriteRequest) -> DbResult<WriteResponse> {

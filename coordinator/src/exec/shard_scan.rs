@@ -1,5 +1,10 @@
 //! [`ShardScanExec`]: reads some shards of one table through the [`ShardService`], as Arrow
-//! batches. Shards are spread over the output partitions so DataFusion scans them in parallel.
+//! batches. Shards are spread over the output partitions so DataFusion scans them in parallel;
+//! each partition reads shards of one worker only, so its metrics are that worker's.
+//!
+//! With a plan fragment (see [`crate::exec::pushdown`]) the workers run the fragment over the
+//! rows they scan, and what this node outputs (and the coordinator receives) is the
+//! fragment's output: filtered rows, or partial aggregate states.
 
 use std::fmt;
 use std::sync::Arc;
@@ -11,6 +16,9 @@ use datafusion::execution::TaskContext;
 use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{
     Boundedness, ChildrenPropertiesMode, EmissionType, ReplaceChildrenOptions,
+};
+use datafusion::physical_plan::metrics::{
+    Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
 };
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
@@ -33,10 +41,23 @@ pub struct ShardScanExec {
     keys: Option<Vec<Vec<u8>>>,
     limit: Option<usize>,
     batch_rows: usize,
-    /// Shards of each output partition.
-    partitions: Vec<Vec<u32>>,
+    /// Shards of each output partition, and the worker (node) reading them.
+    partitions: Vec<(usize, Vec<u32>)>,
+    /// Runs on the workers over the scanned rows; `None`: the rows themselves are shipped.
+    fragment: Option<Fragment>,
+    metrics: ExecutionPlanMetricsSet,
     properties: Arc<PlanProperties>,
 }
+
+/// A plan fragment pushed down to the workers: the plan (for EXPLAIN) and its encoding.
+#[derive(Debug, Clone)]
+pub struct Fragment {
+    pub plan: Arc<dyn ExecutionPlan>,
+    pub bytes: Arc<Vec<u8>>,
+}
+
+/// The node of a key lookup's partition, which may read several workers.
+const ANY_NODE: usize = usize::MAX;
 
 impl ShardScanExec {
     #[allow(clippy::too_many_arguments)]
@@ -52,21 +73,30 @@ impl ShardScanExec {
         batch_rows: usize,
         target_partitions: usize,
     ) -> Self {
-        let n = if keys.is_some() {
-            1
+        let partitions = if keys.is_some() {
+            vec![(ANY_NODE, shards.clone())]
         } else {
-            target_partitions.clamp(1, shards.len().max(1))
+            // each worker's shards over its share of the partitions
+            let mut by_node: std::collections::BTreeMap<usize, Vec<u32>> = Default::default();
+            for &s in &shards {
+                by_node.entry(service.owner_of(s)).or_default().push(s);
+            }
+            let share = (target_partitions / by_node.len().max(1)).max(1);
+            let mut partitions = Vec::new();
+            for (node, list) in by_node {
+                let n = share.min(list.len());
+                let first = partitions.len();
+                partitions.extend((0..n).map(|_| (node, Vec::new())));
+                for (i, s) in list.into_iter().enumerate() {
+                    partitions[first + i % n].1.push(s);
+                }
+            }
+            if partitions.is_empty() {
+                partitions.push((ANY_NODE, Vec::new()));
+            }
+            partitions
         };
-        let mut partitions = vec![Vec::new(); n];
-        for (i, s) in shards.iter().enumerate() {
-            partitions[i % n].push(*s);
-        }
-        let properties = Arc::new(PlanProperties::new(
-            EquivalenceProperties::new(schema.clone()),
-            Partitioning::UnknownPartitioning(n),
-            EmissionType::Incremental,
-            Boundedness::Bounded,
-        ));
+        let properties = Self::properties_for(&schema, partitions.len());
         ShardScanExec {
             table,
             service,
@@ -78,9 +108,71 @@ impl ShardScanExec {
             limit,
             batch_rows,
             partitions,
+            fragment: None,
+            metrics: ExecutionPlanMetricsSet::new(),
             properties,
         }
     }
+
+    fn properties_for(schema: &SchemaRef, partitions: usize) -> Arc<PlanProperties> {
+        Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            Partitioning::UnknownPartitioning(partitions),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ))
+    }
+
+    /// The schema of the rows read from the shards (before any fragment).
+    pub fn scan_schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    /// Whether a fragment may be pushed into this scan: a full scan without one yet (key
+    /// lookups are left alone: they read a handful of rows).
+    pub fn accepts_fragment(&self) -> bool {
+        self.fragment.is_none() && self.keys.is_none()
+    }
+
+    /// This scan with `fragment` run on the workers; its output is the fragment's.
+    pub fn with_fragment(&self, fragment: Fragment) -> ShardScanExec {
+        let schema = fragment.plan.schema();
+        ShardScanExec {
+            table: self.table.clone(),
+            service: self.service.clone(),
+            txn: self.txn,
+            schema: self.schema.clone(),
+            projection: self.projection.clone(),
+            shards: self.shards.clone(),
+            keys: self.keys.clone(),
+            limit: self.limit,
+            batch_rows: self.batch_rows,
+            partitions: self.partitions.clone(),
+            properties: Self::properties_for(&schema, self.partitions.len()),
+            fragment: Some(fragment),
+            metrics: ExecutionPlanMetricsSet::new(),
+        }
+    }
+
+    fn output_schema(&self) -> SchemaRef {
+        self.properties.eq_properties.schema().clone()
+    }
+
+    fn node_name(&self, node: usize) -> String {
+        if node == ANY_NODE {
+            "any".to_string()
+        } else {
+            self.service.node_address(node)
+        }
+    }
+}
+
+/// Bytes of a batch's buffers as sent (the slices, not the allocations behind them).
+fn shipped_bytes(b: &arrow::record_batch::RecordBatch) -> usize {
+    b.columns()
+        .iter()
+        .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
+        .sum()
 }
 
 impl DisplayAs for ShardScanExec {
@@ -114,6 +206,25 @@ impl DisplayAs for ShardScanExec {
             .map(|&n| self.service.node_address(n))
             .collect();
         write!(f, ", on=[{}]", names.join(", "))?;
+        if let Some(fragment) = &self.fragment {
+            // the pushed-down plan, top first, one operator per step
+            let mut steps = Vec::new();
+            let mut node = Some(fragment.plan.clone());
+            while let Some(n) = node {
+                if n.children().is_empty() {
+                    break;
+                }
+                steps.push(
+                    datafusion::physical_plan::displayable(n.as_ref())
+                        .one_line()
+                        .to_string()
+                        .trim_end()
+                        .to_string(),
+                );
+                node = n.children().first().map(|c| (*c).clone());
+            }
+            write!(f, ", on_workers=[{}]", steps.join(" <- "))?;
+        }
         Ok(())
     }
 }
@@ -156,12 +267,16 @@ impl ExecutionPlan for ShardScanExec {
         )
     }
 
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
     fn execute(
         &self,
         partition: usize,
         _context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        let shards = self.partitions.get(partition).cloned().ok_or_else(|| {
+        let (node, shards) = self.partitions.get(partition).cloned().ok_or_else(|| {
             DataFusionError::Internal(format!("ShardScanExec has no partition {partition}"))
         })?;
         let req = ScanRequest {
@@ -171,18 +286,28 @@ impl ExecutionPlan for ShardScanExec {
             keys: self.keys.clone(),
             batch_rows: self.batch_rows,
             limit: self.limit,
+            fragment: self.fragment.as_ref().map(|f| f.bytes.as_ref().clone()),
         };
+        // what this partition receives from its worker (EXPLAIN ANALYZE)
+        let name = self.node_name(node);
+        let rows: Count =
+            MetricBuilder::new(&self.metrics).counter(format!("rows_from[{name}]"), partition);
+        let bytes: Count =
+            MetricBuilder::new(&self.metrics).counter(format!("bytes_from[{name}]"), partition);
         let service = self.service.clone();
         let txn = self.txn;
-        let schema = self.schema.clone();
+        let schema = self.output_schema();
         let out_schema = schema.clone();
         // nothing happens until the stream is polled
         let stream = futures::stream::once(async move { service.scan(txn, req).await })
             .map_err(db_to_df)
             .map_ok(move |batches| {
                 let schema = schema.clone();
+                let (rows, bytes) = (rows.clone(), bytes.clone());
                 batches.map(move |b| {
                     b.map_err(db_to_df).and_then(|b| {
+                        rows.add(b.num_rows());
+                        bytes.add(shipped_bytes(&b));
                         // the worker's field metadata matches ours; rebind to our schema object
                         arrow::record_batch::RecordBatch::try_new_with_options(
                             schema.clone(),

@@ -693,29 +693,66 @@ async fn locked_matches(
     let candidates: Vec<Vec<u8>> = match pinned {
         Some(keys) => keys,
         None => {
-            let all: Vec<usize> = (0..def.columns.len()).collect();
             let visible_pos: Vec<usize> = def.visible_columns();
+            // the workers evaluate the WHERE clause where they can and send back only the
+            // keys of the rows that pass; otherwise every row comes here to be checked
+            let mut projection = visible_pos.clone();
+            for &c in &def.primary_key {
+                if !projection.contains(&c) {
+                    projection.push(c);
+                }
+            }
+            let key_at: Vec<usize> = def
+                .primary_key
+                .iter()
+                .map(|c| projection.iter().position(|p| p == c).expect("added above"))
+                .collect();
+            let fragment = where_ev.as_ref().and_then(|ev| {
+                let fields: Vec<_> = projection
+                    .iter()
+                    .map(|&i| def.columns[i].ty.arrow_field(&def.columns[i].name, true))
+                    .collect();
+                crate::exec::pushdown::filter_fragment(
+                    Arc::new(arrow::datatypes::Schema::new(fields)),
+                    ev.exprs[0].clone(),
+                    key_at.clone(),
+                )
+            });
+            let pushed = fragment.is_some();
             let mut stream = s
                 .instance
                 .service
-                .scan(txn, ScanRequest::full(def, all, 8192))
+                .scan(
+                    txn,
+                    ScanRequest {
+                        fragment: fragment.map(|f| f.bytes.as_ref().clone()),
+                        ..ScanRequest::full(def, projection, 8192)
+                    },
+                )
                 .await?;
             let mut keys = Vec::new();
             while let Some(batch) = stream.try_next().await? {
-                let visible = batch
-                    .project(&visible_pos)
-                    .map_err(|e| DbError::internal(e.to_string()))?;
-                let pass = match &where_ev {
-                    Some(ev) => ev.filter(&visible)?,
-                    None => vec![true; batch.num_rows()],
+                let (pass, key_cols): (Vec<bool>, Vec<usize>) = if pushed {
+                    // the fragment's output: the key columns of matching rows
+                    (vec![true; batch.num_rows()], (0..key_at.len()).collect())
+                } else {
+                    let visible = batch
+                        .project(&(0..visible_pos.len()).collect::<Vec<_>>())
+                        .map_err(|e| DbError::internal(e.to_string()))?;
+                    let pass = match &where_ev {
+                        Some(ev) => ev.filter(&visible)?,
+                        None => vec![true; batch.num_rows()],
+                    };
+                    (pass, key_at.clone())
                 };
                 for (r, p) in pass.iter().enumerate() {
                     if *p {
                         let key_vals: Vec<Datum> = def
                             .primary_key
                             .iter()
-                            .map(|&c| {
-                                Datum::from_arrow(batch.column(c).as_ref(), r, def.columns[c].ty)
+                            .zip(&key_cols)
+                            .map(|(&c, &at)| {
+                                Datum::from_arrow(batch.column(at).as_ref(), r, def.columns[c].ty)
                             })
                             .collect::<DbResult<_>>()?;
                         keys.push(orochi_worker::service::encode_key_values(&key_vals));
