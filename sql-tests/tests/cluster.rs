@@ -387,3 +387,109 @@ async fn a_dead_coordinators_locks_are_released_when_it_restarts() {
         "the dead coordinator's transaction was not rolled back"
     );
 }
+
+/// The rows and bytes each worker shipped, from EXPLAIN ANALYZE's `Shipped from` lines.
+async fn shipped(c: &tokio_postgres::Client, sql: &str) -> (Vec<(String, u64, u64)>, String) {
+    let plan: Vec<String> = c
+        .query(&format!("EXPLAIN ANALYZE {sql}"), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut out = Vec::new();
+    for line in &plan {
+        let Some(rest) = line.strip_prefix("Shipped from ") else {
+            continue;
+        };
+        let (worker, counts) = rest.split_once(": ").unwrap();
+        let num = |key: &str| -> u64 {
+            counts
+                .split(", ")
+                .find_map(|kv| kv.strip_prefix(key))
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        out.push((worker.to_string(), num("rows="), num("bytes=")));
+    }
+    (out, plan.join("\n"))
+}
+
+#[tokio::test]
+async fn aggregates_and_filters_run_on_the_workers() {
+    let cluster = Cluster::start(2).unwrap();
+    let c = cluster.coordinator.connect().await;
+    const ROWS: u64 = 20_000;
+    const GROUPS: u64 = 5;
+    c.batch_execute(&format!(
+        "CREATE TABLE big (id int PRIMARY KEY, g int, v bigint, pad text);
+         INSERT INTO big SELECT i, i % {GROUPS}, i, repeat('x', 20) FROM generate_series(1, {ROWS}) i;"
+    ))
+    .await
+    .unwrap();
+    let addresses = cluster.worker_addresses();
+
+    // without pushdown every row reaches the coordinator: the baseline a fragment must beat
+    let (all, plan) = shipped(&c, "SELECT * FROM big").await;
+    assert_eq!(all.iter().map(|w| w.1).sum::<u64>(), ROWS, "{plan}");
+
+    // a grouped aggregate ships one partial state per group per scan partition:
+    // O(partitions × groups), not O(rows)
+    let sql = "SELECT g, count(*), sum(v), avg(v), min(v), max(v), count(DISTINCT v % 7) \
+               FROM big GROUP BY g ORDER BY g";
+    let (per_worker, plan) = shipped(&c, sql).await;
+    assert!(
+        plan.contains("on_workers=[AggregateExec: mode=Partial"),
+        "{plan}"
+    );
+    let workers: BTreeSet<&str> = per_worker.iter().map(|w| w.0.as_str()).collect();
+    assert_eq!(
+        workers,
+        addresses
+            .iter()
+            .map(String::as_str)
+            .collect::<BTreeSet<_>>(),
+        "{plan}"
+    );
+    let rows: u64 = per_worker.iter().map(|w| w.1).sum();
+    let bytes: u64 = per_worker.iter().map(|w| w.2).sum();
+    // count(DISTINCT) keeps (group, value) pairs: 5 groups × 7 values per partition at most
+    let partitions_per_worker = 32; // an upper bound: a partition has at least one shard
+    assert!(
+        rows <= 2 * partitions_per_worker * GROUPS * 7 && rows < ROWS / 20,
+        "{rows} rows shipped for {ROWS}:\n{plan}"
+    );
+    let all_bytes: u64 = all.iter().map(|w| w.2).sum();
+    assert!(
+        bytes * 20 < all_bytes,
+        "{bytes} vs {all_bytes} bytes:\n{plan}"
+    );
+    // and the answer is right
+    let got: Vec<(i32, i64, String)> = c
+        .query(
+            "SELECT g, count(*), sum(v)::text FROM big GROUP BY g ORDER BY g",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let want: Vec<(i32, i64, String)> = (0..GROUPS as i32)
+        .map(|g| {
+            let sum: u64 = (1..=ROWS).filter(|i| i % GROUPS == g as u64).sum();
+            (g, (ROWS / GROUPS) as i64, sum.to_string())
+        })
+        .collect();
+    assert_eq!(got, want);
+
+    // a filter ships the matching rows only
+    let (filtered, plan) = shipped(&c, "SELECT id FROM big WHERE v % 1000 = 0").await;
+    assert!(plan.contains("on_workers=[FilterExec"), "{plan}");
+    assert_eq!(
+        filtered.iter().map(|w| w.1).sum::<u64>(),
+        ROWS / 1000,
+        "{plan}"
+    );
+}

@@ -371,6 +371,23 @@ mod tests {
                 req: ScanRequest::full(&def, vec![7], 1024),
             })
             .unwrap(),
+            // plan fragments that are not protobuf, empty, or not a plan
+            serde_json::to_vec(&ScanTicket {
+                txn: 1,
+                req: ScanRequest {
+                    fragment: Some(b"\xff\xfe not a plan".to_vec()),
+                    ..ScanRequest::full(&def, vec![0], 1024)
+                },
+            })
+            .unwrap(),
+            serde_json::to_vec(&ScanTicket {
+                txn: 1,
+                req: ScanRequest {
+                    fragment: Some(Vec::new()),
+                    ..ScanRequest::full(&def, vec![0], 1024)
+                },
+            })
+            .unwrap(),
         ] {
             let Err(e) = client
                 .do_get(Ticket {

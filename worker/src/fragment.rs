@@ -20,6 +20,7 @@ use datafusion::execution::TaskContext;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
 use datafusion::physical_expr::expressions::DynamicFilterPhysicalExpr;
+use datafusion::physical_expr::scalar_subquery::ScalarSubqueryExpr;
 use datafusion::physical_expr::{
     EquivalenceProperties, Partitioning, PhysicalExpr, ScalarFunctionExpr,
 };
@@ -273,7 +274,7 @@ impl Default for WorkerFunctions {
 impl WorkerFunctions {
     /// Whether `node`'s expressions and aggregates mean the same on a worker: every function
     /// is one the worker resolves to the same implementation (not one of the coordinator's
-    /// session functions, and not a runtime-updated dynamic filter).
+    /// session functions, and not a runtime-updated dynamic filter or a subquery's result).
     pub fn can_run(&self, node: &dyn ExecutionPlan) -> bool {
         if let Some(agg) = (node as &dyn Any).downcast_ref::<AggregateExec>() {
             for a in agg.aggr_expr() {
@@ -287,7 +288,7 @@ impl WorkerFunctions {
         let _ = node.apply_expressions(&mut |root| {
             root.apply(|e| {
                 let any = e.as_ref() as &dyn Any;
-                if any.is::<DynamicFilterPhysicalExpr>() {
+                if any.is::<DynamicFilterPhysicalExpr>() || any.is::<ScalarSubqueryExpr>() {
                     ok = false;
                 } else if let Some(f) = any.downcast_ref::<ScalarFunctionExpr>() {
                     let fun = f.fun();
@@ -303,5 +304,106 @@ impl WorkerFunctions {
             })
         });
         ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, Int64Array};
+    use arrow::datatypes::{DataType, Field};
+    use arrow::record_batch::RecordBatch;
+    use datafusion::common::DFSchema;
+    use datafusion::logical_expr::{ColumnarValue, Volatility, col, create_udf, lit};
+    use datafusion::physical_expr::create_physical_expr;
+    use datafusion::physical_plan::filter::FilterExec;
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, true)]))
+    }
+
+    fn input(values: Vec<Vec<i64>>) -> BatchStream {
+        let batches: Vec<DbResult<RecordBatch>> = values
+            .into_iter()
+            .map(|v| {
+                Ok(RecordBatch::try_new(schema(), vec![Arc::new(Int64Array::from(v))]).unwrap())
+            })
+            .collect();
+        Box::pin(futures::stream::iter(batches))
+    }
+
+    fn predicate(e: datafusion::logical_expr::Expr) -> Arc<dyn PhysicalExpr> {
+        let df = DFSchema::try_from(schema().as_ref().clone()).unwrap();
+        create_physical_expr(&e, &df, &Default::default(), &Default::default()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_filter_runs_over_the_shard_input_after_a_round_trip() {
+        let leaf: Arc<dyn ExecutionPlan> = Arc::new(ShardInputExec::placeholder(schema()));
+        let plan: Arc<dyn ExecutionPlan> =
+            Arc::new(FilterExec::try_new(predicate(col("a").gt(lit(2i64))), leaf).unwrap());
+        assert!(WorkerFunctions::default().can_run(plan.as_ref()));
+        let bytes = encode(plan).unwrap();
+        let ctx = task_context(Arc::new(RuntimeEnv::default()));
+        let out: Vec<RecordBatch> = execute(&bytes, input(vec![vec![1, 2, 3], vec![4]]), ctx)
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        let got: Vec<i64> = out
+            .iter()
+            .flat_map(|b| {
+                let a = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                (0..a.len()).map(|i| a.value(i)).collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(got, vec![3, 4]);
+    }
+
+    #[test]
+    fn a_function_the_worker_does_not_know_is_not_shipped() {
+        let coordinator_only = create_udf(
+            "coordinator_only",
+            vec![DataType::Int64],
+            DataType::Boolean,
+            Volatility::Immutable,
+            Arc::new(|args: &[ColumnarValue]| Ok(args[0].clone())),
+        );
+        // a built-in name with another implementation does not count as the built-in either
+        let shadowing = create_udf(
+            "abs",
+            vec![DataType::Int64],
+            DataType::Int64,
+            Volatility::Immutable,
+            Arc::new(|args: &[ColumnarValue]| Ok(args[0].clone())),
+        );
+        let functions = WorkerFunctions::default();
+        for e in [
+            coordinator_only.call(vec![col("a")]),
+            shadowing.call(vec![col("a")]).gt(lit(1i64)),
+        ] {
+            let leaf: Arc<dyn ExecutionPlan> = Arc::new(ShardInputExec::placeholder(schema()));
+            let plan = FilterExec::try_new(predicate(e), leaf).unwrap();
+            assert!(!functions.can_run(&plan));
+        }
+        // while the real built-in is
+        let abs = datafusion::functions::math::abs();
+        let leaf: Arc<dyn ExecutionPlan> = Arc::new(ShardInputExec::placeholder(schema()));
+        let plan =
+            FilterExec::try_new(predicate(abs.call(vec![col("a")]).gt(lit(1i64))), leaf).unwrap();
+        assert!(functions.can_run(&plan));
+    }
+
+    #[tokio::test]
+    async fn a_fragment_without_its_shard_input_is_refused() {
+        // a plan of built-in nodes only: nothing would read the shards
+        let empty: Arc<dyn ExecutionPlan> =
+            Arc::new(datafusion::physical_plan::empty::EmptyExec::new(schema()));
+        let bytes = datafusion_proto::bytes::physical_plan_to_bytes(empty).unwrap();
+        let ctx = task_context(Arc::new(RuntimeEnv::default()));
+        let Err(e) = execute(&bytes, input(vec![vec![1]]), ctx) else {
+            panic!("accepted");
+        };
+        assert_eq!(e.state, SqlState::ProtocolViolation);
     }
 }
