@@ -71,6 +71,18 @@ pub struct ScanRequest {
     /// fragment's output, not the rows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fragment: Option<Vec<u8>>,
+    /// Further tables the fragment reads, over the same shards (a join of co-located tables:
+    /// shard *i* of each lives on the same worker). Input 0 is this request's table.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_inputs: Vec<ScanInput>,
+}
+
+/// A table a plan fragment reads besides the scan's own (see [`ScanRequest::more_inputs`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ScanInput {
+    pub table: TableId,
+    /// Physical column indexes to return, in this order.
+    pub projection: Vec<usize>,
 }
 
 impl ScanRequest {
@@ -84,6 +96,7 @@ impl ScanRequest {
             batch_rows,
             limit: None,
             fragment: None,
+            more_inputs: Vec::new(),
         }
     }
 }

@@ -492,4 +492,30 @@ async fn aggregates_and_filters_run_on_the_workers() {
         ROWS / 1000,
         "{plan}"
     );
+
+    // a join of co-located tables on the distribution column runs on the workers too: the
+    // aggregate over it ships partial states, not the rows of either table
+    c.batch_execute(&format!(
+        "CREATE TABLE big_o (id int, line int, qty int, PRIMARY KEY (id, line));
+         INSERT INTO big_o SELECT i, 1, i % 10 FROM generate_series(1, {ROWS}) i;
+         INSERT INTO big_o SELECT i, 2, 1 FROM generate_series(1, {ROWS}, 2) i;"
+    ))
+    .await
+    .unwrap();
+    let sql =
+        "SELECT b.g, count(*), sum(o.qty) FROM big b JOIN big_o o ON b.id = o.id GROUP BY b.g";
+    let (joined, plan) = shipped(&c, sql).await;
+    assert!(plan.contains("joined=[public.big_o]"), "{plan}");
+    let rows: u64 = joined.iter().map(|w| w.1).sum();
+    assert!(rows <= 2 * 32 * GROUPS, "{rows} rows shipped:\n{plan}");
+    let total: (i64, i64) = c
+        .query_one(
+            "SELECT count(*), sum(o.qty)::bigint FROM big b JOIN big_o o ON b.id = o.id",
+            &[],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    let qty: u64 = (1..=ROWS).map(|i| i % 10).sum::<u64>() + ROWS / 2;
+    assert_eq!(total, ((ROWS + ROWS / 2) as i64, qty as i64));
 }

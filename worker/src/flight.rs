@@ -388,6 +388,18 @@ mod tests {
                 },
             })
             .unwrap(),
+            // a second input without a fragment to read it
+            serde_json::to_vec(&ScanTicket {
+                txn: 1,
+                req: ScanRequest {
+                    more_inputs: vec![orochi_common::service::ScanInput {
+                        table: def.id,
+                        projection: vec![0],
+                    }],
+                    ..ScanRequest::full(&def, vec![0], 1024)
+                },
+            })
+            .unwrap(),
         ] {
             let Err(e) = client
                 .do_get(Ticket {

@@ -26,6 +26,7 @@ use datafusion::physical_expr::{
 };
 use datafusion::physical_plan::aggregates::AggregateExec;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::joins::HashJoinExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, SendableRecordBatchStream,
@@ -39,8 +40,10 @@ use prost::Message;
 
 use crate::dferror::{db_to_df, df_to_db};
 
-/// The fragment's input: the projected rows of the scanned shards, one partition.
+/// A fragment's input: the projected rows of one table's scanned shards, one partition.
+/// Input 0 is the scan request's table, inputs 1.. its `more_inputs` (joined tables).
 pub struct ShardInputExec {
+    index: usize,
     schema: SchemaRef,
     /// Bound on the worker; `None` in the coordinator's placeholder (and once executed).
     input: Mutex<Option<BatchStream>>,
@@ -48,12 +51,12 @@ pub struct ShardInputExec {
 }
 
 impl ShardInputExec {
-    /// The placeholder the coordinator puts where the shard scan was.
-    pub fn placeholder(schema: SchemaRef) -> ShardInputExec {
-        Self::new(schema, None)
+    /// The placeholder the coordinator puts where the shard scan of input `index` was.
+    pub fn placeholder(index: usize, schema: SchemaRef) -> ShardInputExec {
+        Self::new(index, schema, None)
     }
 
-    fn new(schema: SchemaRef, input: Option<BatchStream>) -> ShardInputExec {
+    fn new(index: usize, schema: SchemaRef, input: Option<BatchStream>) -> ShardInputExec {
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),
             Partitioning::UnknownPartitioning(1),
@@ -61,6 +64,7 @@ impl ShardInputExec {
             Boundedness::Bounded,
         ));
         ShardInputExec {
+            index,
             schema,
             input: Mutex::new(input),
             properties,
@@ -71,6 +75,7 @@ impl ShardInputExec {
 impl fmt::Debug for ShardInputExec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ShardInputExec")
+            .field("index", &self.index)
             .field("schema", &self.schema)
             .finish_non_exhaustive()
     }
@@ -78,7 +83,7 @@ impl fmt::Debug for ShardInputExec {
 
 impl DisplayAs for ShardInputExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "ShardInputExec")
+        write!(f, "ShardInputExec: input={}", self.index)
     }
 }
 
@@ -135,10 +140,11 @@ impl ExecutionPlan for ShardInputExec {
     }
 }
 
-/// Encodes [`ShardInputExec`] (its schema); every other node is datafusion-proto's own.
+/// Encodes [`ShardInputExec`] (its input index, then its schema); every other node is
+/// datafusion-proto's own.
 struct Codec {
-    /// The worker's input, given to the one leaf decoded.
-    input: Mutex<Option<BatchStream>>,
+    /// The worker's inputs, each given to the one leaf of its index.
+    inputs: Mutex<Vec<Option<BatchStream>>>,
 }
 
 impl fmt::Debug for Codec {
@@ -160,15 +166,29 @@ impl PhysicalExtensionCodec for Codec {
                 "a fragment leaf has no inputs".into(),
             ));
         }
-        let proto = datafusion_proto::protobuf::Schema::decode(buf)
-            .map_err(|e| DataFusionError::Plan(format!("decoding a fragment leaf: {e}")))?;
-        let schema: Schema = (&proto)
-            .try_into()
-            .map_err(|e| DataFusionError::Plan(format!("decoding a fragment leaf: {e}")))?;
-        let input = self.input.lock().take().ok_or_else(|| {
-            DataFusionError::Plan("a fragment has exactly one shard input".into())
-        })?;
-        Ok(Arc::new(ShardInputExec::new(Arc::new(schema), Some(input))))
+        let bad =
+            |e: &dyn fmt::Display| DataFusionError::Plan(format!("decoding a fragment leaf: {e}"));
+        let (index, schema) = buf
+            .split_first_chunk::<4>()
+            .ok_or_else(|| bad(&"too short"))?;
+        let index = u32::from_le_bytes(*index) as usize;
+        let proto = datafusion_proto::protobuf::Schema::decode(schema).map_err(|e| bad(&e))?;
+        let schema: Schema = (&proto).try_into().map_err(|e| bad(&e))?;
+        let input = self
+            .inputs
+            .lock()
+            .get_mut(index)
+            .and_then(Option::take)
+            .ok_or_else(|| {
+                DataFusionError::Plan(format!(
+                    "a fragment reads shard input {index} once, and only inputs it was given"
+                ))
+            })?;
+        Ok(Arc::new(ShardInputExec::new(
+            index,
+            Arc::new(schema),
+            Some(input),
+        )))
     }
 
     fn try_encode(
@@ -188,16 +208,17 @@ impl PhysicalExtensionCodec for Codec {
             .as_ref()
             .try_into()
             .map_err(|e| DataFusionError::Plan(format!("encoding a fragment leaf: {e}")))?;
+        buf.extend_from_slice(&(leaf.index as u32).to_le_bytes());
         proto
             .encode(buf)
             .map_err(|e| DataFusionError::Plan(format!("encoding a fragment leaf: {e}")))
     }
 }
 
-/// Encodes a fragment whose one leaf is a [`ShardInputExec`] placeholder.
+/// Encodes a fragment whose leaves are [`ShardInputExec`] placeholders.
 pub fn encode(plan: Arc<dyn ExecutionPlan>) -> Result<Vec<u8>> {
     let codec = Codec {
-        input: Mutex::new(None),
+        inputs: Mutex::new(Vec::new()),
     };
     Ok(
         datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec(plan, &codec)?
@@ -205,10 +226,15 @@ pub fn encode(plan: Arc<dyn ExecutionPlan>) -> Result<Vec<u8>> {
     )
 }
 
-/// Runs an encoded fragment over `input` (the rows of the scanned shards).
-pub fn execute(bytes: &[u8], input: BatchStream, ctx: Arc<TaskContext>) -> DbResult<BatchStream> {
+/// Runs an encoded fragment over `inputs` (the rows of the scanned shards of each table it
+/// reads).
+pub fn execute(
+    bytes: &[u8],
+    inputs: Vec<BatchStream>,
+    ctx: Arc<TaskContext>,
+) -> DbResult<BatchStream> {
     let codec = Codec {
-        input: Mutex::new(Some(input)),
+        inputs: Mutex::new(inputs.into_iter().map(Some).collect()),
     };
     let plan =
         datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec(bytes, &ctx, &codec)
@@ -218,10 +244,10 @@ pub fn execute(bytes: &[u8], input: BatchStream, ctx: Arc<TaskContext>) -> DbRes
                     format!("undecodable plan fragment: {e}"),
                 )
             })?;
-    if codec.input.lock().is_some() {
+    if codec.inputs.lock().iter().any(Option::is_some) {
         return Err(DbError::new(
             SqlState::ProtocolViolation,
-            "a plan fragment must read its shard input",
+            "a plan fragment must read every shard input it is given",
         ));
     }
     let partitions = plan.properties().output_partitioning().partition_count();
@@ -285,7 +311,7 @@ impl WorkerFunctions {
             }
         }
         let mut ok = true;
-        let _ = node.apply_expressions(&mut |root| {
+        let mut check = |root: &Arc<dyn PhysicalExpr>| {
             root.apply(|e| {
                 let any = e.as_ref() as &dyn Any;
                 if any.is::<DynamicFilterPhysicalExpr>() || any.is::<ScalarSubqueryExpr>() {
@@ -302,7 +328,20 @@ impl WorkerFunctions {
                     TreeNodeRecursion::Stop
                 })
             })
-        });
+        };
+        if let Some(join) = (node as &dyn Any).downcast_ref::<HashJoinExec>() {
+            // its keys and filter; the dynamic filter a join produces for its probe side is
+            // its own business (the worker's join builds its own)
+            for (l, r) in join.on() {
+                let _ = check(l);
+                let _ = check(r);
+            }
+            if let Some(f) = join.filter() {
+                let _ = check(f.expression());
+            }
+        } else {
+            let _ = node.apply_expressions(&mut check);
+        }
         ok
     }
 }
@@ -339,13 +378,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_filter_runs_over_the_shard_input_after_a_round_trip() {
-        let leaf: Arc<dyn ExecutionPlan> = Arc::new(ShardInputExec::placeholder(schema()));
+        let leaf: Arc<dyn ExecutionPlan> = Arc::new(ShardInputExec::placeholder(0, schema()));
         let plan: Arc<dyn ExecutionPlan> =
             Arc::new(FilterExec::try_new(predicate(col("a").gt(lit(2i64))), leaf).unwrap());
         assert!(WorkerFunctions::default().can_run(plan.as_ref()));
         let bytes = encode(plan).unwrap();
         let ctx = task_context(Arc::new(RuntimeEnv::default()));
-        let out: Vec<RecordBatch> = execute(&bytes, input(vec![vec![1, 2, 3], vec![4]]), ctx)
+        let out: Vec<RecordBatch> = execute(&bytes, vec![input(vec![vec![1, 2, 3], vec![4]])], ctx)
             .unwrap()
             .try_collect()
             .await
@@ -382,13 +421,13 @@ mod tests {
             coordinator_only.call(vec![col("a")]),
             shadowing.call(vec![col("a")]).gt(lit(1i64)),
         ] {
-            let leaf: Arc<dyn ExecutionPlan> = Arc::new(ShardInputExec::placeholder(schema()));
+            let leaf: Arc<dyn ExecutionPlan> = Arc::new(ShardInputExec::placeholder(0, schema()));
             let plan = FilterExec::try_new(predicate(e), leaf).unwrap();
             assert!(!functions.can_run(&plan));
         }
         // while the real built-in is
         let abs = datafusion::functions::math::abs();
-        let leaf: Arc<dyn ExecutionPlan> = Arc::new(ShardInputExec::placeholder(schema()));
+        let leaf: Arc<dyn ExecutionPlan> = Arc::new(ShardInputExec::placeholder(0, schema()));
         let plan =
             FilterExec::try_new(predicate(abs.call(vec![col("a")]).gt(lit(1i64))), leaf).unwrap();
         assert!(functions.can_run(&plan));
@@ -401,7 +440,7 @@ mod tests {
             Arc::new(datafusion::physical_plan::empty::EmptyExec::new(schema()));
         let bytes = datafusion_proto::bytes::physical_plan_to_bytes(empty).unwrap();
         let ctx = task_context(Arc::new(RuntimeEnv::default()));
-        let Err(e) = execute(&bytes, input(vec![vec![1]]), ctx) else {
+        let Err(e) = execute(&bytes, vec![input(vec![vec![1]])], ctx) else {
             panic!("accepted");
         };
         assert_eq!(e.state, SqlState::ProtocolViolation);

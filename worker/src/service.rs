@@ -117,6 +117,54 @@ impl LocalShardService {
         })
     }
 
+    /// A scan's rows (no fragment): the shards' committed rows overlaid with the
+    /// transaction's own writes, as a bounded stream of batches.
+    fn scan_rows(&self, txn: TxnId, req: ScanRequest) -> DbResult<BatchStream> {
+        let entry = self.store.table(req.table)?;
+        for &s in &req.shards {
+            entry.tree(s)?;
+        }
+        if let Some(&bad) = req
+            .projection
+            .iter()
+            .find(|&&i| i >= entry.def.columns.len())
+        {
+            return Err(DbError::internal(format!(
+                "projection column {bad} out of range"
+            )));
+        }
+        // the transaction's own writes to this table, per shard
+        let mut overlay: HashMap<ShardIndex, HashMap<Vec<u8>, Option<Vec<u8>>>> = HashMap::new();
+        if let Some(state) = self.existing_txn_state(txn) {
+            for ((t, key), w) in state.lock().writes.iter() {
+                if *t == req.table {
+                    overlay
+                        .entry(w.shard)
+                        .or_default()
+                        .insert(key.clone(), w.value.clone());
+                }
+            }
+        }
+        let cursor = ScanCursor::new(entry, req, overlay);
+        // One blocking task per batch, not one thread per scan: a thread never waits for a
+        // slow consumer, so the blocking pool (bounded, see main) serves any number of
+        // concurrent scans without parking a thread, its stack and allocator caches on each.
+        // The next batch is produced while the consumer works on this one.
+        let stream = futures::stream::try_unfold(Some(cursor.spawn_next()), |task| async move {
+            let Some(task) = task else {
+                return Ok(None);
+            };
+            let (cursor, batch) = task
+                .await
+                .map_err(|e| DbError::internal(format!("scan task: {e}")))?;
+            let Some(batch) = batch? else {
+                return Ok(None);
+            };
+            Ok(Some((batch, (!cursor.done).then(|| cursor.spawn_next()))))
+        });
+        Ok(Box::pin(stream))
+    }
+
     /// Charges a write of `bytes` (key + row) to the transaction, or fails with 53200 when the
     /// open transactions' write sets would outgrow their budget.
     fn charge(&self, st: &mut TxnState, bytes: usize) -> DbResult<()> {
@@ -338,54 +386,31 @@ impl ShardService for LocalShardService {
 
     async fn scan(&self, txn: TxnId, mut req: ScanRequest) -> DbResult<BatchStream> {
         let fragment = req.fragment.take();
-        let entry = self.store.table(req.table)?;
-        for &s in &req.shards {
-            entry.tree(s)?;
-        }
-        if let Some(&bad) = req
-            .projection
-            .iter()
-            .find(|&&i| i >= entry.def.columns.len())
-        {
-            return Err(DbError::internal(format!(
-                "projection column {bad} out of range"
-            )));
-        }
-        // the transaction's own writes to this table, per shard
-        let mut overlay: HashMap<ShardIndex, HashMap<Vec<u8>, Option<Vec<u8>>>> = HashMap::new();
-        if let Some(state) = self.existing_txn_state(txn) {
-            for ((t, key), w) in state.lock().writes.iter() {
-                if *t == req.table {
-                    overlay
-                        .entry(w.shard)
-                        .or_default()
-                        .insert(key.clone(), w.value.clone());
-                }
+        let more = std::mem::take(&mut req.more_inputs);
+        let Some(bytes) = fragment else {
+            if !more.is_empty() {
+                return Err(DbError::new(
+                    SqlState::ProtocolViolation,
+                    "more scan inputs without a plan fragment to read them",
+                ));
             }
+            return self.scan_rows(txn, req);
+        };
+        let mut inputs = Vec::with_capacity(1 + more.len());
+        for input in more {
+            inputs.push(ScanRequest {
+                table: input.table,
+                projection: input.projection,
+                keys: None,
+                limit: None,
+                ..req.clone()
+            });
         }
-        let cursor = ScanCursor::new(entry, req, overlay);
-        // One blocking task per batch, not one thread per scan: a thread never waits for a
-        // slow consumer, so the blocking pool (bounded, see main) serves any number of
-        // concurrent scans without parking a thread, its stack and allocator caches on each.
-        // The next batch is produced while the consumer works on this one.
-        let stream = futures::stream::try_unfold(Some(cursor.spawn_next()), |task| async move {
-            let Some(task) = task else {
-                return Ok(None);
-            };
-            let (cursor, batch) = task
-                .await
-                .map_err(|e| DbError::internal(format!("scan task: {e}")))?;
-            let Some(batch) = batch? else {
-                return Ok(None);
-            };
-            Ok(Some((batch, (!cursor.done).then(|| cursor.spawn_next()))))
-        });
-        match fragment {
-            None => Ok(Box::pin(stream)),
-            Some(bytes) => {
-                crate::fragment::execute(&bytes, Box::pin(stream), self.fragment_ctx.clone())
-            }
+        let mut streams = vec![self.scan_rows(txn, req)?];
+        for r in inputs {
+            streams.push(self.scan_rows(txn, r)?);
         }
+        crate::fragment::execute(&bytes, streams, self.fragment_ctx.clone())
     }
 
     async fn write(&self, txn: TxnId, req: WriteRequest) -> DbResult<WriteResponse> {

@@ -26,7 +26,7 @@ use datafusion::physical_plan::{
 };
 use futures::{StreamExt, TryStreamExt};
 use orochi_common::schema::TableDef;
-use orochi_common::service::{ScanRequest, ShardService, TxnId};
+use orochi_common::service::{ScanInput, ScanRequest, ShardService, TxnId};
 
 use crate::error::db_to_df;
 
@@ -54,6 +54,10 @@ pub struct ShardScanExec {
 pub struct Fragment {
     pub plan: Arc<dyn ExecutionPlan>,
     pub bytes: Arc<Vec<u8>>,
+    /// Tables read by the fragment's inputs 1.. (co-located with this scan's table).
+    pub more_inputs: Vec<ScanInput>,
+    /// Their names, for EXPLAIN.
+    pub more_tables: Vec<String>,
 }
 
 /// The node of a key lookup's partition, which may read several workers.
@@ -123,6 +127,19 @@ impl ShardScanExec {
         ))
     }
 
+    pub fn table(&self) -> &Arc<TableDef> {
+        &self.table
+    }
+
+    /// The physical columns read, in output order.
+    pub fn projection(&self) -> &[usize] {
+        &self.projection
+    }
+
+    pub fn shards(&self) -> &[u32] {
+        &self.shards
+    }
+
     /// The schema of the rows read from the shards (before any fragment).
     pub fn scan_schema(&self) -> SchemaRef {
         self.schema.clone()
@@ -167,6 +184,28 @@ impl ShardScanExec {
     }
 }
 
+/// A fragment on one line, top first: `A <- B` (B feeds A), `J <- (L | R)` for a join.
+fn fragment_text(plan: &Arc<dyn ExecutionPlan>) -> String {
+    let children = plan.children();
+    let me = datafusion::physical_plan::displayable(plan.as_ref())
+        .one_line()
+        .to_string()
+        .trim_end()
+        .to_string();
+    match children.as_slice() {
+        [] => me,
+        [only] if only.children().is_empty() => me,
+        [only] => format!("{me} <- {}", fragment_text(only)),
+        many => format!(
+            "{me} <- ({})",
+            many.iter()
+                .map(|c| fragment_text(c))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        ),
+    }
+}
+
 /// Bytes of a batch's buffers as sent (the slices, not the allocations behind them).
 fn shipped_bytes(b: &arrow::record_batch::RecordBatch) -> usize {
     b.columns()
@@ -207,23 +246,10 @@ impl DisplayAs for ShardScanExec {
             .collect();
         write!(f, ", on=[{}]", names.join(", "))?;
         if let Some(fragment) = &self.fragment {
-            // the pushed-down plan, top first, one operator per step
-            let mut steps = Vec::new();
-            let mut node = Some(fragment.plan.clone());
-            while let Some(n) = node {
-                if n.children().is_empty() {
-                    break;
-                }
-                steps.push(
-                    datafusion::physical_plan::displayable(n.as_ref())
-                        .one_line()
-                        .to_string()
-                        .trim_end()
-                        .to_string(),
-                );
-                node = n.children().first().map(|c| (*c).clone());
+            if !fragment.more_tables.is_empty() {
+                write!(f, ", joined=[{}]", fragment.more_tables.join(", "))?;
             }
-            write!(f, ", on_workers=[{}]", steps.join(" <- "))?;
+            write!(f, ", on_workers=[{}]", fragment_text(&fragment.plan))?;
         }
         Ok(())
     }
@@ -287,6 +313,11 @@ impl ExecutionPlan for ShardScanExec {
             batch_rows: self.batch_rows,
             limit: self.limit,
             fragment: self.fragment.as_ref().map(|f| f.bytes.as_ref().clone()),
+            more_inputs: self
+                .fragment
+                .as_ref()
+                .map(|f| f.more_inputs.clone())
+                .unwrap_or_default(),
         };
         // what this partition receives from its worker (EXPLAIN ANALYZE)
         let name = self.node_name(node);
