@@ -67,6 +67,16 @@ echo "select-only ..." >&2
 SA_TPS=$(tps "$SA_PORT"); CL_TPS=$(tps "$CL_PORT")
 echo "aggregation ..." >&2
 SA_AGG=$(agg "$SA_PORT"); CL_AGG=$(agg "$CL_PORT")
+CL_SHIPPED=$(psql -h 127.0.0.1 -p "$CL_PORT" -U postgres -Atq -c \
+  "EXPLAIN ANALYZE SELECT bid, count(*), sum(abalance) FROM pgbench_accounts GROUP BY bid" postgres |
+  python3 -c '
+import re, sys
+rows = bytes_ = 0
+for line in sys.stdin:
+    m = re.match(r"Shipped from .*: rows=(\d+), bytes=(\d+)", line)
+    if m:
+        rows += int(m.group(1)); bytes_ += int(m.group(2))
+print(f"{rows:,} / {bytes_:,}")')
 ROWS=$((SCALE * 100000))
 SA_LAT=$(python3 -c "print(f'{$CLIENTS / $SA_TPS * 1e6:.0f}')")
 CL_LAT=$(python3 -c "print(f'{$CLIENTS / $CL_TPS * 1e6:.0f}')")
@@ -86,8 +96,8 @@ cores; release build.
 | mean latency per lookup (µs, = clients / TPS) | $SA_LAT | $CL_LAT | +$(python3 -c "print(f'{$CL_LAT - $SA_LAT:.0f}')") µs for the worker hop |
 | \`SELECT bid, count(*), sum(abalance) … GROUP BY bid\` (ms, best of 3) | $SA_AGG | $CL_AGG | $(ratio "$CL_AGG" "$SA_AGG") |
 
-Rows shipped from the workers for the aggregation: all $ROWS (no partial aggregation on the
-workers yet; see docs/rfcs/0002-distributed-execution.md).
+Rows / bytes the workers shipped to the coordinator for the aggregation (EXPLAIN ANALYZE):
+$CL_SHIPPED of $ROWS rows (partial aggregates on the workers; docs/rfcs/0002-distributed-execution.md).
 <!-- cluster:end -->
 MD
 )

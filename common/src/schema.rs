@@ -77,6 +77,10 @@ pub struct TableDef {
     pub hidden_rowid: bool,
     /// Bumped by every ALTER so caches can tell stale definitions.
     pub version: u32,
+    /// A reference table (`create_reference_table`): one shard, a full copy on every worker;
+    /// writes go to every copy in one transaction, reads to one.
+    #[serde(default)]
+    pub reference: bool,
 }
 
 impl TableDef {

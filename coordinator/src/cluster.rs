@@ -289,6 +289,67 @@ impl ClusterShardService {
             .shard_of_value(&values[r.def.distribution_key_position()]))
     }
 
+    /// Where reads of `shard` of a table go: its owner, or for a reference table the copy on
+    /// the first worker (writes lock there first too, so writers of a row queue in one place).
+    fn reader(&self, r: &Routed, shard: ShardIndex) -> usize {
+        if r.def.reference {
+            0
+        } else {
+            self.owner(shard)
+        }
+    }
+
+    /// A read of a reference table from the first copy that answers (a dead worker fails with
+    /// 08006 within the connect timeout; the next copy serves).
+    async fn scan_any_copy(&self, txn: TxnId, req: ScanRequest) -> DbResult<BatchStream> {
+        let mut last = None;
+        for w in &self.workers {
+            match w.scan(txn, req.clone()).await {
+                Err(e) if e.state == SqlState::ConnectionFailure => last = Some(e),
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or_else(|| DbError::internal("no workers")))
+    }
+
+    async fn call_any_copy(&self, call: &Call) -> DbResult<Reply> {
+        let mut last = None;
+        for w in &self.workers {
+            match w.call(call).await {
+                Err(e) if e.state == SqlState::ConnectionFailure => last = Some(e),
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or_else(|| DbError::internal("no workers")))
+    }
+
+    /// A write to a reference table: the same ops on every copy, in worker order, all in
+    /// `txn` (so its commit is two-phase, and every copy or none has it).
+    async fn write_every_copy(&self, txn: TxnId, req: WriteRequest) -> DbResult<WriteResponse> {
+        let mut first = None;
+        for w in 0..self.workers.len() {
+            let call = Call::Write {
+                txn,
+                req: req.clone(),
+            };
+            let reply = self.txn_call(txn, w, &call).await?;
+            let Reply::Written(resp) = reply else {
+                return Err(unexpected(&self.workers[w].address, &reply));
+            };
+            match &first {
+                None => first = Some(resp),
+                Some(f) if f.applied != resp.applied => {
+                    return Err(DbError::internal(format!(
+                        "the copies of reference table {} disagree on worker {}",
+                        req.table, self.workers[w].address
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(first.unwrap_or_default())
+    }
+
     /// A call that creates or uses `txn`'s state on worker `w`. A worker that restarted since
     /// the transaction first reached it lost the transaction's writes there: the call fails
     /// (and the session rolls the transaction back) instead of committing what is left.
@@ -500,7 +561,7 @@ impl ShardService for ClusterShardService {
         // keys per worker, remembering where each answer goes
         let mut per: HashMap<usize, (Vec<Vec<u8>>, Vec<usize>)> = HashMap::new();
         for (i, k) in keys.iter().enumerate() {
-            let w = self.owner(Self::shard_of_key(&r, k)?);
+            let w = self.reader(&r, Self::shard_of_key(&r, k)?);
             let e = per.entry(w).or_default();
             e.0.push(k.clone());
             e.1.push(i);
@@ -525,6 +586,8 @@ impl ShardService for ClusterShardService {
                     .is_some_and(|m| m.contains_key(&w));
             let reply = if holds {
                 self.txn_call(txn, w, &call).await?
+            } else if r.def.reference {
+                self.call_any_copy(&call).await?
             } else {
                 worker.call(&call).await?
             };
@@ -559,13 +622,13 @@ impl ShardService for ClusterShardService {
         match &req.keys {
             Some(keys) => {
                 for k in keys {
-                    let w = self.owner(Self::shard_of_key(&r, k)?);
+                    let w = self.reader(&r, Self::shard_of_key(&r, k)?);
                     per[w].keys.as_mut().expect("set above").push(k.clone());
                 }
             }
             None => {
                 for &s in &req.shards {
-                    per[self.owner(s)].shards.push(s);
+                    per[self.reader(&r, s)].shards.push(s);
                 }
             }
         }
@@ -575,9 +638,14 @@ impl ShardService for ClusterShardService {
                 Some(k) => k.is_empty(),
                 None => sub.shards.is_empty(),
             };
-            if !empty {
-                streams.push(self.workers[w].scan(txn, sub).await?);
+            if empty {
+                continue;
             }
+            streams.push(if r.def.reference {
+                self.scan_any_copy(txn, sub).await?
+            } else {
+                self.workers[w].scan(txn, sub).await?
+            });
         }
         // every worker's scan runs at once; the pushed-down LIMIT holds for the merge
         let merged = futures::stream::select_all(streams);
@@ -604,6 +672,9 @@ impl ShardService for ClusterShardService {
     async fn write(&self, txn: TxnId, req: WriteRequest) -> DbResult<WriteResponse> {
         let r = self.routed(req.table)?;
         let def = &r.def;
+        if def.reference {
+            return self.write_every_copy(txn, req).await;
+        }
         // ops per worker in statement order; an UPDATE that moves a row to another worker's
         // shard becomes a delete there and an insert here
         let mut per: Vec<(Vec<WriteOp>, Vec<usize>)> = (0..self.workers.len())
@@ -798,7 +869,12 @@ impl ShardService for ClusterShardService {
 
     async fn shard_stats(&self, table: TableId) -> DbResult<Vec<(ShardIndex, u64, u64)>> {
         let mut out = Vec::new();
+        let r = self.routed(table)?;
         for (w, worker) in self.workers.iter().enumerate() {
+            if r.def.reference && w > 0 {
+                // every copy is the same: the one reads use is reported
+                break;
+            }
             match worker.call(&Call::ShardStats { table }).await? {
                 Reply::Stats(stats) => {
                     out.extend(stats.into_iter().filter(|(s, _, _)| self.owner(*s) == w))

@@ -560,6 +560,36 @@ impl ScalarUDFImpl for SizePretty {
     }
 }
 
+/// `create_distributed_table` and `create_reference_table` run as whole statements
+/// (handler/distribution.rs); these let a statement calling them be planned (Describe in the
+/// extended protocol) and refuse any other use.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct PlacementFunction {
+    name: &'static str,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for PlacementFunction {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        Err(crate::error::db_to_df(orochi_common::error::DbError::new(
+            orochi_common::error::SqlState::FeatureNotSupported,
+            format!(
+                "{} must be called on its own: SELECT {}(…)",
+                self.name, self.name
+            ),
+        )))
+    }
+}
+
 /// Catalog functions that need no session state.
 pub fn stateless_functions() -> Vec<ScalarUDF> {
     let mut out: Vec<ScalarUDF> = ["obj_description", "col_description", "shobj_description"]
@@ -571,6 +601,15 @@ pub fn stateless_functions() -> Vec<ScalarUDF> {
             })
         })
         .collect();
+    for name in [
+        crate::handler::distribution::CREATE_DISTRIBUTED_TABLE,
+        crate::handler::distribution::CREATE_REFERENCE_TABLE,
+    ] {
+        out.push(ScalarUDF::new_from_impl(PlacementFunction {
+            name,
+            signature: Signature::variadic_any(Volatility::Volatile),
+        }));
+    }
     out.push(ScalarUDF::new_from_impl(SizePretty {
         signature: Signature::any(1, Volatility::Immutable),
     }));

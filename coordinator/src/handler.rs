@@ -3,6 +3,7 @@
 
 pub mod copy;
 pub mod ddl;
+pub mod distribution;
 pub mod dml;
 pub mod eval;
 pub mod explain;

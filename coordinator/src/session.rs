@@ -449,7 +449,10 @@ impl Session {
             Statement::Set(ast::Set::SetSessionAuthorization(param)) => {
                 role::handle_set_session_authorization(self, param)
             }
-            Statement::Query(q) => query::handle_query(self, q, params).await,
+            Statement::Query(q) => match crate::handler::distribution::placement_call(q) {
+                Some(call) => crate::handler::distribution::handle(self, call, params, txn).await,
+                None => query::handle_query(self, q, params).await,
+            },
             Statement::Insert(ins) => dml::handle_insert(self, ins, params, txn).await,
             Statement::Update(upd) => dml::handle_update(self, upd, params, txn).await,
             Statement::Delete(del) => dml::handle_delete(self, del, params, txn).await,

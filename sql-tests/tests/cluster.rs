@@ -519,3 +519,54 @@ async fn aggregates_and_filters_run_on_the_workers() {
     let qty: u64 = (1..=ROWS).map(|i| i % 10).sum::<u64>() + ROWS / 2;
     assert_eq!(total, ((ROWS + ROWS / 2) as i64, qty as i64));
 }
+
+/// A reference table has a full copy on every worker: a write reaches every copy or none, and
+/// reads are served by whichever copy answers.
+#[tokio::test]
+async fn reference_tables_are_copied_to_every_worker() {
+    let mut cluster = Cluster::start(2).unwrap();
+    let c = cluster.coordinator.connect().await;
+    c.batch_execute(
+        "CREATE TABLE region (id int PRIMARY KEY, name text);
+         SELECT create_reference_table('region');
+         INSERT INTO region SELECT i, 'r' || i FROM generate_series(1, 100) i;",
+    )
+    .await
+    .unwrap();
+    assert_eq!(region_count(&c).await, (100, 5050));
+
+    // worker 0 dead: worker 1's copy answers; writes need every copy and fail naming worker 0
+    let dead = cluster.worker_addresses()[0].clone();
+    cluster.workers[0].kill();
+    assert_eq!(region_count(&c).await, (100, 5050));
+    let err = c
+        .execute("INSERT INTO region VALUES (101, 'lost')", &[])
+        .await
+        .unwrap_err();
+    let db = err.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "08006", "{db:?}");
+    assert!(db.message().contains(&dead), "{db:?}");
+    assert_eq!(region_count(&c).await, (100, 5050));
+
+    // back: every copy has the same rows, and a write (two-phase, both copies) lands on both
+    cluster.restart_worker(0).unwrap();
+    c.execute("INSERT INTO region VALUES (101, 'kept')", &[])
+        .await
+        .unwrap();
+    assert_eq!(region_count(&c).await, (101, 5151));
+    cluster.workers[1].kill();
+    assert_eq!(region_count(&c).await, (101, 5151));
+    let row = c
+        .query_one("SELECT name FROM region WHERE id = 101", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "kept");
+}
+
+async fn region_count(c: &tokio_postgres::Client) -> (i64, i64) {
+    let r = c
+        .query_one("SELECT count(*), sum(id)::bigint FROM region", &[])
+        .await
+        .unwrap();
+    (r.get(0), r.get(1))
+}

@@ -508,6 +508,7 @@ pub(crate) mod tests {
             shard_count: 4,
             hidden_rowid: false,
             version: 1,
+            reference: false,
         }
     }
 

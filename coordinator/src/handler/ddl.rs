@@ -340,6 +340,7 @@ pub async fn handle_create_table(
             .map_err(|_| DbError::internal("orochi.default_shard_count is not a number"))?,
         hidden_rowid,
         version: 1,
+        reference: false,
     };
     for seq in sequences {
         s.instance.catalog.create_sequence(seq)?;
@@ -618,7 +619,7 @@ pub async fn handle_alter_table(
     Ok(StatementResult::Command("ALTER TABLE".into()))
 }
 
-async fn table_has_rows(s: &Session, def: &TableDef, txn: TxnId) -> DbResult<bool> {
+pub async fn table_has_rows(s: &Session, def: &TableDef, txn: TxnId) -> DbResult<bool> {
     let mut stream = s
         .instance
         .service
