@@ -126,6 +126,48 @@ impl OrochiTable {
     }
 }
 
+impl OrochiTable {
+    /// If `filters` pin the distribution column to constants (`=` or `IN`), the shards that
+    /// can hold matching rows (shard pruning).
+    pub fn pinned_shards(&self, filters: &[&Expr]) -> Option<Vec<u32>> {
+        let dist = &self.def.columns[self.def.distribution_column];
+        if !dist.is_visible() {
+            return None;
+        }
+        let values = |col: &datafusion::common::Column, lits: &[&Expr]| -> Option<Vec<Datum>> {
+            if col.name != dist.name {
+                return None;
+            }
+            lits.iter().map(|v| literal_datum(v, dist.ty)).collect()
+        };
+        for f in filters {
+            for conj in split_conjunction(f) {
+                let found = match conj {
+                    Expr::BinaryExpr(b) if b.op == Operator::Eq => {
+                        match (b.left.as_ref(), b.right.as_ref()) {
+                            (Expr::Column(c), other) | (other, Expr::Column(c)) => {
+                                values(c, &[other])
+                            }
+                            _ => None,
+                        }
+                    }
+                    Expr::InList(l) if !l.negated => match l.expr.as_ref() {
+                        Expr::Column(c) => values(c, &l.list.iter().collect::<Vec<_>>()),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                if let Some(vals) = found {
+                    let shards: BTreeSet<u32> =
+                        vals.iter().map(|v| self.def.shard_of_value(v)).collect();
+                    return Some(shards.into_iter().collect());
+                }
+            }
+        }
+        None
+    }
+}
+
 fn split_conjunction(e: &Expr) -> Vec<&Expr> {
     match e {
         Expr::BinaryExpr(b) if b.op == Operator::And => {
@@ -223,7 +265,10 @@ impl TableProvider for OrochiTable {
                 }
                 s.into_iter().collect()
             }
-            None => (0..self.def.shard_count).collect(),
+            // filters still apply to every row read: pruning only skips shards that cannot match
+            None => self
+                .pinned_shards(&filter_refs)
+                .unwrap_or_else(|| (0..self.def.shard_count).collect()),
         };
         let batch_rows = state.config().batch_size();
         Ok(Arc::new(ShardScanExec::new(
