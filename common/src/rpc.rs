@@ -99,6 +99,26 @@ pub enum Reply {
     Prepared(Vec<TxnId>),
 }
 
+/// Actions a worker sends the coordinator's cluster listener (`--cluster-listen`), each with a
+/// JSON [`Registration`] body and a JSON [`Registered`] answer: joining the cluster (idempotent:
+/// a restarted worker registers again) and, every second after, a heartbeat. A heartbeat from
+/// a worker the coordinator does not know fails with NOT_FOUND: the worker registers again.
+pub const REGISTER_ACTION: &str = "orochi.register";
+pub const HEARTBEAT_ACTION: &str = "orochi.heartbeat";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Registration {
+    /// The worker's Flight address as the coordinator should dial it.
+    pub address: String,
+    pub protocol: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Registered {
+    /// The worker's place in the cluster's worker list.
+    pub node: usize,
+}
+
 /// The ticket of a scan (`DoGet`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScanTicket {

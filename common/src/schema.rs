@@ -81,6 +81,10 @@ pub struct TableDef {
     /// writes go to every copy in one transaction, reads to one.
     #[serde(default)]
     pub reference: bool,
+    /// How many workers the shards are placed over (cluster mode): shard *i* lives on worker
+    /// *i* mod `workers` of the cluster's worker list, which only grows. 0: standalone.
+    #[serde(default)]
+    pub workers: u32,
 }
 
 impl TableDef {

@@ -173,8 +173,12 @@ pub trait ShardService: Send + Sync + std::fmt::Debug {
 
     /// The shard owners, checked now (a worker that does not answer within a second is down).
     async fn nodes(&self) -> Vec<NodeStatus>;
-    /// Which of [`ShardService::nodes`] owns shard `shard` (of every table).
-    fn owner_of(&self, shard: ShardIndex) -> usize;
+    /// Which of [`ShardService::nodes`] owns shard `shard` of `table` (the one reads go to,
+    /// for a reference table).
+    fn owner_of(&self, table: &TableDef, shard: ShardIndex) -> usize;
+    /// What a table created now is placed over ([`TableDef::workers`]): the number of
+    /// workers, 0 in standalone.
+    fn placement_width(&self) -> u32;
     /// The address of node `node` of [`ShardService::nodes`], as `nodes` reports it.
     fn node_address(&self, node: usize) -> String;
 }

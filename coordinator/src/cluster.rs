@@ -226,7 +226,9 @@ struct Routed {
 }
 
 pub struct ClusterShardService {
-    workers: Vec<RemoteWorker>,
+    /// The workers, in the order the catalog records them; a worker that registers itself
+    /// is appended (the list never shrinks or reorders: placements index it).
+    workers: RwLock<Arc<Vec<RemoteWorker>>>,
     catalog: Arc<Catalog>,
     tables: RwLock<HashMap<TableId, Arc<Routed>>>,
     /// Per open transaction, the workers holding state for it (writes, locks, savepoints),
@@ -234,12 +236,14 @@ pub struct ClusterShardService {
     participants: Mutex<HashMap<TxnId, BTreeMap<usize, Option<u64>>>>,
     /// Per open transaction, its savepoints: each worker's mark, by savepoint id.
     savepoints: Mutex<HashMap<TxnId, Vec<Vec<u64>>>>,
+    /// Serializes worker registrations.
+    registering: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for ClusterShardService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClusterShardService")
-            .field("workers", &self.workers)
+            .field("workers", &self.workers())
             .finish_non_exhaustive()
     }
 }
@@ -247,21 +251,85 @@ impl std::fmt::Debug for ClusterShardService {
 impl ClusterShardService {
     pub fn new(workers: Vec<RemoteWorker>, catalog: Arc<Catalog>) -> Self {
         let svc = ClusterShardService {
-            workers,
+            workers: RwLock::new(Arc::new(workers)),
             catalog: catalog.clone(),
             tables: RwLock::new(HashMap::new()),
             participants: Mutex::new(HashMap::new()),
             savepoints: Mutex::new(HashMap::new()),
+            registering: tokio::sync::Mutex::new(()),
         };
+        let count = svc.workers().len() as u32;
         for def in catalog.all_tables() {
+            let mut def = (*def).clone();
+            // placed before placements were recorded: over the whole (then fixed) list
+            if def.workers == 0 && count > 0 {
+                def.workers = count;
+                if let Err(e) = catalog.put_table(def.clone()) {
+                    tracing::warn!(table = %def.qualified_name(), error = %e.message, "recording a placement");
+                }
+            }
             svc.remember(&def);
         }
         svc
     }
 
-    /// The worker that owns shard `shard` (of every table).
-    pub fn owner(&self, shard: ShardIndex) -> usize {
-        shard as usize % self.workers.len()
+    /// A worker joins (or, restarted, re-joins) the cluster: it answers `Hello` and gets the
+    /// definitions of the existing tables (it owns none of their shards: they stay where they
+    /// were placed); tables created from now on are placed over it too. Its place in the list
+    /// is recorded in the catalog before it is used.
+    pub async fn register(&self, address: &str) -> DbResult<usize> {
+        let _one_at_a_time = self.registering.lock().await;
+        if let Some(i) = self.workers().iter().position(|w| w.address == address) {
+            self.workers()[i].touch();
+            return Ok(i);
+        }
+        let worker = RemoteWorker::new(address)?;
+        worker.hello().await?;
+        for def in self.catalog.all_tables() {
+            expect_done(
+                address,
+                worker
+                    .call(&Call::CreateTable {
+                        table: (*def).clone(),
+                    })
+                    .await?,
+            )?;
+        }
+        let mut list: Vec<RemoteWorker> = self.workers().as_ref().clone();
+        list.push(worker);
+        let addresses: Vec<String> = list.iter().map(|w| w.address.clone()).collect();
+        self.catalog.put_workers(&addresses)?;
+        let node = list.len() - 1;
+        *self.workers.write() = Arc::new(list);
+        tracing::info!(worker = %address, node, "worker registered");
+        Ok(node)
+    }
+
+    /// A registered worker's heartbeat; `None` if the coordinator does not know it.
+    pub fn heartbeat(&self, address: &str) -> Option<usize> {
+        let workers = self.workers();
+        let i = workers.iter().position(|w| w.address == address)?;
+        workers[i].touch();
+        Some(i)
+    }
+
+    /// The workers now.
+    fn workers(&self) -> Arc<Vec<RemoteWorker>> {
+        self.workers.read().clone()
+    }
+
+    /// The worker that owns shard `shard` of table `def`: shards are placed round-robin over
+    /// the first `def.workers` workers (the workers there were when it was placed).
+    pub fn owner(&self, def: &TableDef, shard: ShardIndex) -> usize {
+        if def.reference {
+            return 0;
+        }
+        let width = if def.workers == 0 {
+            self.workers().len()
+        } else {
+            def.workers as usize
+        };
+        shard as usize % width.max(1)
     }
 
     fn remember(&self, def: &TableDef) {
@@ -292,18 +360,14 @@ impl ClusterShardService {
     /// Where reads of `shard` of a table go: its owner, or for a reference table the copy on
     /// the first worker (writes lock there first too, so writers of a row queue in one place).
     fn reader(&self, r: &Routed, shard: ShardIndex) -> usize {
-        if r.def.reference {
-            0
-        } else {
-            self.owner(shard)
-        }
+        self.owner(&r.def, shard)
     }
 
     /// A read of a reference table from the first copy that answers (a dead worker fails with
     /// 08006 within the connect timeout; the next copy serves).
     async fn scan_any_copy(&self, txn: TxnId, req: ScanRequest) -> DbResult<BatchStream> {
         let mut last = None;
-        for w in &self.workers {
+        for w in self.workers().iter() {
             match w.scan(txn, req.clone()).await {
                 Err(e) if e.state == SqlState::ConnectionFailure => last = Some(e),
                 other => return other,
@@ -314,7 +378,7 @@ impl ClusterShardService {
 
     async fn call_any_copy(&self, call: &Call) -> DbResult<Reply> {
         let mut last = None;
-        for w in &self.workers {
+        for w in self.workers().iter() {
             match w.call(call).await {
                 Err(e) if e.state == SqlState::ConnectionFailure => last = Some(e),
                 other => return other,
@@ -327,21 +391,22 @@ impl ClusterShardService {
     /// `txn` (so its commit is two-phase, and every copy or none has it).
     async fn write_every_copy(&self, txn: TxnId, req: WriteRequest) -> DbResult<WriteResponse> {
         let mut first = None;
-        for w in 0..self.workers.len() {
+        for w in 0..self.workers().len() {
             let call = Call::Write {
                 txn,
                 req: req.clone(),
             };
             let reply = self.txn_call(txn, w, &call).await?;
             let Reply::Written(resp) = reply else {
-                return Err(unexpected(&self.workers[w].address, &reply));
+                return Err(unexpected(&self.workers()[w].address, &reply));
             };
             match &first {
                 None => first = Some(resp),
                 Some(f) if f.applied != resp.applied => {
                     return Err(DbError::internal(format!(
                         "the copies of reference table {} disagree on worker {}",
-                        req.table, self.workers[w].address
+                        req.table,
+                        self.workers()[w].address
                     )));
                 }
                 Some(_) => {}
@@ -360,10 +425,10 @@ impl ClusterShardService {
             .or_default()
             .entry(w)
             .or_insert(None);
-        let (reply, boot) = self.workers[w].call_with_boot(call).await?;
+        let (reply, boot) = self.workers()[w].call_with_boot(call).await?;
         let mut participants = self.participants.lock();
         if let Some(seen) = participants.get_mut(&txn).and_then(|m| m.get_mut(&w)) {
-            same_boot(&self.workers[w].address, *seen, boot)?;
+            same_boot(&self.workers()[w].address, *seen, boot)?;
             if seen.is_none() {
                 *seen = boot;
             }
@@ -373,7 +438,8 @@ impl ClusterShardService {
 
     /// The same call on every worker, all at once; the first error wins.
     async fn broadcast(&self, call: Call) -> DbResult<()> {
-        let calls = self.workers.iter().map(|w| {
+        let workers = self.workers();
+        let calls = workers.iter().map(|w| {
             let call = &call;
             async move { expect_done(&w.address, w.call(call).await?) }
         });
@@ -390,7 +456,7 @@ impl ClusterShardService {
     pub async fn recover(self: &Arc<Self>) {
         let decisions: BTreeSet<TxnId> = self.catalog.commit_decisions().into_iter().collect();
         let mut all_answered = true;
-        for (i, w) in self.workers.iter().enumerate() {
+        for (i, w) in self.workers().iter().enumerate() {
             // the sessions of the previous coordinator process are gone: so are their
             // transactions (prepared ones wait for the decision below)
             let _ = w.call(&Call::AbortOpen).await;
@@ -424,7 +490,7 @@ impl ClusterShardService {
     }
 
     async fn recover_worker_later(self: Arc<Self>, worker: usize, decisions: BTreeSet<TxnId>) {
-        let w = &self.workers[worker];
+        let w = &self.workers()[worker];
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
             // (no AbortOpen here: this process's sessions may already have transactions there;
@@ -445,7 +511,7 @@ impl ClusterShardService {
         } else {
             Call::AbortPrepared { txn }
         };
-        let w = self.workers[worker].clone();
+        let w = self.workers()[worker].clone();
         if let Err(e) = w.call(&call).await {
             tracing::warn!(worker = %w.address, txn, commit, error = %e.message, "phase two failed; retrying in the background");
             tokio::spawn(retry_until_done(w, call));
@@ -459,7 +525,7 @@ impl ClusterShardService {
         participants: &BTreeMap<usize, Option<u64>>,
     ) -> DbResult<()> {
         let prepares = participants.iter().map(|(&w, &seen)| {
-            let worker = &self.workers[w];
+            let worker = self.workers()[w].clone();
             async move {
                 let r = worker.call_with_boot(&Call::Prepare { txn }).await;
                 let r = r.and_then(|(reply, boot)| {
@@ -474,7 +540,7 @@ impl ClusterShardService {
             for (w, r) in &prepared {
                 if r.is_err() {
                     // not prepared there (or the answer was lost): end it either way
-                    let _ = self.workers[*w].call(&Call::Abort { txn }).await;
+                    let _ = self.workers()[*w].call(&Call::Abort { txn }).await;
                 }
                 self.resolve(*w, txn, false).await;
             }
@@ -483,13 +549,13 @@ impl ClusterShardService {
         // the commit point: once this is durable, the transaction is committed
         self.catalog.put_commit_decision(txn)?;
         let applies = participants.keys().map(|&w| {
-            let worker = &self.workers[w];
+            let worker = self.workers()[w].clone();
             async move { (w, worker.call(&Call::CommitPrepared { txn }).await) }
         });
         let mut pending = false;
         for (w, r) in futures::future::join_all(applies).await {
             if let Err(e) = r {
-                let worker = self.workers[w].clone();
+                let worker = self.workers()[w].clone();
                 tracing::warn!(worker = %worker.address, txn, error = %e.message, "phase two failed; retrying in the background");
                 tokio::spawn(retry_until_done(worker, Call::CommitPrepared { txn }));
                 pending = true;
@@ -522,6 +588,12 @@ async fn retry_until_done(worker: RemoteWorker, call: Call) {
 #[async_trait]
 impl ShardService for ClusterShardService {
     async fn create_table(&self, table: &TableDef) -> DbResult<()> {
+        if self.workers().is_empty() {
+            return Err(DbError::new(
+                SqlState::ConnectionFailure,
+                "no worker has registered with this coordinator yet",
+            ));
+        }
         self.broadcast(Call::CreateTable {
             table: table.clone(),
         })
@@ -568,7 +640,7 @@ impl ShardService for ClusterShardService {
         }
         let mut out = vec![None; keys.len()];
         for (w, (keys, slots)) in per {
-            let worker = &self.workers[w];
+            let worker = &self.workers()[w];
             let call = Call::Get {
                 txn,
                 table,
@@ -612,7 +684,7 @@ impl ShardService for ClusterShardService {
 
     async fn scan(&self, txn: TxnId, req: ScanRequest) -> DbResult<BatchStream> {
         let r = self.routed(req.table)?;
-        let mut per: Vec<ScanRequest> = (0..self.workers.len())
+        let mut per: Vec<ScanRequest> = (0..self.workers().len())
             .map(|_| ScanRequest {
                 shards: Vec::new(),
                 keys: req.keys.as_ref().map(|_| Vec::new()),
@@ -644,7 +716,7 @@ impl ShardService for ClusterShardService {
             streams.push(if r.def.reference {
                 self.scan_any_copy(txn, sub).await?
             } else {
-                self.workers[w].scan(txn, sub).await?
+                self.workers()[w].scan(txn, sub).await?
             });
         }
         // every worker's scan runs at once; the pushed-down LIMIT holds for the merge
@@ -677,15 +749,15 @@ impl ShardService for ClusterShardService {
         }
         // ops per worker in statement order; an UPDATE that moves a row to another worker's
         // shard becomes a delete there and an insert here
-        let mut per: Vec<(Vec<WriteOp>, Vec<usize>)> = (0..self.workers.len())
+        let mut per: Vec<(Vec<WriteOp>, Vec<usize>)> = (0..self.workers().len())
             .map(|_| Default::default())
             .collect();
         let n = req.ops.len();
         for (i, op) in req.ops.into_iter().enumerate() {
             match op {
                 WriteOp::Update { old_key, row } => {
-                    let from = self.owner(Self::shard_of_key(&r, &old_key)?);
-                    let to = self.owner(def.shard_of_row(&row));
+                    let from = self.owner(def, Self::shard_of_key(&r, &old_key)?);
+                    let to = self.owner(def, def.shard_of_row(&row));
                     if from == to {
                         per[to].0.push(WriteOp::Update { old_key, row });
                         per[to].1.push(i);
@@ -697,17 +769,17 @@ impl ShardService for ClusterShardService {
                     }
                 }
                 WriteOp::Delete { key } => {
-                    let w = self.owner(Self::shard_of_key(&r, &key)?);
+                    let w = self.owner(def, Self::shard_of_key(&r, &key)?);
                     per[w].0.push(WriteOp::Delete { key });
                     per[w].1.push(i);
                 }
                 WriteOp::Insert { row } => {
-                    let w = self.owner(def.shard_of_row(&row));
+                    let w = self.owner(def, def.shard_of_row(&row));
                     per[w].0.push(WriteOp::Insert { row });
                     per[w].1.push(i);
                 }
                 WriteOp::InsertIgnore { row } => {
-                    let w = self.owner(def.shard_of_row(&row));
+                    let w = self.owner(def, def.shard_of_row(&row));
                     per[w].0.push(WriteOp::InsertIgnore { row });
                     per[w].1.push(i);
                 }
@@ -718,7 +790,7 @@ impl ShardService for ClusterShardService {
             if ops.is_empty() {
                 continue;
             }
-            let worker = &self.workers[w];
+            let worker = &self.workers()[w];
             let call = Call::Write {
                 txn,
                 req: WriteRequest {
@@ -748,7 +820,7 @@ impl ShardService for ClusterShardService {
             let Some((&w, &seen)) = participants.iter().next() else {
                 return Ok(());
             };
-            let worker = &self.workers[w];
+            let worker = &self.workers()[w];
             let (reply, boot) = worker.call_with_boot(&Call::Commit { txn }).await?;
             // a restart just before the commit: there was nothing left to commit there
             same_boot(&worker.address, seen, boot)?;
@@ -761,7 +833,7 @@ impl ShardService for ClusterShardService {
         self.savepoints.lock().remove(&txn);
         let participants = self.participants.lock().remove(&txn).unwrap_or_default();
         let calls = participants.into_keys().map(|w| {
-            let worker = &self.workers[w];
+            let worker = self.workers()[w].clone();
             async move {
                 if let Err(e) = worker.call(&Call::Abort { txn }).await {
                     // the worker went away: its transactions went with it
@@ -805,8 +877,8 @@ impl ShardService for ClusterShardService {
     async fn savepoint(&self, txn: TxnId) -> DbResult<u64> {
         // every worker marks its write set (one that joins later must still roll back), and
         // the coordinator's savepoint id indexes the marks
-        let mut marks = Vec::with_capacity(self.workers.len());
-        for (w, worker) in self.workers.iter().enumerate() {
+        let mut marks = Vec::with_capacity(self.workers().len());
+        for (w, worker) in self.workers().iter().enumerate() {
             match self.txn_call(txn, w, &Call::Savepoint { txn }).await? {
                 Reply::Savepoint(m) => marks.push(m),
                 other => return Err(unexpected(&worker.address, &other)),
@@ -835,7 +907,7 @@ impl ShardService for ClusterShardService {
                 savepoint: mark,
             };
             expect_done(
-                &self.workers[w].address,
+                &self.workers()[w].address,
                 self.txn_call(txn, w, &call).await?,
             )?;
         }
@@ -843,7 +915,8 @@ impl ShardService for ClusterShardService {
     }
 
     async fn nodes(&self) -> Vec<NodeStatus> {
-        let checks = self.workers.iter().map(|w| async move {
+        let workers = self.workers();
+        let checks = workers.iter().map(|w| async move {
             let up = matches!(
                 tokio::time::timeout(Duration::from_secs(1), w.hello()).await,
                 Ok(Ok(_))
@@ -857,12 +930,16 @@ impl ShardService for ClusterShardService {
         futures::future::join_all(checks).await
     }
 
-    fn owner_of(&self, shard: ShardIndex) -> usize {
-        self.owner(shard)
+    fn owner_of(&self, table: &TableDef, shard: ShardIndex) -> usize {
+        self.owner(table, shard)
+    }
+
+    fn placement_width(&self) -> u32 {
+        self.workers().len() as u32
     }
 
     fn node_address(&self, node: usize) -> String {
-        self.workers
+        self.workers()
             .get(node)
             .map_or_else(|| "unknown".into(), |w| w.address.clone())
     }
@@ -870,15 +947,17 @@ impl ShardService for ClusterShardService {
     async fn shard_stats(&self, table: TableId) -> DbResult<Vec<(ShardIndex, u64, u64)>> {
         let mut out = Vec::new();
         let r = self.routed(table)?;
-        for (w, worker) in self.workers.iter().enumerate() {
+        for (w, worker) in self.workers().iter().enumerate() {
             if r.def.reference && w > 0 {
                 // every copy is the same: the one reads use is reported
                 break;
             }
             match worker.call(&Call::ShardStats { table }).await? {
-                Reply::Stats(stats) => {
-                    out.extend(stats.into_iter().filter(|(s, _, _)| self.owner(*s) == w))
-                }
+                Reply::Stats(stats) => out.extend(
+                    stats
+                        .into_iter()
+                        .filter(|(s, _, _)| self.owner(&r.def, *s) == w),
+                ),
                 other => return Err(unexpected(&worker.address, &other)),
             }
         }

@@ -45,10 +45,14 @@ pub struct CoordinatorOptions {
     /// each user's role gets it (created with LOGIN if missing), and, without an
     /// `hba_file`, every login must then pass SCRAM-SHA-256.
     pub passwords: BTreeMap<String, String>,
-    /// Worker daemons (`host:port`, their Flight address). Empty: standalone, with an
-    /// embedded worker. Shard *i* of every table lives on worker *i mod N*, so the list and
-    /// its order are fixed once tables exist (the catalog remembers it).
+    /// Worker daemons (`host:port`, their Flight address). Empty (and no `cluster_listen`):
+    /// standalone, with an embedded worker. A table's shard *i* lives on worker *i mod N* of
+    /// the workers there were when it was created, so the list only grows (the catalog
+    /// remembers it).
     pub workers: Vec<String>,
+    /// Where workers register themselves and send heartbeats (`orochi-worker
+    /// --coordinator`), Arrow Flight. Set: cluster mode, even before any worker registered.
+    pub cluster_listen: Option<String>,
 }
 
 /// A quarter of the memory this process may use: physical memory, or the cgroup's limit
@@ -96,6 +100,7 @@ impl Default for CoordinatorOptions {
             query_parallelism: 0,
             passwords: BTreeMap::new(),
             workers: Vec::new(),
+            cluster_listen: None,
         }
     }
 }

@@ -37,6 +37,10 @@ struct Args {
     /// comma-separated list). Without any, the coordinator runs standalone.
     #[arg(long = "worker", env = "OROCHI_WORKER_HOSTS", value_delimiter = ',')]
     workers: Vec<String>,
+    /// Where workers register themselves (`orochi-worker --coordinator`), host:port. Set, the
+    /// coordinator runs as a cluster even before the first worker registers.
+    #[arg(long, env = "OROCHI_CLUSTER_LISTEN")]
+    cluster_listen: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,6 +66,9 @@ fn main() -> anyhow::Result<()> {
     }
     if !args.workers.is_empty() {
         options.workers = args.workers.clone();
+    }
+    if let Some(c) = args.cluster_listen.clone() {
+        options.cluster_listen = Some(c);
     }
     if let Ok(password) = std::env::var("OROCHI_PASSWORD") {
         options.passwords.insert("postgres".into(), password);

@@ -45,22 +45,29 @@ pub async fn open(options: CoordinatorOptions) -> anyhow::Result<Standalone> {
         )
         .build_arc()
         .context("building the query runtime")?;
-    let service: Arc<dyn orochi_common::service::ShardService> = if options.workers.is_empty() {
-        Arc::new(
-            LocalShardService::open(
-                &dir.join("worker"),
-                &StoreOptions {
-                    cache_bytes: options.row_cache_bytes(),
-                    write_set_limit_bytes: options.write_set_limit_bytes(),
-                    // plan fragments share the coordinator's query memory pool
-                    query_runtime: Some(runtime.clone()),
-                },
+    let mut cluster = None;
+    let service: Arc<dyn orochi_common::service::ShardService> =
+        if options.workers.is_empty() && options.cluster_listen.is_none() {
+            Arc::new(
+                LocalShardService::open(
+                    &dir.join("worker"),
+                    &StoreOptions {
+                        cache_bytes: options.row_cache_bytes(),
+                        write_set_limit_bytes: options.write_set_limit_bytes(),
+                        // plan fragments share the coordinator's query memory pool
+                        query_runtime: Some(runtime.clone()),
+                    },
+                )
+                .map_err(|e| anyhow::anyhow!("opening row store: {}", e.message))?,
             )
-            .map_err(|e| anyhow::anyhow!("opening row store: {}", e.message))?,
-        )
-    } else {
-        connect_workers(&options.workers, &catalog).await?
-    };
+        } else {
+            let c = connect_workers(&options.workers, &catalog).await?;
+            cluster = Some(c.clone());
+            c
+        };
+    if let (Some(cluster), Some(addr)) = (cluster, options.cluster_listen.as_deref()) {
+        crate::registry::serve(cluster, addr).await?;
+    }
     let instance = Arc::new(Instance::new(catalog, service, Arc::new(options), runtime));
     instance
         .reload_settings()
@@ -74,13 +81,26 @@ pub async fn open(options: CoordinatorOptions) -> anyhow::Result<Standalone> {
 /// Cluster mode: the configured workers, checked against the placement the catalog recorded,
 /// with what a crash left prepared resolved.
 async fn connect_workers(
-    addresses: &[String],
+    configured: &[String],
     catalog: &Arc<Catalog>,
-) -> anyhow::Result<Arc<dyn orochi_common::service::ShardService>> {
+) -> anyhow::Result<Arc<ClusterShardService>> {
     let recorded = catalog
         .workers()
         .map_err(|e| anyhow::anyhow!("reading the worker list: {}", e.message))?;
-    match recorded {
+    // without a configured list, the recorded one (workers that registered themselves)
+    let addresses: &[String] = match (&recorded, configured.is_empty()) {
+        (Some(r), true) => r,
+        _ => configured,
+    };
+    let standalone_data =
+        recorded.as_ref().is_some_and(|r| r.is_empty()) && !catalog.all_tables().is_empty();
+    if standalone_data {
+        anyhow::bail!(
+            "this data directory holds a standalone server's tables (in its embedded worker); \
+             it cannot be started as a cluster coordinator"
+        );
+    }
+    match recorded.as_ref() {
         Some(r) if r != addresses => anyhow::bail!(
             "the data directory's tables are placed on workers {} but this start names {}; \
              shards cannot move between workers yet, so start with the recorded list",

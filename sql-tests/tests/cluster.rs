@@ -570,3 +570,144 @@ async fn region_count(c: &tokio_postgres::Client) -> (i64, i64) {
         .unwrap();
     (r.get(0), r.get(1))
 }
+
+/// Waits until `orochi_cluster_status()` lists `n` workers, all up.
+async fn wait_for_workers(c: &tokio_postgres::Client, n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let row = c
+            .query_one(
+                "SELECT count(*), count(*) FILTER (WHERE state = 'up') \
+                 FROM orochi_cluster_status() WHERE role = 'worker'",
+                &[],
+            )
+            .await
+            .unwrap();
+        if row.get::<_, i64>(0) == n && row.get::<_, i64>(1) == n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{n} workers never registered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Workers started with `--coordinator` join a coordinator started with `--cluster-listen`
+/// (and no `--worker`): tables created after a worker joined are placed over it too, older
+/// ones stay where they were, and a restarted coordinator remembers every worker.
+#[tokio::test]
+async fn workers_register_themselves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", orochi_sql_tests::free_port());
+    let coordinator_dir = tmp.path().join("coordinator");
+    let mut coordinator = Server::start_binary(
+        "orochi-coordinator",
+        0,
+        &coordinator_dir,
+        &["--cluster-listen", &listen],
+        &[],
+    )
+    .unwrap();
+    let c = coordinator.connect().await;
+    // no worker yet: nothing can be placed
+    let err = c
+        .batch_execute("CREATE TABLE too_early (id int PRIMARY KEY)")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "08006", "{err:?}");
+
+    let start_worker = |i: usize| {
+        Server::start_binary(
+            "orochi-worker",
+            0,
+            &tmp.path().join(format!("worker{i}")),
+            &["--coordinator", &listen],
+            &[],
+        )
+        .unwrap()
+    };
+    let mut w0 = start_worker(0);
+    wait_for_workers(&c, 1).await;
+    c.batch_execute(
+        "CREATE TABLE one (id int PRIMARY KEY);
+         INSERT INTO one SELECT i FROM generate_series(1, 300) i;",
+    )
+    .await
+    .unwrap();
+    let _w1 = start_worker(1);
+    wait_for_workers(&c, 2).await;
+    c.batch_execute(
+        "CREATE TABLE two (id int PRIMARY KEY);
+         INSERT INTO two SELECT i FROM generate_series(1, 300) i;",
+    )
+    .await
+    .unwrap();
+    let w0_addr = format!("127.0.0.1:{}", w0.port);
+    let one = placed_on(&c, "one").await;
+    assert_eq!(one, vec![(w0_addr.clone(), 32, 300)], "older table stays");
+    let two = placed_on(&c, "two").await;
+    assert_eq!(two.len(), 2, "{two:?}");
+    assert!(
+        two.iter()
+            .all(|(_, shards, rows)| *shards == 16 && *rows > 0),
+        "{two:?}"
+    );
+    // different placements are not co-located: the join is correct, on the coordinator
+    let joined: i64 = c
+        .query_one("SELECT count(*) FROM one JOIN two USING (id)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(joined, 300);
+
+    // a restarted coordinator (no --worker either) knows both workers and their data
+    drop(c);
+    let port = coordinator.port;
+    coordinator.kill();
+    let coordinator = Server::start_binary(
+        "orochi-coordinator",
+        port,
+        &coordinator_dir,
+        &["--cluster-listen", &listen],
+        &[],
+    )
+    .unwrap();
+    let c = coordinator.connect().await;
+    wait_for_workers(&c, 2).await;
+    let total: i64 = c
+        .query_one(
+            "SELECT (SELECT count(*) FROM one) + (SELECT count(*) FROM two)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(total, 600);
+
+    // a restarted worker registers again, in its old place
+    w0.kill();
+    w0 = Server::start_binary(
+        "orochi-worker",
+        w0.port,
+        &tmp.path().join("worker0"),
+        &["--coordinator", &listen],
+        &[],
+    )
+    .unwrap();
+    wait_for_workers(&c, 2).await;
+    assert_eq!(placed_on(&c, "one").await, vec![(w0_addr, 32, 300)]);
+    drop(w0);
+}
+
+/// Per worker, the shards of `table` it owns and their rows.
+async fn placed_on(c: &tokio_postgres::Client, table: &str) -> Vec<(String, i64, i64)> {
+    let sql = format!(
+        "SELECT worker, count(*), sum(row_count)::bigint FROM orochi_shard_distribution() \
+         WHERE table_name = 'public.{table}' GROUP BY worker ORDER BY worker"
+    );
+    c.query(&sql, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}

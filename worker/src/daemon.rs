@@ -66,3 +66,55 @@ pub async fn shutdown_signal() {
         _ = term.recv() => tracing::info!("SIGTERM received"),
     }
 }
+
+/// Registers this worker (`advertise`, its Flight address) with a coordinator's cluster
+/// listener, then sends a heartbeat every second, for the life of the process. A coordinator
+/// that is down or restarting is retried every second; one that forgot this worker (a
+/// heartbeat answered NOT_FOUND) is registered with again.
+pub async fn register_with(coordinator: String, advertise: String) {
+    use arrow_flight::Action;
+    use arrow_flight::flight_service_client::FlightServiceClient;
+    use orochi_common::rpc::{HEARTBEAT_ACTION, PROTOCOL_VERSION, REGISTER_ACTION, Registration};
+
+    let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{coordinator}")) {
+        Ok(e) => e.connect_timeout(std::time::Duration::from_secs(3)),
+        Err(e) => {
+            tracing::error!(%coordinator, error = %e, "invalid coordinator address: not registering");
+            return;
+        }
+    };
+    let mut client = FlightServiceClient::new(endpoint.connect_lazy());
+    let body = serde_json::to_vec(&Registration {
+        address: advertise.clone(),
+        protocol: PROTOCOL_VERSION,
+    })
+    .expect("serializes");
+    let mut registered = false;
+    loop {
+        let kind = if registered {
+            HEARTBEAT_ACTION
+        } else {
+            REGISTER_ACTION
+        };
+        let action = Action {
+            r#type: kind.into(),
+            body: body.clone().into(),
+        };
+        match client.do_action(action).await {
+            Ok(_) if !registered => {
+                tracing::info!(%coordinator, address = %advertise, "registered with the coordinator");
+                registered = true;
+            }
+            Ok(_) => {}
+            Err(status) => {
+                if registered {
+                    tracing::warn!(%coordinator, error = %status.message(), "heartbeat failed");
+                } else {
+                    tracing::debug!(%coordinator, error = %status.message(), "registration failed; retrying");
+                }
+                registered = registered && status.code() != tonic::Code::NotFound;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}

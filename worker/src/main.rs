@@ -28,6 +28,13 @@ struct Args {
     /// Data directory [default: ./orochi-worker-data]
     #[arg(long, env = "OROCHI_WORKER_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// A coordinator's cluster listener (its `--cluster-listen`), host:port: the worker
+    /// registers itself there and sends a heartbeat every second
+    #[arg(long, env = "OROCHI_WORKER_COORDINATOR")]
+    coordinator: Option<String>,
+    /// The address coordinators dial, if not the listen address (e.g. behind 0.0.0.0)
+    #[arg(long, env = "OROCHI_WORKER_ADVERTISE")]
+    advertise: Option<String>,
     /// TOML configuration file
     #[arg(long, env = "OROCHI_WORKER_CONFIG")]
     config: Option<PathBuf>,
@@ -39,6 +46,8 @@ struct Args {
 struct WorkerConfig {
     listen: Option<String>,
     data_dir: Option<PathBuf>,
+    coordinator: Option<String>,
+    advertise: Option<String>,
     /// Row store page cache, in bytes [default: 256 MiB].
     row_cache_bytes: Option<u64>,
     /// What the write sets of all open transactions may hold together [default: 512 MiB].
@@ -88,10 +97,22 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .thread_name("orochi-worker")
         .build()?
-        .block_on(run(listen, data_dir, store))
+        .block_on(run(
+            listen,
+            data_dir,
+            store,
+            args.coordinator.or(config.coordinator),
+            args.advertise.or(config.advertise),
+        ))
 }
 
-async fn run(listen: String, data_dir: PathBuf, store: StoreOptions) -> anyhow::Result<()> {
+async fn run(
+    listen: String,
+    data_dir: PathBuf,
+    store: StoreOptions,
+    coordinator: Option<String>,
+    advertise: Option<String>,
+) -> anyhow::Result<()> {
     let _lock = orochi_worker::daemon::lock_data_dir(&data_dir)?;
     let service = LocalShardService::open(&data_dir.join("worker"), &store)
         .map_err(|e| anyhow::anyhow!("opening row store: {}", e.message))?;
@@ -101,6 +122,15 @@ async fn run(listen: String, data_dir: PathBuf, store: StoreOptions) -> anyhow::
     let address = listener.local_addr()?;
     let pid_file = orochi_worker::daemon::write_pid_file(&data_dir, address)?;
     tracing::info!(%address, version = env!("CARGO_PKG_VERSION"), "OrochiDB worker ready");
+    if let Some(coordinator) = coordinator {
+        let advertise = advertise.unwrap_or_else(|| address.to_string());
+        if address.ip().is_unspecified() && advertise == address.to_string() {
+            anyhow::bail!(
+                "listening on {address}: say with --advertise which address coordinators dial"
+            );
+        }
+        tokio::spawn(orochi_worker::daemon::register_with(coordinator, advertise));
+    }
     let flight = FlightServiceServer::new(WorkerFlight::new(Arc::new(service)))
         .max_decoding_message_size(256 << 20);
     tonic::transport::Server::builder()

@@ -642,7 +642,11 @@ impl ShardService for LocalShardService {
         }]
     }
 
-    fn owner_of(&self, _shard: ShardIndex) -> usize {
+    fn placement_width(&self) -> u32 {
+        0
+    }
+
+    fn owner_of(&self, _table: &TableDef, _shard: ShardIndex) -> usize {
         0
     }
 

@@ -509,6 +509,7 @@ pub(crate) mod tests {
             hidden_rowid: false,
             version: 1,
             reference: false,
+            workers: 0,
         }
     }
 

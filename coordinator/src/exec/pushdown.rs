@@ -227,6 +227,7 @@ fn co_located(join: &HashJoinExec) -> bool {
         ca == a.distribution_column
             && cb == b.distribution_column
             && a.shard_count == b.shard_count
+            && a.workers == b.workers
             && a.columns[ca].ty == b.columns[cb].ty
     })
 }

@@ -83,7 +83,10 @@ impl ShardScanExec {
             // each worker's shards over its share of the partitions
             let mut by_node: std::collections::BTreeMap<usize, Vec<u32>> = Default::default();
             for &s in &shards {
-                by_node.entry(service.owner_of(s)).or_default().push(s);
+                by_node
+                    .entry(service.owner_of(&table, s))
+                    .or_default()
+                    .push(s);
             }
             let share = (target_partitions / by_node.len().max(1)).max(1);
             let mut partitions = Vec::new();
@@ -236,7 +239,7 @@ impl DisplayAs for ShardScanExec {
         let mut nodes: Vec<usize> = self
             .shards
             .iter()
-            .map(|&s| self.service.owner_of(s))
+            .map(|&s| self.service.owner_of(&self.table, s))
             .collect();
         nodes.sort_unstable();
         nodes.dedup();

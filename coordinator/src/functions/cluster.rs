@@ -79,7 +79,7 @@ pub async fn prepare(s: &mut Session, query: &ast::Query) -> DbResult<()> {
                 .iter()
                 .map(|t| {
                     (0..t.shard_count)
-                        .filter(|&sh| service.owner_of(sh) == node)
+                        .filter(|&sh| service.owner_of(t, sh) == node)
                         .count() as i32
                 })
                 .sum()
@@ -146,7 +146,7 @@ pub async fn prepare(s: &mut Session, query: &ast::Query) -> DbResult<()> {
                 ids.push(shard as i32);
                 mins.push(lo as i64);
                 maxs.push(hi as i64);
-                workers.push(address_of(service.owner_of(shard)).to_string());
+                workers.push(address_of(service.owner_of(t, shard)).to_string());
                 rows.push(i64::try_from(n).unwrap_or(i64::MAX));
                 bytes.push(i64::try_from(b).unwrap_or(i64::MAX));
             }

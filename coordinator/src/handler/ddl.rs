@@ -341,6 +341,7 @@ pub async fn handle_create_table(
         hidden_rowid,
         version: 1,
         reference: false,
+        workers: s.instance.service.placement_width(),
     };
     for seq in sequences {
         s.instance.catalog.create_sequence(seq)?;
