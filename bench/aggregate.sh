@@ -66,17 +66,6 @@ best_ms() {
   done
   echo "$best"
 }
-# rows and bytes shipped by the workers, summed over them: "rows / bytes"
-shipped() {
-  q "$1" "EXPLAIN ANALYZE $2" | python3 -c '
-import re, sys
-rows = bytes_ = 0
-for line in sys.stdin:
-    m = re.match(r"Shipped from .*: rows=(\d+), bytes=(\d+)", line)
-    if m:
-        rows += int(m.group(1)); bytes_ += int(m.group(2))
-print(f"{rows:,} / {bytes_:,}")'
-}
 duck_ms() {
   python3 - "$ROWS" "$1" <<'PY'
 import sys, time, duckdb

@@ -67,16 +67,7 @@ echo "select-only ..." >&2
 SA_TPS=$(tps "$SA_PORT"); CL_TPS=$(tps "$CL_PORT")
 echo "aggregation ..." >&2
 SA_AGG=$(agg "$SA_PORT"); CL_AGG=$(agg "$CL_PORT")
-CL_SHIPPED=$(psql -h 127.0.0.1 -p "$CL_PORT" -U postgres -Atq -c \
-  "EXPLAIN ANALYZE SELECT bid, count(*), sum(abalance) FROM pgbench_accounts GROUP BY bid" postgres |
-  python3 -c '
-import re, sys
-rows = bytes_ = 0
-for line in sys.stdin:
-    m = re.match(r"Shipped from .*: rows=(\d+), bytes=(\d+)", line)
-    if m:
-        rows += int(m.group(1)); bytes_ += int(m.group(2))
-print(f"{rows:,} / {bytes_:,}")')
+CL_SHIPPED=$(shipped "$CL_PORT" "SELECT bid, count(*), sum(abalance) FROM pgbench_accounts GROUP BY bid")
 ROWS=$((SCALE * 100000))
 SA_LAT=$(python3 -c "print(f'{$CLIENTS / $SA_TPS * 1e6:.0f}')")
 CL_LAT=$(python3 -c "print(f'{$CLIENTS / $CL_TPS * 1e6:.0f}')")

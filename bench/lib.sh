@@ -46,6 +46,19 @@ stop_servers() {
   rm -rf "$WORK"
 }
 
+# Rows and bytes the workers shipped for a query on port $1 (EXPLAIN ANALYZE's `Shipped from`
+# lines, summed over workers): "rows / bytes".
+shipped() {
+  psql -h 127.0.0.1 -p "$1" -U postgres -Atq -c "EXPLAIN ANALYZE $2" postgres | python3 -c '
+import re, sys
+rows = bytes_ = 0
+for line in sys.stdin:
+    m = re.match(r"Shipped from .*: rows=(\d+), bytes=(\d+)", line)
+    if m:
+        rows += int(m.group(1)); bytes_ += int(m.group(2))
+print(f"{rows:,} / {bytes_:,}")'
+}
+
 # Replaces the section between `<!-- NAME:begin` and `<!-- NAME:end -->` in FILE (or appends it).
 write_section() {
   python3 - "$1" "$2" "$3" <<'PY'

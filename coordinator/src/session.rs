@@ -132,6 +132,36 @@ pub enum StatementResult {
     },
 }
 
+impl StatementResult {
+    /// One text column `name` with these values (EXPLAIN's lines, a function's result).
+    pub fn text_column(
+        name: &str,
+        nullable: bool,
+        values: Vec<String>,
+        tag: &str,
+    ) -> DbResult<StatementResult> {
+        use arrow::datatypes::{DataType, Field, Schema};
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            name,
+            DataType::Utf8,
+            nullable,
+        )]));
+        let batch = arrow::record_batch::RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(arrow::array::StringArray::from(values))],
+        )
+        .map_err(|e| DbError::internal(e.to_string()))?;
+        let stream = futures::stream::iter(vec![Ok(batch)]);
+        Ok(StatementResult::Rows {
+            schema: schema.clone(),
+            stream: Box::pin(
+                datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, stream),
+            ),
+            tag: tag.to_string(),
+        })
+    }
+}
+
 /// Bound parameter values of an extended-protocol statement, `$1` first.
 pub type Params = Vec<ScalarValue>;
 

@@ -12,11 +12,8 @@
 //! rule). The table must be empty: moving rows between placements is not implemented yet.
 //! The functions return `void` in Citus; here one empty text value, which psql prints the same.
 
-use std::sync::Arc;
-
 use arrow::array::StringArray;
-use arrow::datatypes::{DataType, Field, Schema};
-use arrow::record_batch::RecordBatch;
+use arrow::datatypes::DataType;
 use datafusion::common::DFSchema;
 use datafusion::sql::sqlparser::ast;
 use orochi_common::error::{DbError, DbResult, SqlState};
@@ -201,21 +198,7 @@ pub async fn handle(
         s.instance.service.create_table(&new).await?;
         s.instance.catalog.put_table(new)?;
     }
-    let schema = Arc::new(Schema::new(vec![Field::new(
-        call.name,
-        DataType::Utf8,
-        true,
-    )]));
-    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(vec![""]))])
-        .map_err(|e| DbError::internal(e.to_string()))?;
-    let stream = futures::stream::iter(vec![Ok(batch)]);
-    Ok(StatementResult::Rows {
-        schema: schema.clone(),
-        stream: Box::pin(
-            datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, stream),
-        ),
-        tag: "SELECT".into(),
-    })
+    StatementResult::text_column(call.name, true, vec![String::new()], "SELECT")
 }
 
 fn signature_error(name: &str) -> DbError {

@@ -3,9 +3,6 @@
 
 use std::sync::Arc;
 
-use arrow::array::StringArray;
-use arrow::datatypes::{DataType, Field, Schema};
-use arrow::record_batch::RecordBatch;
 use datafusion::common::DFSchema;
 use datafusion::physical_plan::{displayable, execute_stream};
 use datafusion::sql::sqlparser::ast;
@@ -88,21 +85,7 @@ pub async fn handle_explain(
             ));
         }
     };
-    let schema = Arc::new(Schema::new(vec![Field::new(
-        "QUERY PLAN",
-        DataType::Utf8,
-        false,
-    )]));
-    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(lines))])
-        .map_err(|e| DbError::internal(e.to_string()))?;
-    let stream = futures::stream::iter(vec![Ok(batch)]);
-    Ok(StatementResult::Rows {
-        schema: schema.clone(),
-        stream: Box::pin(
-            datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, stream),
-        ),
-        tag: "EXPLAIN".into(),
-    })
+    StatementResult::text_column("QUERY PLAN", false, lines, "EXPLAIN")
 }
 
 /// Rows and bytes each worker sent the shard scans of an executed plan (the `rows_from[…]`
