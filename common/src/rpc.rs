@@ -82,9 +82,13 @@ pub enum Call {
     },
     /// The prepared transactions awaiting a decision (after a restart: in doubt).
     ListPrepared,
-    /// Ends every open transaction that is not prepared: the (one) coordinator restarted, so
-    /// the sessions they belonged to are gone, and their row locks must go too.
-    AbortOpen,
+    /// Ends every open transaction below `below` that is not prepared: the (one) coordinator
+    /// restarted, so the sessions they belonged to are gone, and their row locks must go too.
+    /// Transaction ids grow across coordinator restarts (they start at the start time in
+    /// µs), so the new process's own transactions, at or above `below`, are left alone.
+    AbortOpen {
+        below: TxnId,
+    },
 }
 
 /// A worker's answer to a [`Call`].

@@ -159,9 +159,9 @@ pub trait ShardService: Send + Sync + std::fmt::Debug {
     async fn abort_prepared(&self, txn: TxnId) -> DbResult<()>;
     /// The prepared transactions awaiting a decision.
     async fn prepared(&self) -> DbResult<Vec<TxnId>>;
-    /// Ends every open transaction that is not prepared, releasing its locks (its
-    /// coordinator restarted). Returns how many there were.
-    async fn abort_open(&self) -> DbResult<usize>;
+    /// Ends every open transaction with an id below `below` that is not prepared, releasing
+    /// its locks (its coordinator restarted). Returns how many there were.
+    async fn abort_open(&self, below: TxnId) -> DbResult<usize>;
 
     /// Marks the current end of `txn`'s write set; [`ShardService::rollback_to`] undoes later
     /// writes (statement atomicity inside a transaction block, savepoints).

@@ -238,6 +238,9 @@ pub struct ClusterShardService {
     savepoints: Mutex<HashMap<TxnId, Vec<Vec<u64>>>>,
     /// Serializes worker registrations.
     registering: tokio::sync::Mutex<()>,
+    /// When this process started (µs since the epoch): every transaction id it hands out is
+    /// above it, every one of its predecessors' below (see `Call::AbortOpen`).
+    started: TxnId,
 }
 
 impl std::fmt::Debug for ClusterShardService {
@@ -257,6 +260,7 @@ impl ClusterShardService {
             participants: Mutex::new(HashMap::new()),
             savepoints: Mutex::new(HashMap::new()),
             registering: tokio::sync::Mutex::new(()),
+            started: crate::session::txn_id_floor(),
         };
         let count = svc.workers().len() as u32;
         for def in catalog.all_tables() {
@@ -459,7 +463,11 @@ impl ClusterShardService {
         for (i, w) in self.workers().iter().enumerate() {
             // the sessions of the previous coordinator process are gone: so are their
             // transactions (prepared ones wait for the decision below)
-            let _ = w.call(&Call::AbortOpen).await;
+            let _ = w
+                .call(&Call::AbortOpen {
+                    below: self.started,
+                })
+                .await;
             let prepared = match w.call(&Call::ListPrepared).await {
                 Ok(Reply::Prepared(p)) => p,
                 Ok(other) => {
@@ -493,8 +501,16 @@ impl ClusterShardService {
         let w = &self.workers()[worker];
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            // (no AbortOpen here: this process's sessions may already have transactions there;
-            // a worker that was down lost the old ones anyway)
+            // the old process's transactions only: this one's sessions may already have
+            // transactions there (a worker that was down lost the old ones anyway)
+            if w.call(&Call::AbortOpen {
+                below: self.started,
+            })
+            .await
+            .is_err()
+            {
+                continue;
+            }
             if let Ok(Reply::Prepared(prepared)) = w.call(&Call::ListPrepared).await {
                 for txn in prepared {
                     self.resolve(worker, txn, decisions.contains(&txn)).await;
@@ -869,8 +885,8 @@ impl ShardService for ClusterShardService {
         Ok(Vec::new())
     }
 
-    async fn abort_open(&self) -> DbResult<usize> {
-        self.broadcast(Call::AbortOpen).await?;
+    async fn abort_open(&self, below: TxnId) -> DbResult<usize> {
+        self.broadcast(Call::AbortOpen { below }).await?;
         Ok(0)
     }
 

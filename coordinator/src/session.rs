@@ -37,6 +37,17 @@ pub struct Instance {
 /// Cancels whatever statement a backend is running (as a CancelRequest does).
 pub type Canceller = Arc<dyn Fn() + Send + Sync>;
 
+/// The clock in µs since the epoch: where a coordinator process's transaction ids start.
+/// Ids only need to be unique among live transactions, but starting from the clock means a
+/// restarted coordinator never reuses an id a worker may still remember, and every id of the
+/// new process is above every id of the old (what `AbortOpen` relies on).
+pub fn txn_id_floor() -> TxnId {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(1)
+}
+
 impl Instance {
     pub fn new(
         catalog: Arc<Catalog>,
@@ -44,12 +55,7 @@ impl Instance {
         options: Arc<CoordinatorOptions>,
         runtime: Arc<RuntimeEnv>,
     ) -> Self {
-        // txn ids only need to be unique among live transactions; start from the clock so a
-        // restarted coordinator never reuses an id a worker may still remember
-        let start = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(1);
+        let start = txn_id_floor();
         Instance {
             catalog,
             service,

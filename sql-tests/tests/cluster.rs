@@ -711,3 +711,36 @@ async fn placed_on(c: &tokio_postgres::Client, table: &str) -> Vec<(String, i64,
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect()
 }
+
+/// A worker that does not answer while the coordinator restarts (stopped, not dead: its open
+/// transactions and their row locks survive) has the old process's transactions ended once it
+/// answers again.
+#[tokio::test]
+async fn a_worker_unreachable_during_coordinator_recovery_releases_old_locks_later() {
+    let mut cluster = cluster_with_rows().await;
+    let c = cluster.coordinator.connect().await;
+    c.batch_execute("BEGIN; UPDATE t SET v = 'held' WHERE k <= 50")
+        .await
+        .unwrap();
+    let pid = cluster.workers[1].pid().unwrap().to_string();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    cluster.restart_coordinator().unwrap();
+    drop(c);
+    let c = cluster.coordinator.connect().await;
+    // recovery gave up on the stopped worker; it answers again now
+    signal("-CONT");
+    c.batch_execute("SET lock_timeout = '20s'").await.unwrap();
+    let n = c
+        .execute("UPDATE t SET v = 'mine' WHERE k <= 50", &[])
+        .await
+        .expect("the old transaction's locks must be released once the worker answers");
+    assert_eq!(n, 50);
+}

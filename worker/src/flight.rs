@@ -128,8 +128,8 @@ impl WorkerFlight {
                 Reply::Done
             }
             Call::ListPrepared => Reply::Prepared(s.prepared().await?),
-            Call::AbortOpen => {
-                let n = s.abort_open().await?;
+            Call::AbortOpen { below } => {
+                let n = s.abort_open(below).await?;
                 if n > 0 {
                     tracing::info!(
                         transactions = n,

@@ -608,8 +608,14 @@ impl ShardService for LocalShardService {
         Ok(())
     }
 
-    async fn abort_open(&self) -> DbResult<usize> {
-        let open: Vec<TxnId> = self.txns.lock().keys().copied().collect();
+    async fn abort_open(&self, below: TxnId) -> DbResult<usize> {
+        let open: Vec<TxnId> = self
+            .txns
+            .lock()
+            .keys()
+            .copied()
+            .filter(|&t| t < below)
+            .collect();
         for &txn in &open {
             self.abort(txn).await;
         }
