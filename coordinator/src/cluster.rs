@@ -367,11 +367,27 @@ impl ClusterShardService {
         self.owner(&r.def, shard)
     }
 
+    /// How many workers hold a copy of reference table `def`: the workers there were when it
+    /// was placed (a worker that registered later has its definition, not its rows).
+    fn copies(&self, def: &TableDef) -> usize {
+        let n = self.workers().len();
+        if def.workers == 0 {
+            n
+        } else {
+            (def.workers as usize).min(n)
+        }
+    }
+
     /// A read of a reference table from the first copy that answers (a dead worker fails with
     /// 08006 within the connect timeout; the next copy serves).
-    async fn scan_any_copy(&self, txn: TxnId, req: ScanRequest) -> DbResult<BatchStream> {
+    async fn scan_any_copy(
+        &self,
+        def: &TableDef,
+        txn: TxnId,
+        req: ScanRequest,
+    ) -> DbResult<BatchStream> {
         let mut last = None;
-        for w in self.workers().iter() {
+        for w in self.workers().iter().take(self.copies(def)) {
             match w.scan(txn, req.clone()).await {
                 Err(e) if e.state == SqlState::ConnectionFailure => last = Some(e),
                 other => return other,
@@ -380,9 +396,9 @@ impl ClusterShardService {
         Err(last.unwrap_or_else(|| DbError::internal("no workers")))
     }
 
-    async fn call_any_copy(&self, call: &Call) -> DbResult<Reply> {
+    async fn call_any_copy(&self, def: &TableDef, call: &Call) -> DbResult<Reply> {
         let mut last = None;
-        for w in self.workers().iter() {
+        for w in self.workers().iter().take(self.copies(def)) {
             match w.call(call).await {
                 Err(e) if e.state == SqlState::ConnectionFailure => last = Some(e),
                 other => return other,
@@ -393,9 +409,14 @@ impl ClusterShardService {
 
     /// A write to a reference table: the same ops on every copy, in worker order, all in
     /// `txn` (so its commit is two-phase, and every copy or none has it).
-    async fn write_every_copy(&self, txn: TxnId, req: WriteRequest) -> DbResult<WriteResponse> {
+    async fn write_every_copy(
+        &self,
+        def: &TableDef,
+        txn: TxnId,
+        req: WriteRequest,
+    ) -> DbResult<WriteResponse> {
         let mut first = None;
-        for w in 0..self.workers().len() {
+        for w in 0..self.copies(def) {
             let call = Call::Write {
                 txn,
                 req: req.clone(),
@@ -675,7 +696,7 @@ impl ShardService for ClusterShardService {
             let reply = if holds {
                 self.txn_call(txn, w, &call).await?
             } else if r.def.reference {
-                self.call_any_copy(&call).await?
+                self.call_any_copy(&r.def, &call).await?
             } else {
                 worker.call(&call).await?
             };
@@ -730,7 +751,7 @@ impl ShardService for ClusterShardService {
                 continue;
             }
             streams.push(if r.def.reference {
-                self.scan_any_copy(txn, sub).await?
+                self.scan_any_copy(&r.def, txn, sub).await?
             } else {
                 self.workers()[w].scan(txn, sub).await?
             });
@@ -761,7 +782,7 @@ impl ShardService for ClusterShardService {
         let r = self.routed(req.table)?;
         let def = &r.def;
         if def.reference {
-            return self.write_every_copy(txn, req).await;
+            return self.write_every_copy(&r.def, txn, req).await;
         }
         // ops per worker in statement order; an UPDATE that moves a row to another worker's
         // shard becomes a delete there and an insert here

@@ -629,7 +629,10 @@ async fn workers_register_themselves() {
     wait_for_workers(&c, 1).await;
     c.batch_execute(
         "CREATE TABLE one (id int PRIMARY KEY);
-         INSERT INTO one SELECT i FROM generate_series(1, 300) i;",
+         INSERT INTO one SELECT i FROM generate_series(1, 300) i;
+         CREATE TABLE ref (id int PRIMARY KEY, v text);
+         SELECT create_reference_table('ref');
+         INSERT INTO ref VALUES (1, 'a'), (2, 'b'), (3, 'c');",
     )
     .await
     .unwrap();
@@ -641,6 +644,26 @@ async fn workers_register_themselves() {
     )
     .await
     .unwrap();
+    // the reference table keeps its copies where it was placed: the new worker has none,
+    // and writes still reach every copy
+    c.batch_execute(
+        "UPDATE ref SET v = 'aa' WHERE id = 1;
+         DELETE FROM ref WHERE id = 2;
+         INSERT INTO ref VALUES (4, 'd');",
+    )
+    .await
+    .unwrap();
+    let refs: Vec<(i32, String)> = c
+        .query("SELECT id, v FROM ref ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        refs,
+        vec![(1, "aa".into()), (3, "c".into()), (4, "d".into())]
+    );
     let w0_addr = format!("127.0.0.1:{}", w0.port);
     let one = placed_on(&c, "one").await;
     assert_eq!(one, vec![(w0_addr.clone(), 32, 300)], "older table stays");
@@ -685,6 +708,10 @@ async fn workers_register_themselves() {
 
     // a restarted worker registers again, in its old place
     w0.kill();
+    // meanwhile the reference table has no copy to read: worker 1 holds none, so the read
+    // fails rather than answer from a worker that never had its rows
+    let err = c.query("SELECT * FROM ref", &[]).await.unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "08006", "{err:?}");
     w0 = Server::start_binary(
         "orochi-worker",
         w0.port,

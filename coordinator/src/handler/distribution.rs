@@ -193,6 +193,8 @@ pub async fn handle(
             )));
         }
         new.version += 1;
+        // re-created, so placed over the workers there are now
+        new.workers = s.instance.service.placement_width();
         // the table is empty: re-create its shards in the new placement
         s.instance.service.drop_table(def.id).await?;
         s.instance.service.create_table(&new).await?;
