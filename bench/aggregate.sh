@@ -16,21 +16,10 @@ OUT=${OUT:-docs/benchmarks.md}
 . bench/lib.sh
 cargo build --release -q -p orochi-coordinator -p orochi-worker
 start_servers
-OBIN=${CARGO_TARGET_DIR:-target}/release
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; stop_servers; }
+CLUSTER_PIDS=()
+cleanup() { stop_cluster; stop_servers; }
 trap cleanup EXIT
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.1; done; echo "port $1 not up" >&2; exit 1; }
-W1=$(free_port); W2=$(free_port); CL_PORT=$(free_port)
-"$OBIN/orochi-worker" --listen "127.0.0.1:$W1" --data-dir "$WORK/w1" >"$WORK/w1.log" 2>&1 &
-PIDS+=($!)
-"$OBIN/orochi-worker" --listen "127.0.0.1:$W2" --data-dir "$WORK/w2" >"$WORK/w2.log" 2>&1 &
-PIDS+=($!)
-wait_port "$W1"; wait_port "$W2"
-"$OBIN/orochi-coordinator" --listen "127.0.0.1:$CL_PORT" --data-dir "$WORK/coordinator" \
-  --worker "127.0.0.1:$W1" --worker "127.0.0.1:$W2" >"$WORK/cl.log" 2>&1 &
-PIDS+=($!)
-wait_port "$CL_PORT"
+start_cluster "$WORK"
 
 python3 -c "import duckdb" 2>/dev/null || pip install -q duckdb >&2 || pip install -q --break-system-packages duckdb >&2
 DUCKDB_VERSION=$(python3 -c "import duckdb; print(duckdb.__version__)")

@@ -21,23 +21,15 @@ cargo build --release -q -p orochi-coordinator -p orochi-worker
 BIN=${CARGO_TARGET_DIR:-target}/release
 WORK=$(mktemp -d /tmp/orochi-cluster-bench.XXXXXX)
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+CLUSTER_PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; stop_cluster; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.1; done; echo "port $1 not up" >&2; exit 1; }
 
 SA_PORT=$(free_port)
 "$BIN/orochi-coordinator" --listen "127.0.0.1:$SA_PORT" --data-dir "$WORK/standalone" >"$WORK/sa.log" 2>&1 &
 PIDS+=($!)
-W1=$(free_port); W2=$(free_port); CL_PORT=$(free_port)
-"$BIN/orochi-worker" --listen "127.0.0.1:$W1" --data-dir "$WORK/w1" >"$WORK/w1.log" 2>&1 &
-PIDS+=($!)
-"$BIN/orochi-worker" --listen "127.0.0.1:$W2" --data-dir "$WORK/w2" >"$WORK/w2.log" 2>&1 &
-PIDS+=($!)
-wait_port "$W1"; wait_port "$W2"
-"$BIN/orochi-coordinator" --listen "127.0.0.1:$CL_PORT" --data-dir "$WORK/coordinator" \
-  --worker "127.0.0.1:$W1" --worker "127.0.0.1:$W2" >"$WORK/cl.log" 2>&1 &
-PIDS+=($!)
-wait_port "$SA_PORT"; wait_port "$CL_PORT"
+start_cluster "$WORK"
+wait_port "$SA_PORT"
 
 secs() { python3 -c "import time; print(time.monotonic())"; }
 init() {

@@ -46,6 +46,25 @@ stop_servers() {
   rm -rf "$WORK"
 }
 
+wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.1; done; echo "port $1 not up" >&2; exit 1; }
+
+# A coordinator and two worker daemons on loopback (release build), data and logs under $1.
+# Sets CL_PORT (the coordinator's Postgres port) and CLUSTER_PIDS; stop_cluster kills them.
+start_cluster() {
+  local bin=${CARGO_TARGET_DIR:-target}/release w1 w2
+  w1=$(free_port); w2=$(free_port); CL_PORT=$(free_port); CLUSTER_PIDS=()
+  "$bin/orochi-worker" --listen "127.0.0.1:$w1" --data-dir "$1/w1" >"$1/w1.log" 2>&1 &
+  CLUSTER_PIDS+=($!)
+  "$bin/orochi-worker" --listen "127.0.0.1:$w2" --data-dir "$1/w2" >"$1/w2.log" 2>&1 &
+  CLUSTER_PIDS+=($!)
+  wait_port "$w1"; wait_port "$w2"
+  "$bin/orochi-coordinator" --listen "127.0.0.1:$CL_PORT" --data-dir "$1/coordinator" \
+    --worker "127.0.0.1:$w1" --worker "127.0.0.1:$w2" >"$1/cl.log" 2>&1 &
+  CLUSTER_PIDS+=($!)
+  wait_port "$CL_PORT"
+}
+stop_cluster() { for p in "${CLUSTER_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+
 # Rows and bytes the workers shipped for a query on port $1 (EXPLAIN ANALYZE's `Shipped from`
 # lines, summed over workers): "rows / bytes".
 shipped() {

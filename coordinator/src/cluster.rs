@@ -361,12 +361,6 @@ impl ClusterShardService {
             .shard_of_value(&values[r.def.distribution_key_position()]))
     }
 
-    /// Where reads of `shard` of a table go: its owner, or for a reference table the copy on
-    /// the first worker (writes lock there first too, so writers of a row queue in one place).
-    fn reader(&self, r: &Routed, shard: ShardIndex) -> usize {
-        self.owner(&r.def, shard)
-    }
-
     /// How many workers hold a copy of reference table `def`: the workers there were when it
     /// was placed (a worker that registered later has its definition, not its rows).
     fn copies(&self, def: &TableDef) -> usize {
@@ -379,27 +373,16 @@ impl ClusterShardService {
     }
 
     /// A read of a reference table from the first copy that answers (a dead worker fails with
-    /// 08006 within the connect timeout; the next copy serves).
-    async fn scan_any_copy(
-        &self,
-        def: &TableDef,
-        txn: TxnId,
-        req: ScanRequest,
-    ) -> DbResult<BatchStream> {
+    /// 08006 within the connect timeout; the next copy serves). Reads and locks otherwise go
+    /// to the first copy, where writers of a row queue too (writes reach the copies in order).
+    async fn first_copy<T, F, Fut>(&self, def: &TableDef, read: F) -> DbResult<T>
+    where
+        F: Fn(RemoteWorker) -> Fut,
+        Fut: std::future::Future<Output = DbResult<T>>,
+    {
         let mut last = None;
         for w in self.workers().iter().take(self.copies(def)) {
-            match w.scan(txn, req.clone()).await {
-                Err(e) if e.state == SqlState::ConnectionFailure => last = Some(e),
-                other => return other,
-            }
-        }
-        Err(last.unwrap_or_else(|| DbError::internal("no workers")))
-    }
-
-    async fn call_any_copy(&self, def: &TableDef, call: &Call) -> DbResult<Reply> {
-        let mut last = None;
-        for w in self.workers().iter().take(self.copies(def)) {
-            match w.call(call).await {
+            match read(w.clone()).await {
                 Err(e) if e.state == SqlState::ConnectionFailure => last = Some(e),
                 other => return other,
             }
@@ -670,7 +653,7 @@ impl ShardService for ClusterShardService {
         // keys per worker, remembering where each answer goes
         let mut per: HashMap<usize, (Vec<Vec<u8>>, Vec<usize>)> = HashMap::new();
         for (i, k) in keys.iter().enumerate() {
-            let w = self.reader(&r, Self::shard_of_key(&r, k)?);
+            let w = self.owner(&r.def, Self::shard_of_key(&r, k)?);
             let e = per.entry(w).or_default();
             e.0.push(k.clone());
             e.1.push(i);
@@ -696,7 +679,11 @@ impl ShardService for ClusterShardService {
             let reply = if holds {
                 self.txn_call(txn, w, &call).await?
             } else if r.def.reference {
-                self.call_any_copy(&r.def, &call).await?
+                self.first_copy(&r.def, |w| {
+                    let call = call.clone();
+                    async move { w.call(&call).await }
+                })
+                .await?
             } else {
                 worker.call(&call).await?
             };
@@ -731,13 +718,13 @@ impl ShardService for ClusterShardService {
         match &req.keys {
             Some(keys) => {
                 for k in keys {
-                    let w = self.reader(&r, Self::shard_of_key(&r, k)?);
+                    let w = self.owner(&r.def, Self::shard_of_key(&r, k)?);
                     per[w].keys.as_mut().expect("set above").push(k.clone());
                 }
             }
             None => {
                 for &s in &req.shards {
-                    per[self.reader(&r, s)].shards.push(s);
+                    per[self.owner(&r.def, s)].shards.push(s);
                 }
             }
         }
@@ -751,7 +738,11 @@ impl ShardService for ClusterShardService {
                 continue;
             }
             streams.push(if r.def.reference {
-                self.scan_any_copy(&r.def, txn, sub).await?
+                self.first_copy(&r.def, |w| {
+                    let sub = sub.clone();
+                    async move { w.scan(txn, sub).await }
+                })
+                .await?
             } else {
                 self.workers()[w].scan(txn, sub).await?
             });

@@ -97,36 +97,16 @@ impl OrochiTable {
     /// `pk_col = const` or `pk_col IN (consts)`: the key position and the values, coerced to
     /// the column type. A value that cannot be the column's type makes the filter unusable.
     fn key_equality(&self, e: &Expr) -> Option<(usize, Vec<Datum>)> {
-        match e {
-            Expr::BinaryExpr(b) if b.op == Operator::Eq => {
-                let (col, lit) = match (b.left.as_ref(), b.right.as_ref()) {
-                    (Expr::Column(c), other) | (other, Expr::Column(c)) => (c, other),
-                    _ => return None,
-                };
-                let pos = self.key_position(&col.name)?;
-                let ty = self.def.columns[self.def.primary_key[pos]].ty;
-                let v = literal_datum(lit, ty)?;
-                Some((pos, vec![v]))
-            }
-            Expr::InList(l) if !l.negated => {
-                let Expr::Column(col) = l.expr.as_ref() else {
-                    return None;
-                };
-                let pos = self.key_position(&col.name)?;
-                let ty = self.def.columns[self.def.primary_key[pos]].ty;
-                let values = l
-                    .list
-                    .iter()
-                    .map(|v| literal_datum(v, ty))
-                    .collect::<Option<Vec<_>>>()?;
-                Some((pos, values))
-            }
-            _ => None,
-        }
+        let (col, constants) = column_constants(e)?;
+        let pos = self.key_position(&col.name)?;
+        let ty = self.def.columns[self.def.primary_key[pos]].ty;
+        let values = constants
+            .into_iter()
+            .map(|v| literal_datum(v, ty))
+            .collect::<Option<Vec<_>>>()?;
+        Some((pos, values))
     }
-}
 
-impl OrochiTable {
     /// If `filters` pin the distribution column to constants (`=` or `IN`), the shards that
     /// can hold matching rows (shard pruning).
     pub fn pinned_shards(&self, filters: &[&Expr]) -> Option<Vec<u32>> {
@@ -134,37 +114,35 @@ impl OrochiTable {
         if !dist.is_visible() {
             return None;
         }
-        let values = |col: &datafusion::common::Column, lits: &[&Expr]| -> Option<Vec<Datum>> {
-            if col.name != dist.name {
-                return None;
-            }
-            lits.iter().map(|v| literal_datum(v, dist.ty)).collect()
-        };
-        for f in filters {
-            for conj in split_conjunction(f) {
-                let found = match conj {
-                    Expr::BinaryExpr(b) if b.op == Operator::Eq => {
-                        match (b.left.as_ref(), b.right.as_ref()) {
-                            (Expr::Column(c), other) | (other, Expr::Column(c)) => {
-                                values(c, &[other])
-                            }
-                            _ => None,
-                        }
-                    }
-                    Expr::InList(l) if !l.negated => match l.expr.as_ref() {
-                        Expr::Column(c) => values(c, &l.list.iter().collect::<Vec<_>>()),
-                        _ => None,
-                    },
-                    _ => None,
-                };
-                if let Some(vals) = found {
-                    let shards: BTreeSet<u32> =
-                        vals.iter().map(|v| self.def.shard_of_value(v)).collect();
-                    return Some(shards.into_iter().collect());
-                }
-            }
-        }
-        None
+        let values = filters
+            .iter()
+            .flat_map(|f| split_conjunction(f))
+            .filter_map(column_constants)
+            .filter(|(col, _)| col.name == dist.name)
+            .find_map(|(_, constants)| {
+                constants
+                    .into_iter()
+                    .map(|v| literal_datum(v, dist.ty))
+                    .collect::<Option<Vec<_>>>()
+            })?;
+        let shards: BTreeSet<u32> = values.iter().map(|v| self.def.shard_of_value(v)).collect();
+        Some(shards.into_iter().collect())
+    }
+}
+
+/// `col = expr`, `expr = col` or `col IN (exprs)`: the column and the expressions it equals
+/// (constants or not: the caller converts them).
+fn column_constants(e: &Expr) -> Option<(&datafusion::common::Column, Vec<&Expr>)> {
+    match e {
+        Expr::BinaryExpr(b) if b.op == Operator::Eq => match (b.left.as_ref(), b.right.as_ref()) {
+            (Expr::Column(c), other) | (other, Expr::Column(c)) => Some((c, vec![other])),
+            _ => None,
+        },
+        Expr::InList(l) if !l.negated => match l.expr.as_ref() {
+            Expr::Column(c) => Some((c, l.list.iter().collect())),
+            _ => None,
+        },
+        _ => None,
     }
 }
 

@@ -396,20 +396,19 @@ impl ShardService for LocalShardService {
             }
             return self.scan_rows(txn, req);
         };
-        let mut inputs = Vec::with_capacity(1 + more.len());
+        // input 0 is the request's table; the others are read over the same shards
+        let mut streams = Vec::with_capacity(1 + more.len());
         for input in more {
-            inputs.push(ScanRequest {
+            let other = ScanRequest {
                 table: input.table,
                 projection: input.projection,
                 keys: None,
                 limit: None,
                 ..req.clone()
-            });
+            };
+            streams.push(self.scan_rows(txn, other)?);
         }
-        let mut streams = vec![self.scan_rows(txn, req)?];
-        for r in inputs {
-            streams.push(self.scan_rows(txn, r)?);
-        }
+        streams.insert(0, self.scan_rows(txn, req)?);
         crate::fragment::execute(&bytes, streams, self.fragment_ctx.clone())
     }
 

@@ -6,6 +6,7 @@
 //! rows they scan, and what this node outputs (and the coordinator receives) is the
 //! fragment's output: filtered rows, or partial aggregate states.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -81,7 +82,7 @@ impl ShardScanExec {
             vec![(ANY_NODE, shards.clone())]
         } else {
             // each worker's shards over its share of the partitions
-            let mut by_node: std::collections::BTreeMap<usize, Vec<u32>> = Default::default();
+            let mut by_node: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
             for &s in &shards {
                 by_node
                     .entry(service.owner_of(&table, s))
@@ -209,6 +210,33 @@ fn fragment_text(plan: &Arc<dyn ExecutionPlan>) -> String {
     }
 }
 
+/// Metric name prefixes of what a partition received from its worker: `rows_from[addr]`.
+const ROWS_FROM: &str = "rows_from[";
+const BYTES_FROM: &str = "bytes_from[";
+
+/// Rows and bytes each worker sent the shard scans of an executed plan (the `rows_from[…]`
+/// and `bytes_from[…]` metrics of `ShardScanExec`), by worker address.
+pub fn shipped(plan: &Arc<dyn ExecutionPlan>) -> BTreeMap<String, (usize, usize)> {
+    use datafusion::common::tree_node::TreeNode;
+    let mut out: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    let _ = plan.apply(|node| {
+        for m in node.metrics().iter().flat_map(|m| m.iter()) {
+            let (name, n) = (m.value().name(), m.value().as_usize());
+            if let Some(worker) = name.strip_prefix(ROWS_FROM) {
+                out.entry(worker.trim_end_matches(']').to_string())
+                    .or_default()
+                    .0 += n;
+            } else if let Some(worker) = name.strip_prefix(BYTES_FROM) {
+                out.entry(worker.trim_end_matches(']').to_string())
+                    .or_default()
+                    .1 += n;
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    out
+}
+
 /// Bytes of a batch's buffers as sent (the slices, not the allocations behind them).
 fn shipped_bytes(b: &arrow::record_batch::RecordBatch) -> usize {
     b.columns()
@@ -325,9 +353,9 @@ impl ExecutionPlan for ShardScanExec {
         // what this partition receives from its worker (EXPLAIN ANALYZE)
         let name = self.node_name(node);
         let rows: Count =
-            MetricBuilder::new(&self.metrics).counter(format!("rows_from[{name}]"), partition);
+            MetricBuilder::new(&self.metrics).counter(format!("{ROWS_FROM}{name}]"), partition);
         let bytes: Count =
-            MetricBuilder::new(&self.metrics).counter(format!("bytes_from[{name}]"), partition);
+            MetricBuilder::new(&self.metrics).counter(format!("{BYTES_FROM}{name}]"), partition);
         let service = self.service.clone();
         let txn = self.txn;
         let schema = self.output_schema();

@@ -730,20 +730,23 @@ async fn locked_matches(
                     },
                 )
                 .await?;
+            // a fragment returns the key columns of matching rows; else the key is in the row
+            let key_cols: Vec<usize> = if pushed {
+                (0..key_at.len()).collect()
+            } else {
+                key_at
+            };
+            let visible_cols: Vec<usize> = (0..visible_pos.len()).collect();
             let mut keys = Vec::new();
             while let Some(batch) = stream.try_next().await? {
-                let (pass, key_cols): (Vec<bool>, Vec<usize>) = if pushed {
-                    // the fragment's output: the key columns of matching rows
-                    (vec![true; batch.num_rows()], (0..key_at.len()).collect())
-                } else {
-                    let visible = batch
-                        .project(&(0..visible_pos.len()).collect::<Vec<_>>())
-                        .map_err(|e| DbError::internal(e.to_string()))?;
-                    let pass = match &where_ev {
-                        Some(ev) => ev.filter(&visible)?,
-                        None => vec![true; batch.num_rows()],
-                    };
-                    (pass, key_at.clone())
+                let pass = match &where_ev {
+                    Some(ev) if !pushed => {
+                        let visible = batch
+                            .project(&visible_cols)
+                            .map_err(|e| DbError::internal(e.to_string()))?;
+                        ev.filter(&visible)?
+                    }
+                    _ => vec![true; batch.num_rows()],
                 };
                 for (r, p) in pass.iter().enumerate() {
                     if *p {

@@ -37,7 +37,7 @@ pub async fn handle_explain(
                 let _: Vec<_> = stream.try_collect().await.map_err(df_to_db)?;
                 let text = displayable(physical.as_ref()).indent(verbose).to_string();
                 let mut out: Vec<String> = text.lines().map(str::to_string).collect();
-                for (worker, (rows, bytes)) in shipped(&physical) {
+                for (worker, (rows, bytes)) in crate::exec::shard_scan::shipped(&physical) {
                     out.push(format!("Shipped from {worker}: rows={rows}, bytes={bytes}"));
                 }
                 if let Some(m) = physical.metrics() {
@@ -86,40 +86,6 @@ pub async fn handle_explain(
         }
     };
     StatementResult::text_column("QUERY PLAN", false, lines, "EXPLAIN")
-}
-
-/// Rows and bytes each worker sent the shard scans of an executed plan (the `rows_from[…]`
-/// and `bytes_from[…]` metrics of `ShardScanExec`), by worker address.
-fn shipped(
-    plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>,
-) -> std::collections::BTreeMap<String, (usize, usize)> {
-    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-    let mut out: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
-    let _ = plan.apply(|node| {
-        for m in node
-            .metrics()
-            .iter()
-            .flat_map(|m| m.iter().cloned().collect::<Vec<_>>())
-        {
-            let name = m.value().name();
-            let (field, rest) = if let Some(r) = name.strip_prefix("rows_from[") {
-                (0, r)
-            } else if let Some(r) = name.strip_prefix("bytes_from[") {
-                (1, r)
-            } else {
-                continue;
-            };
-            let worker = rest.trim_end_matches(']').to_string();
-            let e = out.entry(worker).or_default();
-            if field == 0 {
-                e.0 += m.value().as_usize();
-            } else {
-                e.1 += m.value().as_usize();
-            }
-        }
-        Ok(TreeNodeRecursion::Continue)
-    });
-    out
 }
 
 fn route(
