@@ -25,7 +25,7 @@ slt: build
 		./scripts/with-postgres.sh $(CARGO) test $(PROFILE_FLAGS) -p orochi-sql-tests --test drivers
 	@# tests/security.rs makes its TLS certificates with the openssl CLI
 	command -v openssl >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl)
-	$(CARGO) test $(PROFILE_FLAGS) -p orochi-sql-tests --test clients --test protocol --test security --test durability --test memory --test cluster
+	$(CARGO) test $(PROFILE_FLAGS) -p orochi-sql-tests --test clients --test columnar --test protocol --test security --test durability --test memory --test cluster
 	python3 -c 'import yaml' 2>/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-yaml)
 	./scripts/check-deploy.sh
 	./scripts/compatibility.sh $$(./scripts/python-env.sh) $$(./scripts/node-env.sh) $$(./scripts/java-env.sh)

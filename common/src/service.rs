@@ -143,6 +143,12 @@ pub trait ShardService: Send + Sync + std::fmt::Debug {
     /// data and the transaction's own writes.
     async fn write(&self, txn: TxnId, req: WriteRequest) -> DbResult<WriteResponse>;
 
+    /// Bulk-loads full physical rows into `txn` (COPY). Rows are buffered as Arrow columns and
+    /// become columnar segments of their shards at commit, without row locks or write-set
+    /// entries. Keys are checked for uniqueness when the segments register, at commit (23505
+    /// then), against committed data and the rest of the load.
+    async fn load(&self, txn: TxnId, table: TableId, rows: Vec<Row>) -> DbResult<()>;
+
     /// Applies the transaction's writes atomically; durable when this returns.
     async fn commit(&self, txn: TxnId) -> DbResult<()>;
     /// Discards the transaction's writes and releases its locks.

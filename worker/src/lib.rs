@@ -2,6 +2,9 @@
 //!
 //! - [`store`]: the row store — one sled tree per shard, keys in memcomparable order, rows in the
 //!   versioned row encoding; table definitions persisted beside them so rows decode after restart.
+//! - [`segment`]: columnar segments — bulk-loaded rows as sorted, LZ4-compressed Arrow IPC
+//!   files under the shard's row store, which overlays them (newer versions, tombstones).
+//! - [`load`]: a transaction's bulk loads (COPY), buffered per shard and written as segments.
 //! - [`txn`]: per-transaction write sets and the row lock table (with deadlock detection).
 //! - [`commit`]: group commit — concurrent commits share one fsync.
 //! - [`batch`]: builds Arrow record batches from rows (the scan output format).
@@ -23,6 +26,8 @@ pub mod daemon;
 pub mod dferror;
 pub mod flight;
 pub mod fragment;
+pub mod load;
+pub mod segment;
 pub mod service;
 pub mod store;
 pub mod txn;

@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray};
+use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use orochi_common::datum::Datum;
 use orochi_common::error::{DbError, DbResult, SqlState};
@@ -17,6 +19,8 @@ use parking_lot::Mutex;
 
 use crate::batch::BatchBuilder;
 use crate::commit::GroupCommit;
+use crate::load::Run;
+use crate::segment::{self, Segment};
 use crate::store::{Change, RowStore, TableEntry};
 use crate::txn::{LockKey, LockTable, PendingWrite, TxnState};
 
@@ -135,8 +139,18 @@ impl LocalShardService {
         }
         // the transaction's own writes to this table, per shard
         let mut overlay: HashMap<ShardIndex, HashMap<Vec<u8>, Option<Vec<u8>>>> = HashMap::new();
+        // the shards' segments: registered ones, then the transaction's own runs
+        let mut segments: HashMap<ShardIndex, Vec<Arc<Segment>>> = HashMap::new();
+        let mut own_runs: HashMap<ShardIndex, Vec<Arc<Segment>>> = HashMap::new();
+        for &s in &req.shards {
+            let list = self.store.segments(req.table, s);
+            if !list.is_empty() {
+                segments.insert(s, list.to_vec());
+            }
+        }
         if let Some(state) = self.existing_txn_state(txn) {
-            for ((t, key), w) in state.lock().writes.iter() {
+            let st = state.lock();
+            for ((t, key), w) in st.writes.iter() {
                 if *t == req.table {
                     overlay
                         .entry(w.shard)
@@ -144,8 +158,17 @@ impl LocalShardService {
                         .insert(key.clone(), w.value.clone());
                 }
             }
+            if st.loads.touches(req.table) {
+                for &s in &req.shards {
+                    let own = st.loads.runs_of(req.table, s);
+                    if !own.is_empty() {
+                        segments.entry(s).or_default().extend(own.iter().cloned());
+                        own_runs.insert(s, own);
+                    }
+                }
+            }
         }
-        let cursor = ScanCursor::new(entry, req, overlay);
+        let cursor = ScanCursor::new(self.store.clone(), entry, req, overlay, segments, own_runs);
         // One blocking task per batch, not one thread per scan: a thread never waits for a
         // slow consumer, so the blocking pool (bounded, see main) serves any number of
         // concurrent scans without parking a thread, its stack and allocator caches on each.
@@ -196,6 +219,14 @@ impl LocalShardService {
         Ok(())
     }
 
+    /// Returns part of a transaction's charge (load buffers written out or dropped).
+    fn uncharge(&self, st: &mut TxnState, bytes: u64) {
+        let bytes = bytes.min(st.charged);
+        st.charged -= bytes;
+        self.write_set_bytes
+            .fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Returns a finished transaction's charge to the budget.
     fn release(&self, st: &TxnState) {
         self.write_set_bytes
@@ -203,7 +234,11 @@ impl LocalShardService {
     }
 
     fn txn_state(&self, txn: TxnId) -> Arc<Mutex<TxnState>> {
-        self.txns.lock().entry(txn).or_default().clone()
+        self.txns
+            .lock()
+            .entry(txn)
+            .or_insert_with(|| Arc::new(Mutex::new(TxnState::new(self.store.newest_segment()))))
+            .clone()
     }
 
     fn existing_txn_state(&self, txn: TxnId) -> Option<Arc<Mutex<TxnState>>> {
@@ -234,10 +269,12 @@ impl LocalShardService {
         if let Some(v) = state.lookup(&(entry.def.id, key.to_vec())) {
             return Ok(v.is_some());
         }
-        entry
-            .tree(shard)?
-            .contains_key(key)
-            .map_err(|e| DbError::new(SqlState::IoError, format!("row store read: {e}")))
+        for run in state.loads.runs_of(entry.def.id, shard) {
+            if run.find(&self.store.cache, key)?.is_some() {
+                return Ok(true);
+            }
+        }
+        self.store.contains(entry, shard, key)
     }
 
     fn read(
@@ -252,11 +289,136 @@ impl LocalShardService {
             return v.map(|b| entry.decode_row(b)).transpose();
         }
         let shard = entry.shard_of_key(key)?;
-        let bytes = entry
-            .tree(shard)?
-            .get(key)
-            .map_err(|e| DbError::new(SqlState::IoError, format!("row store read: {e}")))?;
-        bytes.map(|b| entry.decode_row(&b)).transpose()
+        if let Some(state) = state {
+            for run in state.loads.runs_of(entry.def.id, shard) {
+                if let Some((batch, row)) = run.find(&self.store.cache, key)? {
+                    return run.row(&entry.def, &batch, row).map(Some);
+                }
+            }
+        }
+        self.store.get(entry, shard, key)
+    }
+
+    /// Writes the transaction's load buffers that `which(table, shard, rows)` picks out as
+    /// runs, on the blocking pool.
+    async fn spill(
+        &self,
+        state: &Mutex<TxnState>,
+        which: impl Fn(TableId, ShardIndex, usize) -> bool,
+    ) -> DbResult<()> {
+        let buffers = state.lock().loads.take_buffers(which);
+        if buffers.is_empty() {
+            return Ok(());
+        }
+        let charge: u64 = buffers.iter().map(|b| b.charged).sum();
+        let store = self.store.clone();
+        let runs = tokio::task::spawn_blocking(move || {
+            let mut runs: Vec<Run> = Vec::with_capacity(buffers.len());
+            for b in buffers {
+                let written = store
+                    .new_segment_id()
+                    .and_then(|id| b.write(store.segment_dir(), id));
+                match written {
+                    Ok(r) => runs.push(r),
+                    Err(e) => {
+                        remove_runs(&runs);
+                        return Err(e);
+                    }
+                }
+            }
+            Ok(runs)
+        })
+        .await
+        .map_err(|e| DbError::internal(format!("load task: {e}")))?;
+        let mut st = state.lock();
+        self.uncharge(&mut st, charge);
+        st.loads.runs.extend(runs?);
+        Ok(())
+    }
+
+    /// Writes out every load buffer of `table`: single-row reads and writes see the
+    /// transaction's loaded rows in its runs.
+    async fn spill_table(&self, state: &Mutex<TxnState>, table: TableId) -> DbResult<()> {
+        if !state.lock().loads.touches(table) {
+            return Ok(());
+        }
+        self.spill(state, |t, _, _| t == table).await
+    }
+
+    /// Applies an ordinary transaction's changes. Keys it inserted are checked first against
+    /// segments registered since it began (a load that committed in between), under the
+    /// registration lock shared.
+    async fn apply_checked(&self, changes: Vec<Change>, seen: u64) -> DbResult<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        let small = changes.len() <= 1000;
+        let run = move || -> DbResult<()> {
+            let _shared = store.registration.read();
+            if store.newest_segment() > seen {
+                for c in changes.iter().filter(|c| c.insert) {
+                    let entry = store.table(c.table)?;
+                    if store
+                        .segments(c.table, c.shard)
+                        .iter()
+                        .any(|s| s.id() > seen)
+                        && store.contains(&entry, c.shard, &c.key)?
+                    {
+                        return Err(segment::duplicate(&entry.def, &c.key));
+                    }
+                }
+            }
+            store.apply(&changes)
+        };
+        if small {
+            run()
+        } else {
+            tokio::task::spawn_blocking(run)
+                .await
+                .map_err(|e| DbError::internal(format!("commit task: {e}")))?
+        }
+    }
+
+    /// Commits a transaction that loaded rows: its runs are checked against committed data
+    /// and each other, then registered together with its other changes, under the
+    /// registration lock held exclusively.
+    async fn register(&self, changes: Vec<Change>, runs: Vec<Run>) -> DbResult<()> {
+        let store = self.store.clone();
+        let segs: Vec<Arc<Segment>> = runs.iter().map(|r| r.seg.clone()).collect();
+        let result = tokio::task::spawn_blocking(move || -> DbResult<()> {
+            let _exclusive = store.registration.write();
+            for (i, run) in segs.iter().enumerate() {
+                let entry = store.table(run.meta.table)?;
+                store.check_run(&entry, run)?;
+                if entry.def.hidden_rowid {
+                    continue;
+                }
+                for other in &segs[..i] {
+                    if other.meta.table == run.meta.table
+                        && other.meta.shard == run.meta.shard
+                        && other.overlaps(run)
+                        && let Some(k) = segment::first_common(&other.keys()?, &run.keys()?)
+                    {
+                        return Err(segment::duplicate(&entry.def, &k));
+                    }
+                }
+            }
+            store.register(&changes, &segs)
+        })
+        .await
+        .map_err(|e| DbError::internal(format!("commit task: {e}")))?;
+        if result.is_err() {
+            remove_runs(&runs);
+        }
+        result
+    }
+}
+
+/// Deletes the files of runs that will not be registered.
+fn remove_runs(runs: &[Run]) {
+    for r in runs {
+        let _ = std::fs::remove_file(&r.seg.path);
     }
 }
 
@@ -269,19 +431,129 @@ impl LocalShardService {
         Some(state)
     }
 
-    /// Applies committed changes to the row store (big ones on the blocking pool).
-    async fn apply(&self, changes: Vec<Change>) -> DbResult<()> {
-        if changes.is_empty() {
-            Ok(())
-        } else if changes.len() > 1000 {
-            let store = self.store.clone();
-            tokio::task::spawn_blocking(move || store.apply(&changes))
-                .await
-                .map_err(|e| DbError::internal(format!("commit task: {e}")))
-                .and_then(|r| r)
-        } else {
-            self.store.apply(&changes)
+    async fn write_ops(
+        &self,
+        txn: TxnId,
+        state: &Arc<Mutex<TxnState>>,
+        entry: &Arc<TableEntry>,
+        req: WriteRequest,
+    ) -> DbResult<WriteResponse> {
+        let entry = entry.clone();
+        let def = &entry.def;
+        let state = state.clone();
+        let mut applied = Vec::with_capacity(req.ops.len());
+        for op in req.ops {
+            match op {
+                WriteOp::Insert { row } => {
+                    let key = def.encode_key(&row);
+                    let shard = def.shard_of_row(&row);
+                    let lk = (def.id, key);
+                    // A hidden row id comes from a sequence: a new one cannot collide with
+                    // a stored row or another writer, so there is nothing to lock or check.
+                    if !def.hidden_rowid {
+                        self.lock(txn, &state, &lk, req.lock_timeout).await?;
+                    }
+                    let mut st = state.lock();
+                    if !def.hidden_rowid && self.exists(&entry, &st, shard, &lk.1)? {
+                        return Err(duplicate_key(def, &row));
+                    }
+                    self.put(
+                        &mut st,
+                        lk,
+                        PendingWrite {
+                            shard,
+                            value: Some(entry.encode_row(&row)),
+                            insert: !def.hidden_rowid,
+                        },
+                    )?;
+                    applied.push(true);
+                }
+                WriteOp::InsertIgnore { row } => {
+                    let key = def.encode_key(&row);
+                    let shard = def.shard_of_row(&row);
+                    let lk = (def.id, key);
+                    self.lock(txn, &state, &lk, req.lock_timeout).await?;
+                    let mut st = state.lock();
+                    if self.exists(&entry, &st, shard, &lk.1)? {
+                        applied.push(false);
+                    } else {
+                        self.put(
+                            &mut st,
+                            lk,
+                            PendingWrite {
+                                shard,
+                                value: Some(entry.encode_row(&row)),
+                                insert: true,
+                            },
+                        )?;
+                        applied.push(true);
+                    }
+                }
+                WriteOp::Update { old_key, row } => {
+                    let new_key = def.encode_key(&row);
+                    let new_shard = def.shard_of_row(&row);
+                    let old = (def.id, old_key);
+                    self.lock(txn, &state, &old, req.lock_timeout).await?;
+                    if new_key != old.1 {
+                        let new = (def.id, new_key);
+                        self.lock(txn, &state, &new, req.lock_timeout).await?;
+                        let old_shard = entry.shard_of_key(&old.1)?;
+                        let mut st = state.lock();
+                        if self.exists(&entry, &st, new_shard, &new.1)? {
+                            return Err(duplicate_key(def, &row));
+                        }
+                        self.put(
+                            &mut st,
+                            old,
+                            PendingWrite {
+                                shard: old_shard,
+                                value: None,
+                                insert: false,
+                            },
+                        )?;
+                        self.put(
+                            &mut st,
+                            new,
+                            PendingWrite {
+                                shard: new_shard,
+                                value: Some(entry.encode_row(&row)),
+                                insert: true,
+                            },
+                        )?;
+                    } else {
+                        let mut st = state.lock();
+                        // a row this transaction inserted stays an insert
+                        let insert = st.writes.get(&old).is_some_and(|w| w.insert);
+                        self.put(
+                            &mut st,
+                            old,
+                            PendingWrite {
+                                shard: new_shard,
+                                value: Some(entry.encode_row(&row)),
+                                insert,
+                            },
+                        )?;
+                    }
+                    applied.push(true);
+                }
+                WriteOp::Delete { key } => {
+                    let shard = entry.shard_of_key(&key)?;
+                    let lk = (def.id, key);
+                    self.lock(txn, &state, &lk, req.lock_timeout).await?;
+                    self.put(
+                        &mut state.lock(),
+                        lk,
+                        PendingWrite {
+                            shard,
+                            value: None,
+                            insert: false,
+                        },
+                    )?;
+                    applied.push(true);
+                }
+            }
         }
+        Ok(WriteResponse { applied })
     }
 }
 
@@ -294,6 +566,7 @@ fn into_changes(state: TxnState) -> (Vec<Change>, Vec<LockKey>) {
             table,
             shard: w.shard,
             key,
+            insert: w.insert && w.value.is_some(),
             value: w.value,
         })
         .collect();
@@ -371,6 +644,9 @@ impl ShardService for LocalShardService {
         } else {
             self.existing_txn_state(txn)
         };
+        if let Some(st) = &state {
+            self.spill_table(st, table).await?;
+        }
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
             if lock {
@@ -385,6 +661,20 @@ impl ShardService for LocalShardService {
     }
 
     async fn scan(&self, txn: TxnId, mut req: ScanRequest) -> DbResult<BatchStream> {
+        if let Some(state) = self.existing_txn_state(txn) {
+            // the transaction's loaded rows are scanned in place, once written out as runs
+            // (only this scan's shards: a scan's partitions run concurrently)
+            let tables = std::iter::once(req.table).chain(req.more_inputs.iter().map(|i| i.table));
+            for t in tables.collect::<Vec<_>>() {
+                if state.lock().loads.touches(t) {
+                    let keyed = req.keys.is_some();
+                    self.spill(&state, |table, shard, _| {
+                        table == t && (keyed || req.shards.contains(&shard))
+                    })
+                    .await?;
+                }
+            }
+        }
         let fragment = req.fragment.take();
         let more = std::mem::take(&mut req.more_inputs);
         let Some(bytes) = fragment else {
@@ -414,114 +704,72 @@ impl ShardService for LocalShardService {
 
     async fn write(&self, txn: TxnId, req: WriteRequest) -> DbResult<WriteResponse> {
         let entry = self.store.table(req.table)?;
-        let def = &entry.def;
         let state = self.txn_state(txn);
-        let mut applied = Vec::with_capacity(req.ops.len());
-        for op in req.ops {
-            match op {
-                WriteOp::Insert { row } => {
-                    let key = def.encode_key(&row);
-                    let shard = def.shard_of_row(&row);
-                    let lk = (def.id, key);
-                    // A hidden row id comes from a sequence: a new one cannot collide with
-                    // a stored row or another writer, so there is nothing to lock or check.
-                    if !def.hidden_rowid {
-                        self.lock(txn, &state, &lk, req.lock_timeout).await?;
-                    }
-                    let mut st = state.lock();
-                    if !def.hidden_rowid && self.exists(&entry, &st, shard, &lk.1)? {
-                        return Err(duplicate_key(def, &row));
-                    }
-                    self.put(
-                        &mut st,
-                        lk,
-                        PendingWrite {
-                            shard,
-                            value: Some(entry.encode_row(&row)),
-                        },
-                    )?;
-                    applied.push(true);
-                }
-                WriteOp::InsertIgnore { row } => {
-                    let key = def.encode_key(&row);
-                    let shard = def.shard_of_row(&row);
-                    let lk = (def.id, key);
-                    self.lock(txn, &state, &lk, req.lock_timeout).await?;
-                    let mut st = state.lock();
-                    if self.exists(&entry, &st, shard, &lk.1)? {
-                        applied.push(false);
-                    } else {
-                        self.put(
-                            &mut st,
-                            lk,
-                            PendingWrite {
-                                shard,
-                                value: Some(entry.encode_row(&row)),
-                            },
-                        )?;
-                        applied.push(true);
-                    }
-                }
-                WriteOp::Update { old_key, row } => {
-                    let new_key = def.encode_key(&row);
-                    let new_shard = def.shard_of_row(&row);
-                    let old = (def.id, old_key);
-                    self.lock(txn, &state, &old, req.lock_timeout).await?;
-                    if new_key != old.1 {
-                        let new = (def.id, new_key);
-                        self.lock(txn, &state, &new, req.lock_timeout).await?;
-                        let old_shard = entry.shard_of_key(&old.1)?;
-                        let mut st = state.lock();
-                        if self.exists(&entry, &st, new_shard, &new.1)? {
-                            return Err(duplicate_key(def, &row));
-                        }
-                        self.put(
-                            &mut st,
-                            old,
-                            PendingWrite {
-                                shard: old_shard,
-                                value: None,
-                            },
-                        )?;
-                        self.put(
-                            &mut st,
-                            new,
-                            PendingWrite {
-                                shard: new_shard,
-                                value: Some(entry.encode_row(&row)),
-                            },
-                        )?;
-                    } else {
-                        self.put(
-                            &mut state.lock(),
-                            old,
-                            PendingWrite {
-                                shard: new_shard,
-                                value: Some(entry.encode_row(&row)),
-                            },
-                        )?;
-                    }
-                    applied.push(true);
-                }
-                WriteOp::Delete { key } => {
-                    let shard = entry.shard_of_key(&key)?;
-                    let lk = (def.id, key);
-                    self.lock(txn, &state, &lk, req.lock_timeout).await?;
-                    self.put(&mut state.lock(), lk, PendingWrite { shard, value: None })?;
-                    applied.push(true);
-                }
+        self.spill_table(&state, req.table).await?;
+        self.write_ops(txn, &state, &entry, req).await
+    }
+
+    async fn load(&self, txn: TxnId, table: TableId, rows: Vec<Row>) -> DbResult<()> {
+        let entry = self.store.table(table)?;
+        let def = &entry.def;
+        if let Some(bad) = rows.iter().find(|r| r.len() != def.columns.len()) {
+            return Err(DbError::new(
+                SqlState::ProtocolViolation,
+                format!(
+                    "a loaded row has {} values; table {} has {} columns",
+                    bad.len(),
+                    def.id,
+                    def.columns.len()
+                ),
+            ));
+        }
+        let state = self.txn_state(txn);
+        // after ordinary writes to the table in this transaction, a load is ordinary writes
+        // too (their deletes and the loaded keys must meet in one write set)
+        let has_writes = state.lock().writes.keys().any(|(t, _)| *t == table);
+        if has_writes {
+            let ops = rows
+                .into_iter()
+                .map(|row| WriteOp::Insert { row })
+                .collect();
+            let req = WriteRequest {
+                table,
+                ops,
+                lock_timeout: None,
+            };
+            return self.write_ops(txn, &state, &entry, req).await.map(|_| ());
+        }
+        {
+            let mut st = state.lock();
+            for row in &rows {
+                let key = def.encode_key(row);
+                let shard = def.shard_of_row(row);
+                let bytes = st.loads.push(&entry, shard, &key, row)?;
+                self.charge(&mut st, bytes as usize)?;
             }
         }
-        Ok(WriteResponse { applied })
+        let full = state.lock().loads.buffered() >= crate::load::BUFFER_BYTES;
+        self.spill(&state, |_, _, rows| full || rows >= crate::load::RUN_ROWS)
+            .await
     }
 
     async fn commit(&self, txn: TxnId) -> DbResult<()> {
-        let Some(state) = self.take_txn(txn) else {
+        if let Some(state) = self.existing_txn_state(txn) {
+            // the last rows buffered by loads become runs
+            self.spill(&state, |_, _, _| true).await?;
+        }
+        let Some(mut state) = self.take_txn(txn) else {
             return Ok(());
         };
+        let runs = std::mem::take(&mut state.loads.runs);
+        let seen = state.segments_seen;
         let (changes, locks) = into_changes(state);
-        let empty = changes.is_empty();
-        let applied = self.apply(changes).await;
+        let empty = changes.is_empty() && runs.is_empty();
+        let applied = if runs.is_empty() {
+            self.apply_checked(changes, seen).await
+        } else {
+            self.register(changes, runs).await
+        };
         // Early lock release: the row locks go as soon as the changes are applied, not after
         // the fsync. Safe for acknowledged commits because the row store has one log, flushed
         // in order: a transaction that takes these rows next applies after us, and the flush
@@ -543,15 +791,38 @@ impl ShardService for LocalShardService {
         self.release(&state.lock());
         let locks = std::mem::take(&mut state.lock().locks);
         self.locks.release_all(txn, &locks);
+        remove_runs(&std::mem::take(&mut state.lock().loads.runs));
     }
 
     async fn prepare(&self, txn: TxnId) -> DbResult<()> {
-        let (changes, locks) = match self.take_txn(txn) {
-            Some(state) => into_changes(state),
-            None => (Vec::new(), Vec::new()),
+        if let Some(state) = self.existing_txn_state(txn)
+            && !state.lock().loads.is_empty()
+        {
+            return Err(DbError::new(
+                SqlState::FeatureNotSupported,
+                "a bulk load cannot take part in a two-phase commit yet",
+            ));
+        }
+        let (changes, locks, seen) = match self.take_txn(txn) {
+            Some(state) => {
+                let seen = state.segments_seen;
+                let (c, l) = into_changes(state);
+                (c, l, seen)
+            }
+            None => (Vec::new(), Vec::new(), u64::MAX),
         };
         let store = self.store.clone();
         let changes = tokio::task::spawn_blocking(move || {
+            // as at commit: keys inserted are checked against segments registered since
+            let _shared = store.registration.read();
+            if store.newest_segment() > seen {
+                for c in changes.iter().filter(|c| c.insert) {
+                    let entry = store.table(c.table)?;
+                    if store.contains(&entry, c.shard, &c.key)? {
+                        return Err(segment::duplicate(&entry.def, &c.key));
+                    }
+                }
+            }
             store.save_prepared(txn, &changes).map(|()| changes)
         })
         .await
@@ -574,7 +845,7 @@ impl ShardService for LocalShardService {
             return Ok(());
         };
         let PreparedTxn { changes, locks } = p;
-        let applied = self.apply(changes).await;
+        let applied = self.apply_checked(changes, u64::MAX).await;
         if let Err(e) = applied {
             // still prepared: the decision can be retried
             tracing::error!(txn, error = %e.message, "applying a prepared transaction failed");
@@ -629,12 +900,20 @@ impl ShardService for LocalShardService {
 
     async fn savepoint(&self, txn: TxnId) -> DbResult<u64> {
         // the state must exist from here on: writes after the savepoint record their undo
-        Ok(self.txn_state(txn).lock().savepoint())
+        let state = self.txn_state(txn);
+        // rows buffered before the savepoint become runs, so that a rollback to it drops
+        // exactly the runs after it
+        self.spill(&state, |_, _, _| true).await?;
+        Ok(state.lock().savepoint())
     }
 
     async fn rollback_to(&self, txn: TxnId, savepoint: u64) -> DbResult<()> {
         if let Some(s) = self.existing_txn_state(txn) {
-            s.lock().rollback_to(savepoint);
+            let mut st = s.lock();
+            let (runs, charge) = st.rollback_to(savepoint);
+            self.uncharge(&mut st, charge);
+            drop(st);
+            remove_runs(&runs);
         }
         Ok(())
     }
@@ -661,19 +940,32 @@ impl ShardService for LocalShardService {
 
     async fn shard_stats(&self, table: TableId) -> DbResult<Vec<(ShardIndex, u64, u64)>> {
         let entry = self.store.table(table)?;
+        let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
             for (i, t) in entry.shards.iter().enumerate() {
-                let mut rows = 0u64;
-                let mut bytes = 0u64;
+                let shard = i as ShardIndex;
+                let segments = store.segments(table, shard);
+                let (mut rows, bytes, _) = store.segment_stats(table, shard);
+                let mut bytes = bytes;
                 for item in t.iter() {
                     let (k, v) = item.map_err(|e| {
                         DbError::new(SqlState::IoError, format!("row store read: {e}"))
                     })?;
-                    rows += 1;
                     bytes += (k.len() + v.len()) as u64;
+                    if segment::tombstone_of(&v).is_none() {
+                        rows += 1;
+                    }
+                    // a segment row this key shadows is not counted twice (or at all, if
+                    // deleted)
+                    for seg in segments.iter().filter(|s| segment::shadows(&v, s.id())) {
+                        if seg.find(&store.cache, &k)?.is_some() {
+                            rows = rows.saturating_sub(1);
+                            break;
+                        }
+                    }
                 }
-                out.push((i as ShardIndex, rows, bytes));
+                out.push((shard, rows, bytes));
             }
             Ok(out)
         })
@@ -682,34 +974,57 @@ impl ShardService for LocalShardService {
     }
 }
 
-/// Runs on a blocking thread: reads the shards and sends batches until done or the consumer
-/// goes away.
 /// A scan in progress: where it is, so that each batch can be produced by a separate
-/// blocking task.
+/// blocking task. Per shard: the row store's rows (skipping tombstones and keys the
+/// transaction wrote), the transaction's own rows, then the segments' rows that nothing in
+/// the row store or the transaction shadows, one segment batch at a time.
 struct ScanCursor {
+    store: Arc<RowStore>,
     entry: Arc<TableEntry>,
     req: ScanRequest,
     /// The transaction's own writes, per shard: they replace stored rows with the same key.
     overlay: HashMap<ShardIndex, HashMap<Vec<u8>, Option<Vec<u8>>>>,
+    /// Each shard's segments (registered, then the transaction's own runs).
+    segments: HashMap<ShardIndex, Vec<Arc<Segment>>>,
+    /// The transaction's own runs alone (for key lookups).
+    own_runs: HashMap<ShardIndex, Vec<Arc<Segment>>>,
     /// Next entry of `req.shards` (or of `req.keys`) to start.
     next: usize,
-    /// The shard being read, and its stored rows from where the last batch stopped.
-    current: Option<(ShardIndex, sled::Iter)>,
+    /// The shard being read and where in it.
+    current: Option<(ShardIndex, Phase)>,
     remaining: usize,
     done: bool,
 }
 
+enum Phase {
+    /// Its stored rows, from where the last batch stopped.
+    Rows(sled::Iter),
+    /// Its segments: the one being read (index into the list) and its reader.
+    Segments {
+        index: usize,
+        reader: Option<SegmentReader>,
+    },
+}
+
+type SegmentReader = arrow::ipc::reader::FileReader<std::io::BufReader<std::fs::File>>;
+
 impl ScanCursor {
     fn new(
+        store: Arc<RowStore>,
         entry: Arc<TableEntry>,
         req: ScanRequest,
         overlay: HashMap<ShardIndex, HashMap<Vec<u8>, Option<Vec<u8>>>>,
+        segments: HashMap<ShardIndex, Vec<Arc<Segment>>>,
+        own_runs: HashMap<ShardIndex, Vec<Arc<Segment>>>,
     ) -> Self {
         let remaining = req.limit.unwrap_or(usize::MAX);
         ScanCursor {
+            store,
             entry,
             req,
             overlay,
+            segments,
+            own_runs,
             next: 0,
             current: None,
             remaining,
@@ -727,7 +1042,8 @@ impl ScanCursor {
         })
     }
 
-    /// Up to `batch_rows` rows; `None` at the end. Sets `done` when nothing follows.
+    /// Up to `batch_rows` rows (a segment batch may give more); `None` at the end. Sets
+    /// `done` when nothing follows.
     fn next_batch(&mut self) -> DbResult<Option<arrow::record_batch::RecordBatch>> {
         let batch_rows = self.req.batch_rows.max(1);
         let mut builder = BatchBuilder::new(&self.entry.def, &self.req.projection, batch_rows);
@@ -740,52 +1056,89 @@ impl ScanCursor {
                 };
                 self.next += 1;
                 let shard = self.entry.shard_of_key(key)?;
-                let value = match self.overlay.get(&shard).and_then(|own| own.get(key)) {
-                    Some(v) => v.clone(),
-                    None => self
-                        .entry
-                        .tree(shard)?
-                        .get(key)
-                        .map_err(io)?
-                        .map(|v| v.to_vec()),
-                };
-                if let Some(v) = value {
-                    self.push(&mut builder, &v)?;
+                match self.overlay.get(&shard).and_then(|own| own.get(key)) {
+                    Some(Some(v)) => {
+                        let v = v.clone();
+                        self.push(&mut builder, &v)?;
+                    }
+                    Some(None) => {}
+                    None => {
+                        let key = key.clone();
+                        let mut row = None;
+                        for run in self.own_runs.get(&shard).into_iter().flatten() {
+                            if let Some((batch, i)) = run.find(&self.store.cache, &key)? {
+                                row = Some(run.row(&self.entry.def, &batch, i)?);
+                                break;
+                            }
+                        }
+                        if row.is_none() {
+                            row = self.store.get(&self.entry, shard, &key)?;
+                        }
+                        if let Some(row) = row {
+                            self.push_row(&mut builder, &row)?;
+                        }
+                    }
                 }
                 continue;
             }
-            let Some((shard, iter)) = &mut self.current else {
+            let Some((shard, phase)) = &mut self.current else {
                 let Some(&shard) = self.req.shards.get(self.next) else {
                     self.done = true;
                     break;
                 };
                 self.next += 1;
-                self.current = Some((shard, self.entry.tree(shard)?.iter()));
+                self.current = Some((shard, Phase::Rows(self.entry.tree(shard)?.iter())));
                 continue;
             };
             let shard = *shard;
-            match iter.next() {
-                Some(item) => {
-                    let (k, v) = item.map_err(io)?;
-                    if self
-                        .overlay
-                        .get(&shard)
-                        .is_some_and(|own| own.contains_key(k.as_ref()))
-                    {
-                        continue;
+            match phase {
+                Phase::Rows(iter) => match iter.next() {
+                    Some(item) => {
+                        let (k, v) = item.map_err(io)?;
+                        if segment::tombstone_of(&v).is_some()
+                            || self
+                                .overlay
+                                .get(&shard)
+                                .is_some_and(|own| own.contains_key(k.as_ref()))
+                        {
+                            continue;
+                        }
+                        self.push(&mut builder, &v)?;
                     }
-                    self.push(&mut builder, &v)?;
-                }
-                None => {
-                    // the stored rows of this shard are done; then its rows written by this
-                    // transaction
-                    self.current = None;
-                    if let Some(own) = self.overlay.remove(&shard) {
-                        for v in own.values().flatten() {
-                            self.push(&mut builder, v)?;
-                            if self.done {
-                                break;
+                    None => {
+                        // the stored rows of this shard are done; then its rows written by
+                        // this transaction, then its segments
+                        if let Some(own) = self.overlay.get(&shard) {
+                            let own: Vec<Vec<u8>> = own.values().flatten().cloned().collect();
+                            for v in own {
+                                self.push(&mut builder, &v)?;
+                                if self.done {
+                                    break;
+                                }
                             }
+                        }
+                        self.current = if self.segments.contains_key(&shard) {
+                            Some((
+                                shard,
+                                Phase::Segments {
+                                    index: 0,
+                                    reader: None,
+                                },
+                            ))
+                        } else {
+                            None
+                        };
+                    }
+                },
+                Phase::Segments { .. } => {
+                    // segment batches go out as they are: first what the builder holds
+                    if !builder.is_empty() {
+                        break;
+                    }
+                    match self.segment_batch(shard)? {
+                        Some(b) => return Ok(Some(b)),
+                        None => {
+                            self.current = None;
                         }
                     }
                 }
@@ -794,8 +1147,116 @@ impl ScanCursor {
         (!builder.is_empty()).then(|| builder.finish()).transpose()
     }
 
+    /// The next non-empty batch of the shard's segments, projected, without the rows that
+    /// the row store or the transaction shadows; `None` when its segments are done.
+    fn segment_batch(&mut self, shard: ShardIndex) -> DbResult<Option<RecordBatch>> {
+        let internal = |e: arrow::error::ArrowError| DbError::internal(format!("segment: {e}"));
+        loop {
+            let Some((_, Phase::Segments { index, reader })) = &mut self.current else {
+                return Ok(None);
+            };
+            let Some(seg) = self
+                .segments
+                .get(&shard)
+                .and_then(|l| l.get(*index))
+                .cloned()
+            else {
+                return Ok(None);
+            };
+            // file columns: the key, then each projected column the segment has
+            let stored: Vec<usize> = self
+                .req
+                .projection
+                .iter()
+                .copied()
+                .filter(|&c| c < seg.meta.columns)
+                .collect();
+            if reader.is_none() {
+                let mut cols = vec![0];
+                cols.extend(stored.iter().map(|c| c + 1));
+                *reader = Some(seg.reader(Some(cols))?);
+            }
+            let next = reader.as_mut().expect("opened above").next();
+            let Some(batch) = next else {
+                *index += 1;
+                *reader = None;
+                continue;
+            };
+            let batch = batch.map_err(internal)?;
+            let keys = batch.column(0).as_binary::<i32>();
+            if keys.is_empty() {
+                continue;
+            }
+            let mut keep = vec![true; keys.len()];
+            // row-store keys in the batch's range: newer versions and tombstones
+            let tree = self.entry.tree(shard)?;
+            let (lo, hi) = (keys.value(0).to_vec(), keys.value(keys.len() - 1).to_vec());
+            for item in tree.range(lo..=hi) {
+                let (k, v) = item
+                    .map_err(|e| DbError::new(SqlState::IoError, format!("row store read: {e}")))?;
+                if segment::shadows(&v, seg.id())
+                    && let Some(i) = segment::search(keys, &k)
+                {
+                    keep[i] = false;
+                }
+            }
+            if let Some(own) = self.overlay.get(&shard) {
+                for (i, k) in keys.iter().enumerate() {
+                    if k.is_some_and(|k| own.contains_key(k)) {
+                        keep[i] = false;
+                    }
+                }
+            }
+            let n = batch.num_rows();
+            let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.req.projection.len());
+            let mut pos = 1;
+            for &c in &self.req.projection {
+                if c < seg.meta.columns {
+                    columns.push(batch.column(pos).clone());
+                    pos += 1;
+                } else {
+                    // a column added after the segment was written: its missing value
+                    let mut b = BatchBuilder::new(&self.entry.def, &[c], n);
+                    let v = self.entry.def.columns[c].missing.clone();
+                    for _ in 0..n {
+                        b.push(std::iter::once(&v))?;
+                    }
+                    columns.push(b.finish()?.column(0).clone());
+                }
+            }
+            let schema = crate::batch::projected_schema(&self.entry.def, &self.req.projection);
+            let out = RecordBatch::try_new_with_options(
+                schema,
+                columns,
+                &arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(n)),
+            )
+            .map_err(internal)?;
+            let out = if keep.iter().all(|&k| k) {
+                out
+            } else {
+                arrow::compute::filter_record_batch(&out, &BooleanArray::from(keep))
+                    .map_err(internal)?
+            };
+            if out.num_rows() == 0 {
+                continue;
+            }
+            let out = if out.num_rows() >= self.remaining {
+                self.done = true;
+                out.slice(0, self.remaining)
+            } else {
+                out
+            };
+            self.remaining -= out.num_rows();
+            return Ok(Some(out));
+        }
+    }
+
     fn push(&mut self, builder: &mut BatchBuilder, bytes: &[u8]) -> DbResult<()> {
         let row = self.entry.decode_row(bytes)?;
+        self.push_row(builder, &row)
+    }
+
+    fn push_row(&mut self, builder: &mut BatchBuilder, row: &[Datum]) -> DbResult<()> {
         builder.push(self.req.projection.iter().map(|&i| &row[i]))?;
         self.remaining -= 1;
         if self.remaining == 0 {
@@ -824,6 +1285,71 @@ mod tests {
             }],
             lock_timeout: Some(std::time::Duration::from_millis(50)),
         }
+    }
+
+    async fn count(s: &LocalShardService, txn: TxnId) -> usize {
+        use futures::TryStreamExt;
+        let req = ScanRequest::full(&table(), vec![0], 1024);
+        let batches: Vec<RecordBatch> =
+            s.scan(txn, req).await.unwrap().try_collect().await.unwrap();
+        batches.iter().map(|b| b.num_rows()).sum()
+    }
+
+    /// Rows a transaction loaded and then deleted or updated in the same transaction: the
+    /// delete becomes a tombstone over the segment registered by the same commit, the update
+    /// a newer version. A load cannot be prepared (two-phase commit) yet.
+    #[tokio::test]
+    async fn loaded_rows_changed_in_their_own_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let def = table();
+        let key = |k: i64| def.encode_key(&[Datum::Int8(k), Datum::Int8(0)]);
+        let s = LocalShardService::open(dir.path(), &StoreOptions::default()).unwrap();
+        s.create_table(&def).await.unwrap();
+        let rows: Vec<Row> = (1..=10)
+            .map(|k| vec![Datum::Int8(k), Datum::Int8(k * 10)])
+            .collect();
+        s.load(1, 16384, rows.clone()).await.unwrap();
+        assert_eq!(count(&s, 1).await, 10);
+        assert_eq!(count(&s, 2).await, 0, "not visible to others before commit");
+        s.write(
+            1,
+            WriteRequest {
+                table: 16384,
+                ops: vec![
+                    WriteOp::Delete { key: key(3) },
+                    WriteOp::Update {
+                        old_key: key(4),
+                        row: vec![Datum::Int8(4), Datum::Int8(-4)],
+                    },
+                ],
+                lock_timeout: None,
+            },
+        )
+        .await
+        .unwrap();
+        // a loaded key is taken for the transaction's own inserts
+        let err = s.write(1, insert(5)).await.unwrap_err();
+        assert_eq!(err.state, SqlState::UniqueViolation);
+        s.commit(1).await.unwrap();
+        assert_eq!(count(&s, 3).await, 9);
+        let got = s
+            .get(3, 16384, &[key(3), key(4)], false, None)
+            .await
+            .unwrap();
+        assert_eq!(got, vec![None, Some(vec![Datum::Int8(4), Datum::Int8(-4)])]);
+        // deleted, it can be loaded again, and is live in the newer segment
+        s.load(4, 16384, vec![rows[2].clone()]).await.unwrap();
+        s.commit(4).await.unwrap();
+        assert_eq!(count(&s, 5).await, 10);
+        s.load(6, 16384, vec![rows[0].clone()]).await.unwrap();
+        let err = s.prepare(6).await.unwrap_err();
+        assert_eq!(err.state, SqlState::FeatureNotSupported);
+        s.abort(6).await;
+        drop(s);
+        let s = LocalShardService::open(dir.path(), &StoreOptions::default()).unwrap();
+        assert_eq!(count(&s, 7).await, 10);
+        let got = s.get(7, 16384, &[key(3)], false, None).await.unwrap();
+        assert_eq!(got, vec![Some(rows[2].clone())]);
     }
 
     /// A prepared transaction survives a restart of the worker in doubt: its rows are not

@@ -1,10 +1,13 @@
 //! The row store: one sled tree per shard (`t{table}.s{shard}`), keys in memcomparable order
 //! ([`orochi_common::keycodec`]), values in the row encoding ([`orochi_common::rowcodec`]).
 //! Table definitions live in the `meta` tree so stored rows can be decoded after a restart.
+//! Bulk-loaded rows live in columnar segments (`segment.rs`) under `segments/`, registered in
+//! the `segments` tree; a shard's tree is an overlay on its segments.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use orochi_common::datum::Datum;
 use orochi_common::error::{DbError, DbResult, SqlState};
@@ -14,6 +17,8 @@ use orochi_common::schema::{ShardIndex, TableDef, TableId};
 use orochi_common::service::Row;
 use parking_lot::RwLock;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+use crate::segment::{self, BatchCache, Segment, SegmentMeta};
 
 /// Errors of the storage layer, each naming what failed.
 #[derive(Debug, thiserror::Error)]
@@ -164,16 +169,20 @@ fn decode_undo(mut b: &[u8]) -> Option<Vec<Change>> {
             shard,
             key,
             value,
+            insert: false,
         });
     }
     Some(out)
 }
 
+#[derive(Clone)]
 pub struct Change {
     pub table: TableId,
     pub shard: ShardIndex,
     pub key: Vec<u8>,
     pub value: Option<Vec<u8>>,
+    /// The key was absent when the transaction wrote it (not persisted in undo records).
+    pub insert: bool,
 }
 
 pub struct RowStore {
@@ -184,10 +193,41 @@ pub struct RowStore {
     prepared: sled::Tree,
     meta: sled::Tree,
     tables: RwLock<HashMap<TableId, Arc<TableEntry>>>,
+    /// Registered segments: key `table u64 | shard u32 | id u64`, value the meta as JSON.
+    segment_tree: sled::Tree,
+    segment_dir: PathBuf,
+    segments: RwLock<HashMap<(TableId, ShardIndex), SegmentList>>,
+    /// Ordinary commits hold it shared while they check and apply; registering segments holds
+    /// it exclusively, so a registration's uniqueness check never interleaves with an apply.
+    pub registration: RwLock<()>,
+    /// The newest registered segment's id (0: none yet).
+    newest: AtomicU64,
+    /// Decoded segment batches for point lookups.
+    pub cache: BatchCache,
+}
+
+/// A shard's registered segments, oldest first (shared by the scans that read them).
+type SegmentList = Arc<[Arc<Segment>]>;
+
+fn segment_key(table: TableId, shard: ShardIndex, id: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(20);
+    k.extend_from_slice(&table.to_be_bytes());
+    k.extend_from_slice(&shard.to_be_bytes());
+    k.extend_from_slice(&id.to_be_bytes());
+    k
 }
 
 impl RowStore {
     pub fn open(path: &Path, cache_bytes: u64) -> Result<RowStore, StoreError> {
+        Self::open_with(path, cache_bytes, 64 << 20)
+    }
+
+    /// `segment_cache_bytes`: what decoded segment batches kept for point lookups may hold.
+    pub fn open_with(
+        path: &Path,
+        cache_bytes: u64,
+        segment_cache_bytes: usize,
+    ) -> Result<RowStore, StoreError> {
         let open_err = |source| StoreError::Open {
             path: path.display().to_string(),
             source,
@@ -201,12 +241,24 @@ impl RowStore {
         let meta = db.open_tree("meta").map_err(open_err)?;
         let undo = db.open_tree("undo").map_err(open_err)?;
         let prepared = db.open_tree("prepared").map_err(open_err)?;
+        let segment_tree = db.open_tree("segments").map_err(open_err)?;
+        let segment_dir = path.join("segments");
+        std::fs::create_dir_all(&segment_dir).map_err(|e| StoreError::Open {
+            path: segment_dir.display().to_string(),
+            source: sled::Error::Io(e),
+        })?;
         let store = RowStore {
             db,
             undo,
             prepared,
             meta,
             tables: RwLock::new(HashMap::new()),
+            segment_tree,
+            segment_dir,
+            segments: RwLock::new(HashMap::new()),
+            registration: RwLock::new(()),
+            newest: AtomicU64::new(0),
+            cache: BatchCache::new(segment_cache_bytes),
         };
         for item in store.meta.iter() {
             let (k, v) = item.map_err(open_err)?;
@@ -217,7 +269,326 @@ impl RowStore {
             store.tables.write().insert(id, Arc::new(entry));
         }
         store.roll_back_interrupted_commits()?;
+        store.load_segments().map_err(|e| StoreError::Open {
+            path: path.display().to_string(),
+            source: sled::Error::Unsupported(e.message),
+        })?;
         Ok(store)
+    }
+
+    /// Reads the registered segments and removes segment files nothing registered (runs of
+    /// transactions that did not commit before a crash).
+    fn load_segments(&self) -> DbResult<()> {
+        let io = |e: sled::Error| DbError::new(SqlState::IoError, format!("segments: {e}"));
+        let mut by_shard: HashMap<(TableId, ShardIndex), Vec<Arc<Segment>>> = HashMap::new();
+        let mut known = std::collections::HashSet::new();
+        for item in self.segment_tree.iter() {
+            let (_, v) = item.map_err(io)?;
+            let meta: SegmentMeta = serde_json::from_slice(&v)
+                .map_err(|e| DbError::internal(format!("segment record: {e}")))?;
+            self.newest.fetch_max(meta.id, Ordering::Relaxed);
+            known.insert(segment::file_name(meta.id));
+            by_shard
+                .entry((meta.table, meta.shard))
+                .or_default()
+                .push(Arc::new(Segment::at(&self.segment_dir, meta)));
+        }
+        let dir = std::fs::read_dir(&self.segment_dir)
+            .map_err(|e| DbError::new(SqlState::IoError, format!("segments: {e}")))?;
+        for f in dir.flatten() {
+            let name = f.file_name().to_string_lossy().into_owned();
+            if !known.contains(&name) {
+                tracing::info!(file = %name, "removing an unregistered segment file");
+                let _ = std::fs::remove_file(f.path());
+            }
+        }
+        let mut map = self.segments.write();
+        for (k, v) in by_shard {
+            map.insert(k, v.into());
+        }
+        Ok(())
+    }
+
+    pub fn segment_dir(&self) -> &Path {
+        &self.segment_dir
+    }
+
+    /// A new segment id, larger than every earlier one (across restarts too).
+    pub fn new_segment_id(&self) -> DbResult<u64> {
+        let id = self
+            .db
+            .generate_id()
+            .map_err(|source| StoreError::Io { table: 0, source })?;
+        Ok(id + 1)
+    }
+
+    /// The registered segments of a shard, oldest first.
+    pub fn segments(&self, table: TableId, shard: ShardIndex) -> Arc<[Arc<Segment>]> {
+        self.segments
+            .read()
+            .get(&(table, shard))
+            .cloned()
+            .unwrap_or_else(|| Arc::from(Vec::new()))
+    }
+
+    /// The newest registered segment's id (0: none).
+    pub fn newest_segment(&self) -> u64 {
+        self.newest.load(Ordering::Acquire)
+    }
+
+    /// The committed row under `key`: the row store's version if it has the key, else the
+    /// segments' (unless a tombstone deleted it there).
+    pub fn get(&self, entry: &TableEntry, shard: ShardIndex, key: &[u8]) -> DbResult<Option<Row>> {
+        let io = |e: sled::Error| DbError::new(SqlState::IoError, format!("row store read: {e}"));
+        let stored = entry.tree(shard)?.get(key).map_err(io)?;
+        let newer_than = match &stored {
+            Some(v) => match segment::tombstone_of(v) {
+                None => return entry.decode_row(v).map(Some),
+                Some(newest) => newest,
+            },
+            None => 0,
+        };
+        for seg in self.segments(entry.def.id, shard).iter().rev() {
+            if seg.id() <= newer_than {
+                break;
+            }
+            if let Some((batch, row)) = seg.find(&self.cache, key)? {
+                return seg.row(&entry.def, &batch, row).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether a committed row has `key`.
+    pub fn contains(&self, entry: &TableEntry, shard: ShardIndex, key: &[u8]) -> DbResult<bool> {
+        let io = |e: sled::Error| DbError::new(SqlState::IoError, format!("row store read: {e}"));
+        let stored = entry.tree(shard)?.get(key).map_err(io)?;
+        let newer_than = match &stored {
+            Some(v) => match segment::tombstone_of(v) {
+                None => return Ok(true),
+                Some(newest) => newest,
+            },
+            None => 0,
+        };
+        for seg in self.segments(entry.def.id, shard).iter().rev() {
+            if seg.id() <= newer_than {
+                break;
+            }
+            if seg.find(&self.cache, key)?.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Checks a run (a transaction's sorted segment, not registered) against the committed
+    /// data of its shard: 23505 if one of its keys is live in the row store or in a segment.
+    pub fn check_run(&self, entry: &TableEntry, run: &Segment) -> DbResult<()> {
+        if run.meta.rows == 0 || entry.def.hidden_rowid {
+            return Ok(());
+        }
+        let io = |e: sled::Error| DbError::new(SqlState::IoError, format!("row store read: {e}"));
+        let def = &entry.def;
+        let tree = entry.tree(run.meta.shard)?;
+        let (lo, hi) = (run.min_key(), run.max_key());
+        let mut keys = None;
+        // the row store: walk its keys in the run's range, or look the run's keys up when
+        // the range holds more row-store keys than the run has
+        let mut in_range = 0u64;
+        let mut walked = true;
+        for item in tree.range(lo..=hi) {
+            let (k, v) = item.map_err(io)?;
+            in_range += 1;
+            if in_range > run.meta.rows {
+                walked = false;
+                break;
+            }
+            if segment::tombstone_of(&v).is_some() {
+                continue;
+            }
+            let ks = match &keys {
+                Some(ks) => ks,
+                None => keys.insert(run.keys()?),
+            };
+            if ks.iter().any(|a| segment::search(a, &k).is_some()) {
+                return Err(segment::duplicate(def, &k));
+            }
+        }
+        if !walked {
+            let ks = match &keys {
+                Some(ks) => ks,
+                None => keys.insert(run.keys()?),
+            };
+            for k in ks.iter().flat_map(|a| a.iter().flatten()) {
+                if let Some(v) = tree.get(k).map_err(io)?
+                    && segment::tombstone_of(&v).is_none()
+                {
+                    return Err(segment::duplicate(def, k));
+                }
+            }
+        }
+        // registered segments: a key both have must be deleted there
+        for seg in self.segments(def.id, run.meta.shard).iter() {
+            if !seg.overlaps(run) {
+                continue;
+            }
+            let ks = match &keys {
+                Some(ks) => ks,
+                None => keys.insert(run.keys()?),
+            };
+            let theirs = seg.keys()?;
+            let mut a = ks.iter().flat_map(|x| x.iter().flatten()).peekable();
+            let mut b = theirs.iter().flat_map(|x| x.iter().flatten()).peekable();
+            while let (Some(x), Some(y)) = (a.peek(), b.peek()) {
+                match x.cmp(y) {
+                    std::cmp::Ordering::Less => {
+                        a.next();
+                    }
+                    std::cmp::Ordering::Greater => {
+                        b.next();
+                    }
+                    std::cmp::Ordering::Equal => {
+                        let deleted = tree
+                            .get(x)
+                            .map_err(io)?
+                            .is_some_and(|v| segment::shadows(&v, seg.id()));
+                        if !deleted {
+                            return Err(segment::duplicate(def, x));
+                        }
+                        a.next();
+                        b.next();
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Registers runs as segments of their shards, atomically with `changes` (a commit that
+    /// both loaded and wrote rows). The caller holds [`RowStore::registration`] exclusively.
+    pub fn register(&self, changes: &[Change], runs: &[Arc<Segment>]) -> DbResult<()> {
+        let records: Vec<(Vec<u8>, Vec<u8>)> = runs
+            .iter()
+            .filter(|r| r.meta.rows > 0)
+            .map(|r| {
+                (
+                    segment_key(r.meta.table, r.meta.shard, r.id()),
+                    serde_json::to_vec(&r.meta).expect("segment metas serialize"),
+                )
+            })
+            .collect();
+        if changes.is_empty() {
+            let mut batch = sled::Batch::default();
+            for (k, v) in &records {
+                batch.insert(k.as_slice(), v.as_slice());
+            }
+            self.segment_tree
+                .apply_batch(batch)
+                .map_err(|source| StoreError::Io { table: 0, source })?;
+        } else {
+            // deletes of keys the runs hold become tombstones too
+            let changes = self.with_tombstones(changes, runs);
+            self.apply_chunked(&changes, usize::MAX, &records)?;
+        }
+        let mut map = self.segments.write();
+        for r in runs.iter().filter(|r| r.meta.rows > 0) {
+            let key = (r.meta.table, r.meta.shard);
+            let mut list: Vec<Arc<Segment>> = map.get(&key).map(|l| l.to_vec()).unwrap_or_default();
+            list.push(r.clone());
+            list.sort_by_key(|s| s.id());
+            map.insert(key, list.into());
+            self.newest.fetch_max(r.id(), Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    /// Deletes of keys a segment may hold become tombstones (a plain remove would uncover the
+    /// segment's copy).
+    /// `extra`: segments registering with these changes.
+    fn with_tombstones<'a>(
+        &self,
+        changes: &'a [Change],
+        extra: &[Arc<Segment>],
+    ) -> std::borrow::Cow<'a, [Change]> {
+        let map = self.segments.read();
+        if map.is_empty() && extra.is_empty() {
+            return std::borrow::Cow::Borrowed(changes);
+        }
+        let tomb = |c: &Change| -> Option<u64> {
+            if c.value.is_some() {
+                return None;
+            }
+            let segs = map
+                .get(&(c.table, c.shard))
+                .into_iter()
+                .flat_map(|l| l.iter())
+                .chain(
+                    extra
+                        .iter()
+                        .filter(|s| s.meta.table == c.table && s.meta.shard == c.shard),
+                );
+            let mut newest = None;
+            let mut covered = false;
+            for s in segs {
+                covered |= s.covers(&c.key);
+                newest = newest.max(Some(s.id()));
+            }
+            if covered { newest } else { None }
+        };
+        if !changes.iter().any(|c| tomb(c).is_some()) {
+            return std::borrow::Cow::Borrowed(changes);
+        }
+        std::borrow::Cow::Owned(
+            changes
+                .iter()
+                .map(|c| Change {
+                    table: c.table,
+                    shard: c.shard,
+                    key: c.key.clone(),
+                    value: match tomb(c) {
+                        Some(newest) => Some(segment::tombstone(newest)),
+                        None => c.value.clone(),
+                    },
+                    insert: c.insert,
+                })
+                .collect(),
+        )
+    }
+
+    /// Per shard of a table: segment rows, file bytes and decoded bytes.
+    pub fn segment_stats(&self, table: TableId, shard: ShardIndex) -> (u64, u64, u64) {
+        self.segments(table, shard)
+            .iter()
+            .fold((0, 0, 0), |(r, f, d), s| {
+                (r + s.meta.rows, f + s.meta.file_bytes, d + s.meta.raw_bytes)
+            })
+    }
+
+    /// Unregisters and deletes every segment of a table (DROP/TRUNCATE), durably.
+    fn drop_segments(&self, id: TableId) -> DbResult<()> {
+        let io = |source| -> DbError { StoreError::Io { table: id, source }.into() };
+        let removed: Vec<Arc<Segment>> = {
+            let mut map = self.segments.write();
+            let keys: Vec<_> = map.keys().filter(|k| k.0 == id).copied().collect();
+            keys.iter()
+                .filter_map(|k| map.remove(k))
+                .flat_map(|l| l.to_vec())
+                .collect()
+        };
+        if removed.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for s in &removed {
+            batch.remove(segment_key(id, s.meta.shard, s.id()));
+        }
+        self.segment_tree.apply_batch(batch).map_err(io)?;
+        self.db.flush().map_err(io)?;
+        for s in &removed {
+            self.cache.forget(s.id());
+            let _ = std::fs::remove_file(&s.path);
+        }
+        Ok(())
     }
 
     /// Undoes chunked commits a crash interrupted: their undo records are still there.
@@ -290,7 +661,7 @@ impl RowStore {
         self.meta
             .remove(id.to_be_bytes())
             .map_err(|source| StoreError::Io { table: id, source })?;
-        Ok(())
+        self.drop_segments(id)
     }
 
     pub fn truncate(&self, id: TableId) -> DbResult<()> {
@@ -299,7 +670,7 @@ impl RowStore {
             t.clear()
                 .map_err(|source| StoreError::Io { table: id, source })?;
         }
-        Ok(())
+        self.drop_segments(id)
     }
 
     pub fn table(&self, id: TableId) -> DbResult<Arc<TableEntry>> {
@@ -320,15 +691,23 @@ impl RowStore {
     /// puts back the old values of any commit whose record is still there. Other sessions can
     /// see a chunked commit's first chunks before its last one lands.
     pub fn apply(&self, changes: &[Change]) -> DbResult<()> {
+        let changes = self.with_tombstones(changes, &[]);
         if changes.len() <= COMMIT_CHUNK {
-            return self.apply_atomic(changes);
+            self.apply_atomic(&changes)
+        } else {
+            self.apply_chunked(&changes, usize::MAX, &[])
         }
-        self.apply_chunked(changes, usize::MAX)
     }
 
     /// `stop_after`: number of chunks to apply before returning early (a simulated crash, for
-    /// tests); `usize::MAX` in real use.
-    fn apply_chunked(&self, changes: &[Change], stop_after: usize) -> DbResult<()> {
+    /// tests); `usize::MAX` in real use. `register`: segment records inserted in the same sled
+    /// transaction that removes the undo record (the commit point).
+    fn apply_chunked(
+        &self,
+        changes: &[Change],
+        stop_after: usize,
+        register: &[(Vec<u8>, Vec<u8>)],
+    ) -> DbResult<()> {
         let io = |source| -> DbError { StoreError::Io { table: 0, source }.into() };
         let mut undo = Vec::with_capacity(changes.len());
         {
@@ -346,6 +725,7 @@ impl RowStore {
                     shard: c.shard,
                     key: c.key.clone(),
                     value: old.map(|v| v.to_vec()),
+                    insert: false,
                 });
             }
         }
@@ -361,8 +741,23 @@ impl RowStore {
         }
         // every chunk durable before the record that would undo them goes
         self.db.flush().map_err(io)?;
-        self.undo.remove(id).map_err(io)?;
-        Ok(())
+        if register.is_empty() {
+            self.undo.remove(id).map_err(io)?;
+            return Ok(());
+        }
+        use sled::Transactional;
+        let result: Result<(), TransactionError<()>> = (&self.undo, &self.segment_tree)
+            .transaction(|(undo, segs)| {
+                undo.remove(&id)?;
+                for (k, v) in register {
+                    segs.insert(k.as_slice(), v.as_slice())?;
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
+        result.map_err(|e| match e {
+            TransactionError::Storage(source) => io(source),
+            TransactionError::Abort(()) => DbError::internal("segment registration aborted"),
+        })
     }
 
     /// The distinct trees `changes` touch, and for each change the index of its tree.
@@ -520,6 +915,7 @@ pub(crate) mod tests {
             shard: entry.def.shard_of_row(&row),
             key: entry.def.encode_key(&row),
             value: v.map(|_| entry.encode_row(&row)),
+            insert: false,
         }
     }
 
@@ -560,7 +956,7 @@ pub(crate) mod tests {
             let mut big: Vec<Change> = (0..5).map(|k| change(&entry, k, Some(-1))).collect();
             big.push(change(&entry, 9, None));
             big.extend((100..100 + 2 * COMMIT_CHUNK as i64).map(|k| change(&entry, k, Some(k))));
-            store.apply_chunked(&big, 1).unwrap();
+            store.apply_chunked(&big, 1, &[]).unwrap();
             assert_ne!(contents(&store), before, "the first chunk was applied");
             store.flush().unwrap();
         }
@@ -586,12 +982,14 @@ pub(crate) mod tests {
                 shard: 3,
                 key: vec![1, 2, 3],
                 value: Some(vec![9; 40]),
+                insert: false,
             },
             Change {
                 table: u64::MAX,
                 shard: 0,
                 key: vec![],
                 value: None,
+                insert: false,
             },
         ];
         let decoded = decode_undo(&encode_undo(&changes)).unwrap();

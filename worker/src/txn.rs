@@ -14,6 +14,8 @@ use orochi_common::service::TxnId;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+use crate::load::{Loads, Run};
+
 pub type LockKey = (TableId, Vec<u8>);
 
 /// One buffered write: the new encoded row, or `None` for a delete.
@@ -21,6 +23,9 @@ pub type LockKey = (TableId, Vec<u8>);
 pub struct PendingWrite {
     pub shard: ShardIndex,
     pub value: Option<Vec<u8>>,
+    /// The key was absent when written (an insert, or an update's new key): at commit it is
+    /// checked against segments registered since the transaction began.
+    pub insert: bool,
 }
 
 #[derive(Debug, Default)]
@@ -29,15 +34,27 @@ pub struct TxnState {
     /// Previous write-set entry of each write since the first savepoint, in order, for rolling
     /// back to a savepoint (nothing is recorded before one exists: a bulk load pays nothing).
     undo: Vec<(LockKey, Option<PendingWrite>)>,
-    savepoints: bool,
+    /// Per savepoint: the length of `undo` and of the load runs when it was taken.
+    marks: Vec<(usize, usize)>,
     pub locks: Vec<LockKey>,
     /// Bytes charged against the worker's write-set budget (released at commit/abort).
     pub charged: u64,
+    /// Bulk loads (COPY) not yet registered as segments.
+    pub loads: Loads,
+    /// The newest registered segment when the transaction began.
+    pub segments_seen: u64,
 }
 
 impl TxnState {
+    pub fn new(segments_seen: u64) -> TxnState {
+        TxnState {
+            segments_seen,
+            ..TxnState::default()
+        }
+    }
+
     pub fn put(&mut self, key: LockKey, write: PendingWrite) {
-        if self.savepoints {
+        if !self.marks.is_empty() {
             let prev = self.writes.insert(key.clone(), write);
             self.undo.push((key, prev));
         } else {
@@ -45,13 +62,26 @@ impl TxnState {
         }
     }
 
+    /// Marks the current end of the write set and of the load runs (the caller has written
+    /// the load buffers out first, so everything buffered later is after the mark).
     pub fn savepoint(&mut self) -> u64 {
-        self.savepoints = true;
-        self.undo.len() as u64
+        self.marks.push((self.undo.len(), self.loads.runs.len()));
+        (self.marks.len() - 1) as u64
     }
 
-    pub fn rollback_to(&mut self, savepoint: u64) {
-        while self.undo.len() as u64 > savepoint {
+    /// Undoes the writes and loads after savepoint `savepoint`; returns the runs to delete
+    /// and the charge of the dropped load buffers.
+    pub fn rollback_to(&mut self, savepoint: u64) -> (Vec<Run>, u64) {
+        let Some(&(undo_len, runs_len)) = self.marks.get(savepoint as usize) else {
+            return (Vec::new(), 0);
+        };
+        self.marks.truncate(savepoint as usize + 1);
+        let runs = self
+            .loads
+            .runs
+            .split_off(runs_len.min(self.loads.runs.len()));
+        let charge = self.loads.drop_buffers();
+        while self.undo.len() > undo_len {
             let (key, prev) = self.undo.pop().expect("len checked");
             match prev {
                 Some(p) => {
@@ -62,6 +92,7 @@ impl TxnState {
                 }
             }
         }
+        (runs, charge)
     }
 
     /// The transaction's own view of a key: `Some(Some(row))` written, `Some(None)` deleted,

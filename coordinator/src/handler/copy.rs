@@ -9,12 +9,12 @@ use datafusion::sql::sqlparser::ast;
 use orochi_common::datum::Datum;
 use orochi_common::error::{DbError, DbResult, SqlState};
 use orochi_common::schema::TableDef;
-use orochi_common::service::{TxnId, WriteOp, WriteRequest};
+use orochi_common::service::TxnId;
 
 use crate::handler::dml::{default_value, normalize_ident, resolve_table};
 use crate::session::{Session, StatementResult, TxnStatus};
 
-const COPY_CHUNK_ROWS: usize = 5_000;
+const COPY_CHUNK_ROWS: usize = 16_384;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum CopyFormat {
@@ -33,7 +33,8 @@ pub struct CopyIn {
     pub buffer: Vec<u8>,
     pub line: usize,
     pub rows: usize,
-    pub pending: Vec<WriteOp>,
+    /// Parsed rows not yet handed to the shards.
+    pub pending: Vec<orochi_common::service::Row>,
     pub txn: TxnId,
     pub implicit: bool,
     pub done: bool,
@@ -569,17 +570,11 @@ impl CopyIn {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let ops = std::mem::take(&mut self.pending);
-        let req = WriteRequest {
-            table: self.def.id,
-            ops,
-            lock_timeout: s.lock_timeout,
-        };
+        let rows = std::mem::take(&mut self.pending);
         s.instance
             .service
-            .write(self.txn, req)
+            .load(self.txn, self.def.id, rows)
             .await
-            .map(|_| ())
             .map_err(|e| self.with_context(e))
     }
 
@@ -638,7 +633,7 @@ impl CopyIn {
                 ));
             }
         }
-        self.pending.push(WriteOp::Insert { row });
+        self.pending.push(row);
         self.rows += 1;
         Ok(())
     }
@@ -708,7 +703,12 @@ pub async fn copy_fail(s: &mut Session, message: &str) -> DbError {
 
 async fn finish(s: &mut Session, c: &CopyIn, result: DbResult<()>) -> DbResult<()> {
     match (&result, c.implicit) {
-        (Ok(()), true) => s.instance.service.commit(c.txn).await?,
+        (Ok(()), true) => s
+            .instance
+            .service
+            .commit(c.txn)
+            .await
+            .map_err(|e| c.with_context(e))?,
         (Err(_), true) => s.instance.service.abort(c.txn).await,
         (Err(_), false) => s.txn = TxnStatus::Failed(c.txn),
         (Ok(()), false) => {}

@@ -6,7 +6,7 @@ use futures::TryStreamExt;
 use orochi_common::datum::Datum;
 use orochi_common::error::{DbError, DbResult, SqlState};
 use orochi_common::schema::{ColumnDef, ColumnDefault, ROWID_COLUMN, TableDef};
-use orochi_common::service::{ScanRequest, TxnId, WriteOp, WriteRequest};
+use orochi_common::service::{ScanRequest, TxnId};
 use orochi_common::types::SqlType;
 
 use crate::catalog::SequenceDef;
@@ -689,7 +689,7 @@ async fn add_primary_key(
             .scan(copy_txn, ScanRequest::full(&old, all, 8192))
             .await?;
         while let Some(b) = stream.try_next().await? {
-            let mut ops = Vec::with_capacity(b.num_rows());
+            let mut rows = Vec::with_capacity(b.num_rows());
             for r in 0..b.num_rows() {
                 let row: Vec<Datum> = (0..old.columns.len())
                     .map(|c| Datum::from_arrow(b.column(c).as_ref(), r, old.columns[c].ty))
@@ -705,38 +705,29 @@ async fn add_primary_key(
                         ));
                     }
                 }
-                ops.push(WriteOp::Insert { row });
+                rows.push(row);
             }
-            s.instance
-                .service
-                .write(
-                    copy_txn,
-                    WriteRequest {
-                        table: new.id,
-                        ops,
-                        lock_timeout: None,
-                    },
-                )
-                .await
-                .map_err(|e| {
-                    if e.state == SqlState::UniqueViolation {
-                        DbError::new(
-                            SqlState::UniqueViolation,
-                            format!("could not create unique index \"{}_pkey\"", new.name),
-                        )
-                        .with_detail(
-                            e.detail
-                                .unwrap_or_default()
-                                .replace("already exists", "is duplicated"),
-                        )
-                    } else {
-                        e
-                    }
-                })?;
+            // a bulk load into the new table: its keys are checked for duplicates at commit
+            s.instance.service.load(copy_txn, new.id, rows).await?;
         }
         s.instance.service.commit(copy_txn).await
     }
-    .await;
+    .await
+    .map_err(|e| {
+        if e.state == SqlState::UniqueViolation {
+            DbError::new(
+                SqlState::UniqueViolation,
+                format!("could not create unique index \"{}_pkey\"", new.name),
+            )
+            .with_detail(
+                e.detail
+                    .unwrap_or_default()
+                    .replace("already exists", "is duplicated"),
+            )
+        } else {
+            e
+        }
+    });
     if let Err(e) = result {
         s.instance.service.abort(copy_txn).await;
         s.instance.service.drop_table(new.id).await?;
