@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{DbError, SqlState};
-use crate::schema::{ShardIndex, TableDef, TableId};
+use crate::schema::{TableDef, TableId};
 use crate::service::{Row, ScanRequest, TxnId, WriteRequest, WriteResponse};
 
 /// Bumped on any incompatible change; a coordinator refuses a worker that speaks another one.
@@ -99,7 +99,7 @@ pub enum Reply {
     Rows(Vec<Option<Row>>),
     Written(WriteResponse),
     Savepoint(u64),
-    Stats(Vec<(ShardIndex, u64, u64)>),
+    Stats(Vec<crate::service::ShardStats>),
     Prepared(Vec<TxnId>),
 }
 

@@ -101,6 +101,31 @@ impl ScanRequest {
     }
 }
 
+/// What one shard holds, per storage tier (`orochi_shard_distribution()`,
+/// `orochi_storage_stats()`, `orochi_compression_stats()`, relation sizes).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ShardStats {
+    pub shard: ShardIndex,
+    /// Live rows, wherever they are.
+    pub rows: u64,
+    /// Row store: live rows in it, and the bytes of its entries (keys, rows, tombstones).
+    pub row_store_rows: u64,
+    pub row_store_bytes: u64,
+    /// Columnar segments: how many, the rows they hold (hidden ones too), their files' bytes
+    /// (LZ4-compressed) and their data's bytes decoded.
+    pub segments: u64,
+    pub segment_rows: u64,
+    pub segment_file_bytes: u64,
+    pub segment_raw_bytes: u64,
+}
+
+impl ShardStats {
+    /// Bytes on disk.
+    pub fn bytes(&self) -> u64 {
+        self.row_store_bytes + self.segment_file_bytes
+    }
+}
+
 /// One shard owner as the coordinator sees it (`orochi_cluster_status()`).
 #[derive(Debug, Clone)]
 pub struct NodeStatus {
@@ -174,8 +199,8 @@ pub trait ShardService: Send + Sync + std::fmt::Debug {
     async fn savepoint(&self, txn: TxnId) -> DbResult<u64>;
     async fn rollback_to(&self, txn: TxnId, savepoint: u64) -> DbResult<()>;
 
-    /// Row count and approximate bytes per shard of a table.
-    async fn shard_stats(&self, table: TableId) -> DbResult<Vec<(ShardIndex, u64, u64)>>;
+    /// What each shard of a table holds.
+    async fn shard_stats(&self, table: TableId) -> DbResult<Vec<ShardStats>>;
 
     /// The shard owners, checked now (a worker that does not answer within a second is down).
     async fn nodes(&self) -> Vec<NodeStatus>;

@@ -27,8 +27,8 @@ use orochi_common::rpc::{
 };
 use orochi_common::schema::{ShardIndex, TableDef, TableId};
 use orochi_common::service::{
-    BatchStream, NodeStatus, Row, ScanRequest, ShardService, TxnId, WriteOp, WriteRequest,
-    WriteResponse,
+    BatchStream, NodeStatus, Row, ScanRequest, ShardService, ShardStats, TxnId, WriteOp,
+    WriteRequest, WriteResponse,
 };
 use orochi_common::types::SqlType;
 use parking_lot::{Mutex, RwLock};
@@ -987,7 +987,7 @@ impl ShardService for ClusterShardService {
             .map_or_else(|| "unknown".into(), |w| w.address.clone())
     }
 
-    async fn shard_stats(&self, table: TableId) -> DbResult<Vec<(ShardIndex, u64, u64)>> {
+    async fn shard_stats(&self, table: TableId) -> DbResult<Vec<ShardStats>> {
         let mut out = Vec::new();
         let r = self.routed(table)?;
         for (w, worker) in self.workers().iter().enumerate() {
@@ -999,12 +999,12 @@ impl ShardService for ClusterShardService {
                 Reply::Stats(stats) => out.extend(
                     stats
                         .into_iter()
-                        .filter(|(s, _, _)| self.owner(&r.def, *s) == w),
+                        .filter(|s| self.owner(&r.def, s.shard) == w),
                 ),
                 other => return Err(unexpected(&worker.address, &other)),
             }
         }
-        out.sort_by_key(|(s, _, _)| *s);
+        out.sort_by_key(|s| s.shard);
         Ok(out)
     }
 }

@@ -11,6 +11,7 @@
 pub mod cluster;
 mod privileges;
 pub mod sizes;
+pub mod storage;
 
 use std::ops::ControlFlow;
 use std::sync::Arc;

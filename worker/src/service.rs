@@ -13,7 +13,8 @@ use orochi_common::error::{DbError, DbResult, SqlState};
 use orochi_common::keycodec;
 use orochi_common::schema::{ShardIndex, TableDef, TableId};
 use orochi_common::service::{
-    BatchStream, Row, ScanRequest, ShardService, TxnId, WriteOp, WriteRequest, WriteResponse,
+    BatchStream, Row, ScanRequest, ShardService, ShardStats, TxnId, WriteOp, WriteRequest,
+    WriteResponse,
 };
 use parking_lot::Mutex;
 
@@ -938,7 +939,7 @@ impl ShardService for LocalShardService {
         "embedded".into()
     }
 
-    async fn shard_stats(&self, table: TableId) -> DbResult<Vec<(ShardIndex, u64, u64)>> {
+    async fn shard_stats(&self, table: TableId) -> DbResult<Vec<ShardStats>> {
         let entry = self.store.table(table)?;
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
@@ -946,15 +947,25 @@ impl ShardService for LocalShardService {
             for (i, t) in entry.shards.iter().enumerate() {
                 let shard = i as ShardIndex;
                 let segments = store.segments(table, shard);
-                let (mut rows, bytes, _) = store.segment_stats(table, shard);
-                let mut bytes = bytes;
+                let mut st = ShardStats {
+                    shard,
+                    segments: segments.len() as u64,
+                    ..ShardStats::default()
+                };
+                for s in segments.iter() {
+                    st.segment_rows += s.meta.rows;
+                    st.segment_file_bytes += s.meta.file_bytes;
+                    st.segment_raw_bytes += s.meta.raw_bytes;
+                }
+                let mut rows = st.segment_rows;
                 for item in t.iter() {
                     let (k, v) = item.map_err(|e| {
                         DbError::new(SqlState::IoError, format!("row store read: {e}"))
                     })?;
-                    bytes += (k.len() + v.len()) as u64;
+                    st.row_store_bytes += (k.len() + v.len()) as u64;
                     if segment::tombstone_of(&v).is_none() {
                         rows += 1;
+                        st.row_store_rows += 1;
                     }
                     // a segment row this key shadows is not counted twice (or at all, if
                     // deleted)
@@ -965,7 +976,8 @@ impl ShardService for LocalShardService {
                         }
                     }
                 }
-                out.push((shard, rows, bytes));
+                st.rows = rows;
+                out.push(st);
             }
             Ok(out)
         })

@@ -555,15 +555,6 @@ impl RowStore {
         )
     }
 
-    /// Per shard of a table: segment rows, file bytes and decoded bytes.
-    pub fn segment_stats(&self, table: TableId, shard: ShardIndex) -> (u64, u64, u64) {
-        self.segments(table, shard)
-            .iter()
-            .fold((0, 0, 0), |(r, f, d), s| {
-                (r + s.meta.rows, f + s.meta.file_bytes, d + s.meta.raw_bytes)
-            })
-    }
-
     /// Unregisters and deletes every segment of a table (DROP/TRUNCATE), durably.
     fn drop_segments(&self, id: TableId) -> DbResult<()> {
         let io = |source| -> DbError { StoreError::Io { table: id, source }.into() };

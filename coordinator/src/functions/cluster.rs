@@ -28,9 +28,9 @@ const SHARD_DISTRIBUTION: &str = "orochi_shard_distribution";
 
 /// A table function returning rows gathered for this statement.
 #[derive(Debug)]
-struct Rows {
-    name: &'static str,
-    batch: RecordBatch,
+pub(crate) struct Rows {
+    pub name: &'static str,
+    pub batch: RecordBatch,
 }
 
 impl TableFunctionImpl for Rows {
@@ -59,7 +59,7 @@ fn used(query: &ast::Query) -> (bool, bool) {
     (status, distribution)
 }
 
-fn arrow_err(e: arrow::error::ArrowError) -> DbError {
+pub(crate) fn arrow_err(e: arrow::error::ArrowError) -> DbError {
     DbError::internal(format!("building a result: {e}"))
 }
 
@@ -140,7 +140,8 @@ pub async fn prepare(s: &mut Session, query: &ast::Query) -> DbResult<()> {
         sorted.sort_by_key(|t| t.qualified_name());
         for t in &sorted {
             let stats = service.shard_stats(t.id).await?;
-            for (shard, n, b) in stats {
+            for st in stats {
+                let (shard, n, b) = (st.shard, st.rows, st.bytes());
                 let (lo, hi) = shard_hash_range(shard, t.shard_count);
                 names.push(t.qualified_name());
                 ids.push(shard as i32);

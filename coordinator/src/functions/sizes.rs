@@ -102,7 +102,7 @@ pub async fn prepare(s: &mut Session, query: &ast::Query) -> DbResult<()> {
     let mut sizes = HashMap::new();
     for def in s.instance.catalog.all_tables() {
         let stats = s.instance.service.shard_stats(def.id).await?;
-        let bytes: u64 = stats.iter().map(|&(_, _, b)| b).sum();
+        let bytes: u64 = stats.iter().map(|s| s.bytes()).sum();
         sizes.insert(def.id as u32, i64::try_from(bytes).unwrap_or(i64::MAX));
     }
     let sizes = Arc::new(sizes);

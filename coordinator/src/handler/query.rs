@@ -17,6 +17,7 @@ pub async fn handle_query(
 ) -> DbResult<StatementResult> {
     crate::functions::sizes::prepare(s, q).await?;
     crate::functions::cluster::prepare(s, q).await?;
+    crate::functions::storage::prepare(s, q).await?;
     let (plan, schema) = s.planner().plan_client_query(q.clone()).map_err(df_to_db)?;
     let plan = bind_plan(plan, params)?;
     run_plan(s, plan, schema, "SELECT").await

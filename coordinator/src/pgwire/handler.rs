@@ -206,6 +206,9 @@ impl QueryParser for OrochiQueryParser {
             crate::functions::cluster::prepare(&mut session, q)
                 .await
                 .map_err(|e| to_pgwire(&e, None))?;
+            crate::functions::storage::prepare(&mut session, q)
+                .await
+                .map_err(|e| to_pgwire(&e, None))?;
         }
         let (inferred, schema) = describe(&session, &stmt).map_err(|e| to_pgwire(&e, None))?;
         let n = inferred.len().max(types.len());
