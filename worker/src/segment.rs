@@ -31,8 +31,9 @@ use orochi_common::schema::{ShardIndex, TableDef, TableId};
 use orochi_common::service::Row;
 use parking_lot::Mutex;
 
-/// Rows per record batch in a segment file (the unit a point lookup reads).
-pub const BATCH_ROWS: usize = 16_384;
+/// Rows per record batch in a segment file: the unit a point lookup decodes (and caches),
+/// so small enough that a cache miss costs little.
+pub const BATCH_ROWS: usize = 4_096;
 
 const TOMBSTONE_TAG: u8 = 0xFF;
 

@@ -28,7 +28,8 @@ use crate::txn::{LockKey, LockTable, PendingWrite, TxnState};
 /// Options of the embedded row store.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
-    /// sled page cache size.
+    /// The row cache: sled's page cache and the decoded segment batches point lookups
+    /// read, half each.
     pub cache_bytes: u64,
     /// What the write sets of all open transactions may hold together; a write past it fails
     /// with 53200 (the transaction can be rolled back; the server stays up).
@@ -84,7 +85,12 @@ impl std::fmt::Debug for LocalShardService {
 
 impl LocalShardService {
     pub fn open(dir: &Path, options: &StoreOptions) -> DbResult<LocalShardService> {
-        let store = Arc::new(RowStore::open(dir, options.cache_bytes)?);
+        // the row cache budget: half for sled's page cache, half for decoded segment batches
+        let store = Arc::new(RowStore::open_with(
+            dir,
+            options.cache_bytes / 2,
+            (options.cache_bytes / 2) as usize,
+        )?);
         let group_commit = GroupCommit::start(store.clone());
         // transactions prepared before a restart are in doubt: they keep their row locks
         // until the coordinator decides
@@ -192,8 +198,12 @@ impl LocalShardService {
     /// Charges a write of `bytes` (key + row) to the transaction, or fails with 53200 when the
     /// open transactions' write sets would outgrow their budget.
     fn charge(&self, st: &mut TxnState, bytes: usize) -> DbResult<()> {
+        self.charge_exactly(st, bytes as u64 + WRITE_ENTRY_OVERHEAD)
+    }
+
+    /// Charges exactly `cost` bytes (a load buffer's rows: no write-set entry or lock).
+    fn charge_exactly(&self, st: &mut TxnState, cost: u64) -> DbResult<()> {
         use std::sync::atomic::Ordering;
-        let cost = bytes as u64 + WRITE_ENTRY_OVERHEAD;
         let total = self.write_set_bytes.fetch_add(cost, Ordering::Relaxed) + cost;
         if total > self.write_set_limit {
             self.write_set_bytes.fetch_sub(cost, Ordering::Relaxed);
@@ -746,10 +756,12 @@ impl ShardService for LocalShardService {
                 let key = def.encode_key(row);
                 let shard = def.shard_of_row(row);
                 let bytes = st.loads.push(&entry, shard, &key, row)?;
-                self.charge(&mut st, bytes as usize)?;
+                self.charge_exactly(&mut st, bytes)?;
             }
         }
-        let full = state.lock().loads.buffered() >= crate::load::BUFFER_BYTES;
+        // a load's buffers stay a small part of the write-set budget
+        let limit = crate::load::BUFFER_BYTES.min(self.write_set_limit / 8);
+        let full = state.lock().loads.buffered() >= limit;
         self.spill(&state, |_, _, rows| full || rows >= crate::load::RUN_ROWS)
             .await
     }
@@ -1362,6 +1374,32 @@ mod tests {
         assert_eq!(count(&s, 7).await, 10);
         let got = s.get(7, 16384, &[key(3)], false, None).await.unwrap();
         assert_eq!(got, vec![Some(rows[2].clone())]);
+    }
+
+    /// A load far larger than the write-set budget goes through (its buffers are written
+    /// out as they fill, and their charge returned), and leaves nothing charged.
+    #[tokio::test]
+    async fn loads_stay_within_the_write_set_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions {
+            write_set_limit_bytes: 2 << 20,
+            ..StoreOptions::default()
+        };
+        let s = LocalShardService::open(dir.path(), &options).unwrap();
+        s.create_table(&table()).await.unwrap();
+        for chunk in 0..20 {
+            let rows: Vec<Row> = (0..10_000)
+                .map(|i| {
+                    let k = chunk * 10_000 + i;
+                    vec![Datum::Int8(k), Datum::Int8(k)]
+                })
+                .collect();
+            s.load(1, 16384, rows).await.unwrap();
+        }
+        s.commit(1).await.unwrap();
+        assert_eq!(count(&s, 2).await, 200_000);
+        let charged = s.write_set_bytes.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(charged, 0);
     }
 
     /// A prepared transaction survives a restart of the worker in doubt: its rows are not
