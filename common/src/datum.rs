@@ -682,11 +682,10 @@ fn parse_timestamp(s: &str, with_zone: bool) -> DbResult<i64> {
         "timestamp"
     };
     let t = s.trim();
-    let lower = t.to_ascii_lowercase();
-    if lower == "epoch" {
+    if t.eq_ignore_ascii_case("epoch") {
         return Ok(0);
     }
-    if lower == "now" {
+    if t.eq_ignore_ascii_case("now") {
         return Ok(Utc::now().timestamp_micros());
     }
     // split off a zone suffix: Z, +HH, +HH:MM, +HHMM, -...
@@ -695,7 +694,11 @@ fn parse_timestamp(s: &str, with_zone: bool) -> DbResult<i64> {
         // Postgres ignores a zone given for timestamp without time zone
     }
     let body = body.trim();
-    let parsed = NaiveDateTime::parse_from_str(body, "%Y-%m-%d %H:%M:%S%.f")
+    let parsed = match iso_timestamp(body) {
+        Some(p) => Ok(p),
+        None => NaiveDateTime::parse_from_str(body, "%Y-%m-%d %H:%M:%S%.f"),
+    };
+    let parsed = parsed
         .or_else(|_| NaiveDateTime::parse_from_str(body, "%Y-%m-%dT%H:%M:%S%.f"))
         .or_else(|_| NaiveDateTime::parse_from_str(body, "%Y-%m-%d %H:%M"))
         .or_else(|_| NaiveDateTime::parse_from_str(body, "%Y-%m-%dT%H:%M"))
@@ -710,6 +713,35 @@ fn parse_timestamp(s: &str, with_zone: bool) -> DbResult<i64> {
         (true, Some(off)) => micros - off as i64 * 1_000_000,
         _ => micros,
     })
+}
+
+/// `YYYY-MM-DD HH:MM:SS[.ffffff]` (or with `T`), the form COPY data and drivers send,
+/// without chrono's format interpreter (the hot spot of a CSV load). `None`: another form,
+/// or out of range; the general parser decides.
+fn iso_timestamp(b: &str) -> Option<NaiveDateTime> {
+    let b = b.as_bytes();
+    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b' ' | b'T') {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        b[r].iter().try_fold(0u32, |acc, &c| {
+            c.is_ascii_digit().then(|| acc * 10 + (c - b'0') as u32)
+        })
+    };
+    let mut micros = 0;
+    if b.len() > 19 {
+        let frac = &b[20..];
+        if b[19] != b'.' || frac.is_empty() || frac.len() > 6 {
+            return None;
+        }
+        micros = num(20..b.len())? * 10u32.pow(6 - frac.len() as u32);
+    }
+    let date = NaiveDate::from_ymd_opt(num(0..4)? as i32, num(5..7)?, num(8..10)?)?;
+    let time = NaiveTime::from_hms_micro_opt(num(11..13)?, num(14..16)?, num(17..19)?, micros)?;
+    Some(date.and_time(time))
 }
 
 fn split_zone(t: &str) -> (&str, Option<i32>) {
@@ -1004,6 +1036,40 @@ fn jsonb_text(v: &serde_json::Value, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fast path for ISO timestamps agrees with the general parser, and leaves anything
+    /// else (other forms, out-of-range fields) to it.
+    #[test]
+    fn iso_timestamps_parse_like_the_general_parser() {
+        for t in [
+            "2024-03-07 12:34:56",
+            "2024-03-07T00:00:00",
+            "1999-12-31 23:59:59.5",
+            "2000-02-29 01:02:03.123456",
+            "0001-01-01 00:00:00.000001",
+        ] {
+            let general = NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S%.f")
+                .or_else(|_| NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M:%S%.f"))
+                .unwrap();
+            assert_eq!(iso_timestamp(t), Some(general), "{t}");
+        }
+        for t in [
+            "2023-02-29 00:00:00",
+            "2024-13-01 00:00:00",
+            "2024-01-01 25:00:00",
+            "2024-01-01 00:00",
+            "2024-01-01 00:00:00.1234567",
+            "2024-01-01 00:00:00.",
+            "2024/01/01 00:00:00",
+        ] {
+            assert_eq!(iso_timestamp(t), None, "{t}");
+        }
+        assert_eq!(
+            parse_timestamp("2024-01-01 00:00:00.25+02", true).unwrap(),
+            parse_timestamp("2023-12-31 22:00:00.25", true).unwrap()
+        );
+        assert!(parse_timestamp("2023-02-29 00:00:00", false).is_err());
+    }
 
     #[test]
     fn floats_print_like_postgres() {

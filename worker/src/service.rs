@@ -752,12 +752,14 @@ impl ShardService for LocalShardService {
         }
         {
             let mut st = state.lock();
+            let mut bytes = 0;
             for row in &rows {
                 let key = def.encode_key(row);
                 let shard = def.shard_of_row(row);
-                let bytes = st.loads.push(&entry, shard, &key, row)?;
-                self.charge_exactly(&mut st, bytes)?;
+                bytes += st.loads.push(&entry, shard, &key, row)?;
             }
+            // (over the budget, the error ends the transaction, and its buffers with it)
+            self.charge_exactly(&mut st, bytes)?;
         }
         // a load's buffers stay a small part of the write-set budget
         let limit = crate::load::BUFFER_BYTES.min(self.write_set_limit / 8);

@@ -39,6 +39,12 @@ pub struct CopyIn {
     pub implicit: bool,
     pub done: bool,
     pub error: Option<DbError>,
+    /// Columns the data does not give that get their default, and those that must not be
+    /// NULL (decided once, not per row).
+    defaults: Vec<usize>,
+    not_null: Vec<usize>,
+    /// `now()` for defaults: the transaction's start, as in Postgres.
+    now: i64,
 }
 
 /// The options of a COPY statement, with Postgres' defaults filled in.
@@ -264,6 +270,16 @@ pub fn handle_copy_from(
     } = copy_options(options, legacy)?;
     let columns = targets.len();
     let binary = format == CopyFormat::Binary;
+    let live = |i: &usize| !def.columns[*i].dropped;
+    let defaults = (0..def.columns.len())
+        .filter(live)
+        .filter(|i| !targets.contains(i))
+        .collect();
+    let not_null = (0..def.columns.len())
+        .filter(live)
+        .filter(|&i| !def.columns[i].nullable)
+        .collect();
+    let now = s.txn_start.timestamp_micros();
     s.copy = Some(CopyIn {
         def,
         targets,
@@ -279,6 +295,9 @@ pub fn handle_copy_from(
         implicit: true,
         done: false,
         error: None,
+        defaults,
+        not_null,
+        now,
     });
     Ok(StatementResult::CopyIn { columns, binary })
 }
@@ -438,9 +457,11 @@ impl CopyIn {
         if self.format == CopyFormat::Binary {
             return self.feed_binary(s);
         }
+        // the buffer is taken out while its records are parsed (no copy of each record)
+        let buffer = std::mem::take(&mut self.buffer);
         let mut consumed = 0;
-        while let Some(end) = next_record(&self.buffer[consumed..], &self.format) {
-            let mut rec = &self.buffer[consumed..consumed + end];
+        while let Some(end) = next_record(&buffer[consumed..], &self.format) {
+            let mut rec = &buffer[consumed..consumed + end];
             consumed += end + 1;
             if rec.last() == Some(&b'\r') {
                 rec = &rec[..rec.len() - 1];
@@ -453,12 +474,11 @@ impl CopyIn {
             if self.header && self.line == 1 {
                 continue;
             }
-            let rec = rec.to_vec();
-            if let Err(e) = self.parse_record(&rec, s) {
-                self.buffer.clear();
+            if let Err(e) = self.parse_record(rec, s) {
                 return Err(self.with_context(e));
             }
         }
+        self.buffer = buffer;
         self.buffer.drain(..consumed);
         Ok(())
     }
@@ -613,17 +633,15 @@ impl CopyIn {
     fn store_row(&mut self, values: Vec<Datum>, s: &Session) -> DbResult<()> {
         let def = &self.def;
         let mut row = vec![Datum::Null; def.columns.len()];
-        let mut given = vec![false; def.columns.len()];
         for (&col, v) in self.targets.iter().zip(values) {
-            given[col] = true;
             row[col] = v;
         }
-        let now = chrono::Utc::now().timestamp_micros();
-        for (i, c) in def.columns.iter().enumerate() {
-            if !given[i] && !c.dropped {
-                row[i] = default_value(s, def, i, now)?;
-            }
-            if row[i].is_null() && !c.nullable && !c.dropped {
+        for &i in &self.defaults {
+            row[i] = default_value(s, def, i, self.now)?;
+        }
+        for &i in &self.not_null {
+            let c = &def.columns[i];
+            if row[i].is_null() {
                 return Err(DbError::new(
                     SqlState::NotNullViolation,
                     format!(
