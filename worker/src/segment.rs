@@ -191,8 +191,13 @@ pub fn search(keys: &BinaryArray, key: &[u8]) -> Option<usize> {
     None
 }
 
-/// The first key two sorted key sequences share.
-pub fn first_common(a: &[BinaryArray], b: &[BinaryArray]) -> Option<Vec<u8>> {
+/// Walks the keys two sorted key sequences share, in order, until `stop(key)` says so;
+/// returns that key.
+pub fn find_common(
+    a: &[BinaryArray],
+    b: &[BinaryArray],
+    mut stop: impl FnMut(&[u8]) -> DbResult<bool>,
+) -> DbResult<Option<Vec<u8>>> {
     let mut a = a.iter().flat_map(|x| x.iter().flatten()).peekable();
     let mut b = b.iter().flat_map(|x| x.iter().flatten()).peekable();
     while let (Some(x), Some(y)) = (a.peek(), b.peek()) {
@@ -203,10 +208,16 @@ pub fn first_common(a: &[BinaryArray], b: &[BinaryArray]) -> Option<Vec<u8>> {
             std::cmp::Ordering::Greater => {
                 b.next();
             }
-            std::cmp::Ordering::Equal => return Some(x.to_vec()),
+            std::cmp::Ordering::Equal => {
+                if stop(x)? {
+                    return Ok(Some(x.to_vec()));
+                }
+                a.next();
+                b.next();
+            }
         }
     }
-    None
+    Ok(None)
 }
 
 /// The unique violation for an encoded key of `def`.
@@ -317,10 +328,13 @@ pub fn write(
     Ok(Segment { meta, path })
 }
 
-/// Decoded segment batches for point lookups, evicted oldest first past a byte budget.
+/// Decoded segment batches for point lookups, evicted oldest first past a byte budget. What
+/// it holds is reserved from the query memory pool (when it has one): a full pool makes it
+/// evict, or not cache, rather than take memory queries need.
 pub struct BatchCache {
     inner: Mutex<CacheInner>,
     limit: usize,
+    reservation: Option<datafusion::execution::memory_pool::MemoryReservation>,
 }
 
 #[derive(Default)]
@@ -335,6 +349,21 @@ impl BatchCache {
         BatchCache {
             inner: Mutex::new(CacheInner::default()),
             limit,
+            reservation: None,
+        }
+    }
+
+    /// A cache of at most an eighth of `pool`'s limit, its bytes reserved there.
+    pub fn in_pool(pool: &Arc<dyn datafusion::execution::memory_pool::MemoryPool>) -> BatchCache {
+        use datafusion::execution::memory_pool::{MemoryConsumer, MemoryLimit};
+        let limit = match pool.memory_limit() {
+            MemoryLimit::Finite(n) => n / 8,
+            _ => 64 << 20,
+        };
+        BatchCache {
+            inner: Mutex::new(CacheInner::default()),
+            limit,
+            reservation: Some(MemoryConsumer::new("segment batch cache").register(pool)),
         }
     }
 
@@ -346,17 +375,28 @@ impl BatchCache {
         let b = seg.read_batch(batch)?;
         let size = b.get_array_memory_size();
         let mut inner = self.inner.lock();
-        if inner.batches.insert(k, b.clone()).is_none() {
-            inner.order.push_back((k, size));
-            inner.bytes += size;
+        if inner.batches.contains_key(&k) {
+            return Ok(b);
         }
-        while inner.bytes > self.limit {
-            let Some((old, size)) = inner.order.pop_front() else {
+        // make room: under the limit, and reserved in the pool
+        loop {
+            let fits = inner.bytes + size <= self.limit
+                && self.reservation.as_ref().is_none_or(|r| r.try_grow(size).is_ok());
+            if fits {
                 break;
+            }
+            let Some((old, old_size)) = inner.order.pop_front() else {
+                return Ok(b); // nothing to evict: not cached
             };
             inner.batches.remove(&old);
-            inner.bytes -= size;
+            inner.bytes -= old_size;
+            if let Some(r) = &self.reservation {
+                r.shrink(old_size);
+            }
         }
+        inner.batches.insert(k, b.clone());
+        inner.order.push_back((k, size));
+        inner.bytes += size;
         Ok(b)
     }
 
@@ -373,5 +413,8 @@ impl BatchCache {
             keep
         });
         inner.bytes -= freed;
+        if let Some(r) = &self.reservation {
+            r.shrink(freed.min(r.size()));
+        }
     }
 }

@@ -28,8 +28,7 @@ use crate::txn::{LockKey, LockTable, PendingWrite, TxnState};
 /// Options of the embedded row store.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
-    /// The row cache: sled's page cache and the decoded segment batches point lookups
-    /// read, half each.
+    /// sled page cache size.
     pub cache_bytes: u64,
     /// What the write sets of all open transactions may hold together; a write past it fails
     /// with 53200 (the transaction can be rolled back; the server stays up).
@@ -85,11 +84,12 @@ impl std::fmt::Debug for LocalShardService {
 
 impl LocalShardService {
     pub fn open(dir: &Path, options: &StoreOptions) -> DbResult<LocalShardService> {
-        // the row cache budget: half for sled's page cache, half for decoded segment batches
+        let runtime = options.query_runtime.clone().unwrap_or_default();
+        // decoded segment batches are reserved in the query memory pool
         let store = Arc::new(RowStore::open_with(
             dir,
-            options.cache_bytes / 2,
-            (options.cache_bytes / 2) as usize,
+            options.cache_bytes,
+            crate::segment::BatchCache::in_pool(&runtime.memory_pool),
         )?);
         let group_commit = GroupCommit::start(store.clone());
         // transactions prepared before a restart are in doubt: they keep their row locks
@@ -122,9 +122,7 @@ impl LocalShardService {
             prepared: Mutex::new(prepared),
             write_set_bytes: Default::default(),
             write_set_limit: options.write_set_limit_bytes,
-            fragment_ctx: crate::fragment::task_context(
-                options.query_runtime.clone().unwrap_or_default(),
-            ),
+            fragment_ctx: crate::fragment::task_context(runtime),
         })
     }
 
@@ -409,7 +407,8 @@ impl LocalShardService {
                     if other.meta.table == run.meta.table
                         && other.meta.shard == run.meta.shard
                         && other.overlaps(run)
-                        && let Some(k) = segment::first_common(&other.keys()?, &run.keys()?)
+                        && let Some(k) =
+                            segment::find_common(&other.keys()?, &run.keys()?, |_| Ok(true))?
                     {
                         return Err(segment::duplicate(&entry.def, &k));
                     }
@@ -585,28 +584,7 @@ fn into_changes(state: TxnState) -> (Vec<Change>, Vec<LockKey>) {
 }
 
 fn duplicate_key(def: &TableDef, row: &[Datum]) -> DbError {
-    let cols: Vec<&str> = def
-        .primary_key
-        .iter()
-        .map(|&i| def.columns[i].name.as_str())
-        .collect();
-    let vals: Vec<String> = def
-        .primary_key
-        .iter()
-        .map(|&i| row[i].to_text().unwrap_or_else(|| "null".into()))
-        .collect();
-    DbError::new(
-        SqlState::UniqueViolation,
-        format!(
-            "duplicate key value violates unique constraint \"{}_pkey\"",
-            def.name
-        ),
-    )
-    .with_detail(format!(
-        "Key ({})=({}) already exists.",
-        cols.join(", "),
-        vals.join(", ")
-    ))
+    segment::duplicate(def, &def.encode_key(row))
 }
 
 #[async_trait]

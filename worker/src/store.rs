@@ -206,6 +206,12 @@ pub struct RowStore {
     pub cache: BatchCache,
 }
 
+/// Where a committed row is (see [`RowStore::get`]).
+enum Found {
+    Stored(sled::IVec),
+    InSegment(Arc<Segment>, arrow::record_batch::RecordBatch, usize),
+}
+
 /// A shard's registered segments, oldest first (shared by the scans that read them).
 type SegmentList = Arc<[Arc<Segment>]>;
 
@@ -219,14 +225,14 @@ fn segment_key(table: TableId, shard: ShardIndex, id: u64) -> Vec<u8> {
 
 impl RowStore {
     pub fn open(path: &Path, cache_bytes: u64) -> Result<RowStore, StoreError> {
-        Self::open_with(path, cache_bytes, 64 << 20)
+        Self::open_with(path, cache_bytes, BatchCache::new(64 << 20))
     }
 
-    /// `segment_cache_bytes`: what decoded segment batches kept for point lookups may hold.
+    /// `segment_cache`: decoded segment batches kept for point lookups.
     pub fn open_with(
         path: &Path,
         cache_bytes: u64,
-        segment_cache_bytes: usize,
+        segment_cache: BatchCache,
     ) -> Result<RowStore, StoreError> {
         let open_err = |source| StoreError::Open {
             path: path.display().to_string(),
@@ -258,7 +264,7 @@ impl RowStore {
             segments: RwLock::new(HashMap::new()),
             registration: RwLock::new(()),
             newest: AtomicU64::new(0),
-            cache: BatchCache::new(segment_cache_bytes),
+            cache: segment_cache,
         };
         for item in store.meta.iter() {
             let (k, v) = item.map_err(open_err)?;
@@ -336,14 +342,14 @@ impl RowStore {
         self.newest.load(Ordering::Acquire)
     }
 
-    /// The committed row under `key`: the row store's version if it has the key, else the
-    /// segments' (unless a tombstone deleted it there).
-    pub fn get(&self, entry: &TableEntry, shard: ShardIndex, key: &[u8]) -> DbResult<Option<Row>> {
+    /// Where the committed row under `key` is: the row store's version if it has the key,
+    /// else the segments' (unless a tombstone deleted it there).
+    fn locate(&self, entry: &TableEntry, shard: ShardIndex, key: &[u8]) -> DbResult<Option<Found>> {
         let io = |e: sled::Error| DbError::new(SqlState::IoError, format!("row store read: {e}"));
         let stored = entry.tree(shard)?.get(key).map_err(io)?;
-        let newer_than = match &stored {
-            Some(v) => match segment::tombstone_of(v) {
-                None => return entry.decode_row(v).map(Some),
+        let newer_than = match stored {
+            Some(v) => match segment::tombstone_of(&v) {
+                None => return Ok(Some(Found::Stored(v))),
                 Some(newest) => newest,
             },
             None => 0,
@@ -353,32 +359,24 @@ impl RowStore {
                 break;
             }
             if let Some((batch, row)) = seg.find(&self.cache, key)? {
-                return seg.row(&entry.def, &batch, row).map(Some);
+                return Ok(Some(Found::InSegment(seg.clone(), batch, row)));
             }
         }
         Ok(None)
     }
 
+    /// The committed row under `key`.
+    pub fn get(&self, entry: &TableEntry, shard: ShardIndex, key: &[u8]) -> DbResult<Option<Row>> {
+        match self.locate(entry, shard, key)? {
+            None => Ok(None),
+            Some(Found::Stored(v)) => entry.decode_row(&v).map(Some),
+            Some(Found::InSegment(seg, batch, row)) => seg.row(&entry.def, &batch, row).map(Some),
+        }
+    }
+
     /// Whether a committed row has `key`.
     pub fn contains(&self, entry: &TableEntry, shard: ShardIndex, key: &[u8]) -> DbResult<bool> {
-        let io = |e: sled::Error| DbError::new(SqlState::IoError, format!("row store read: {e}"));
-        let stored = entry.tree(shard)?.get(key).map_err(io)?;
-        let newer_than = match &stored {
-            Some(v) => match segment::tombstone_of(v) {
-                None => return Ok(true),
-                Some(newest) => newest,
-            },
-            None => 0,
-        };
-        for seg in self.segments(entry.def.id, shard).iter().rev() {
-            if seg.id() <= newer_than {
-                break;
-            }
-            if seg.find(&self.cache, key)?.is_some() {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        Ok(self.locate(entry, shard, key)?.is_some())
     }
 
     /// Checks a run (a transaction's sorted segment, not registered) against the committed
@@ -437,28 +435,16 @@ impl RowStore {
                 None => keys.insert(run.keys()?),
             };
             let theirs = seg.keys()?;
-            let mut a = ks.iter().flat_map(|x| x.iter().flatten()).peekable();
-            let mut b = theirs.iter().flat_map(|x| x.iter().flatten()).peekable();
-            while let (Some(x), Some(y)) = (a.peek(), b.peek()) {
-                match x.cmp(y) {
-                    std::cmp::Ordering::Less => {
-                        a.next();
-                    }
-                    std::cmp::Ordering::Greater => {
-                        b.next();
-                    }
-                    std::cmp::Ordering::Equal => {
-                        let deleted = tree
-                            .get(x)
-                            .map_err(io)?
-                            .is_some_and(|v| segment::shadows(&v, seg.id()));
-                        if !deleted {
-                            return Err(segment::duplicate(def, x));
-                        }
-                        a.next();
-                        b.next();
-                    }
-                }
+            // a key both have must be deleted there (a reload of a deleted key)
+            let live = segment::find_common(ks, &theirs, |k| {
+                let deleted = tree
+                    .get(k)
+                    .map_err(io)?
+                    .is_some_and(|v| segment::shadows(&v, seg.id()));
+                Ok(!deleted)
+            })?;
+            if let Some(k) = live {
+                return Err(segment::duplicate(def, &k));
             }
         }
         Ok(())
