@@ -381,7 +381,10 @@ impl BatchCache {
         // make room: under the limit, and reserved in the pool
         loop {
             let fits = inner.bytes + size <= self.limit
-                && self.reservation.as_ref().is_none_or(|r| r.try_grow(size).is_ok());
+                && self
+                    .reservation
+                    .as_ref()
+                    .is_none_or(|r| r.try_grow(size).is_ok());
             if fits {
                 break;
             }
