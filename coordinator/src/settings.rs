@@ -479,6 +479,7 @@ impl Def {
                 }
                 "client_encoding" => Ok("UTF8".into()),
                 "DateStyle" => date_style(value),
+                "TimeZone" => time_zone(value),
                 _ => Ok(value.to_string()),
             },
         }
@@ -525,6 +526,33 @@ impl Def {
             Kind::String => "string",
         }
     }
+}
+
+/// `TimeZone`: a zone of the IANA database, matched without regard to case and shown as the
+/// database spells it (as Postgres does), or a POSIX-style offset (`+02`, `-05:30`,
+/// `UTC+3`), kept as written. Anything else is 22023.
+fn time_zone(value: &str) -> DbResult<String> {
+    let v = value.trim();
+    if let Some(tz) = chrono_tz::TZ_VARIANTS
+        .iter()
+        .find(|tz| tz.name().eq_ignore_ascii_case(v))
+    {
+        return Ok(tz.name().to_string());
+    }
+    let letters = v.bytes().take_while(u8::is_ascii_alphabetic).count();
+    let offset = &v[letters..];
+    let offset = offset.strip_prefix(['+', '-']).unwrap_or(offset);
+    let (hours, minutes) = offset.split_once(':').unwrap_or((offset, "00"));
+    let digits = |s: &str, max: u32| {
+        (1..=2).contains(&s.len())
+            && s.bytes().all(|b| b.is_ascii_digit())
+            && s.parse::<u32>().is_ok_and(|n| n <= max)
+    };
+    let posix = (letters == 0 || letters >= 3) && digits(hours, 15) && digits(minutes, 59);
+    if posix {
+        return Ok(v.to_string());
+    }
+    Err(invalid("TimeZone", value))
 }
 
 /// `DateStyle`: only ISO output is implemented; the field order is kept.
