@@ -707,9 +707,51 @@ fn is_text_type(t: &ast::DataType) -> bool {
         if n.0.last().and_then(|p| p.as_ident()).is_some_and(|i| i.value.eq_ignore_ascii_case("text")))
 }
 
+/// A reg cast that is a whole result column of the statement's outer SELECT prints as the
+/// name, as Postgres prints a reg value (`SELECT 'int4'::regtype` is `integer`, in a column
+/// named `regtype`): it becomes `x::regtype::text`, named after the type. Elsewhere (in
+/// comparisons, joins) a reg value stays an oid.
+fn name_result_reg_casts(stmt: &mut ast::Statement) {
+    let ast::Statement::Query(q) = stmt else {
+        return;
+    };
+    let ast::SetExpr::Select(select) = q.body.as_mut() else {
+        return;
+    };
+    for item in &mut select.projection {
+        let (expr, alias) = match item {
+            ast::SelectItem::UnnamedExpr(e) => (e, None),
+            ast::SelectItem::ExprWithAlias { expr, alias } => (expr, Some(alias.clone())),
+            _ => continue,
+        };
+        let ast::Expr::Cast { data_type, .. } = &*expr else {
+            continue;
+        };
+        let Some(reg) = reg_target(data_type) else {
+            continue;
+        };
+        let name = match reg {
+            Reg::Type => "regtype",
+            Reg::Class => "regclass",
+        };
+        let as_text = ast::Expr::Cast {
+            kind: ast::CastKind::DoubleColon,
+            expr: Box::new(expr.clone()),
+            data_type: ast::DataType::Text,
+            array: false,
+            format: None,
+        };
+        *item = ast::SelectItem::ExprWithAlias {
+            expr: as_text,
+            alias: alias.unwrap_or_else(|| ast::Ident::new(name)),
+        };
+    }
+}
+
 /// `x::regtype` → `__orochi_regtype(x)` (an oid); `x::regtype::text` → the type's name; the
 /// same for `regclass`. `x::uuid`/`json`/`jsonb` → a checking conversion.
 pub fn rewrite_type_casts(stmt: &mut ast::Statement) {
+    name_result_reg_casts(stmt);
     let _ = ast::visit_expressions_mut(stmt, |e| {
         if let ast::Expr::Cast {
             expr, data_type, ..
