@@ -47,6 +47,21 @@ pub struct WriteRequest {
     pub lock_timeout: Option<std::time::Duration>,
 }
 
+impl WriteRequest {
+    /// Inserts of full physical rows, waiting for row locks as long as it takes (a bulk load
+    /// sent as ordinary writes).
+    pub fn inserts(table: TableId, rows: Vec<Row>) -> WriteRequest {
+        WriteRequest {
+            table,
+            ops: rows
+                .into_iter()
+                .map(|row| WriteOp::Insert { row })
+                .collect(),
+            lock_timeout: None,
+        }
+    }
+}
+
 /// Per op: whether it took effect (an `InsertIgnore` that found the key reports `false`).
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct WriteResponse {

@@ -772,16 +772,9 @@ impl ShardService for ClusterShardService {
     /// Loads go to the workers as ordinary inserts: the bulk-load RPC (Flight DoPut of Arrow
     /// batches into the workers' segments) is not built yet.
     async fn load(&self, txn: TxnId, table: TableId, rows: Vec<Row>) -> DbResult<()> {
-        let ops = rows
-            .into_iter()
-            .map(|row| WriteOp::Insert { row })
-            .collect();
-        let req = WriteRequest {
-            table,
-            ops,
-            lock_timeout: None,
-        };
-        self.write(txn, req).await.map(|_| ())
+        self.write(txn, WriteRequest::inserts(table, rows))
+            .await
+            .map(|_| ())
     }
 
     async fn write(&self, txn: TxnId, req: WriteRequest) -> DbResult<WriteResponse> {

@@ -32,7 +32,6 @@ pub struct ShardBuffer {
     shard: ShardIndex,
     keys: BinaryBuilder,
     rows: BatchBuilder,
-    len: usize,
     /// Bytes charged to the write-set budget for these rows.
     pub charged: u64,
 }
@@ -91,21 +90,21 @@ impl Loads {
         key: &[u8],
         row: &[Datum],
     ) -> DbResult<u64> {
-        let all: Vec<usize> = (0..entry.def.columns.len()).collect();
         let buf = self
             .buffers
             .entry((entry.def.id, shard))
-            .or_insert_with(|| ShardBuffer {
-                entry: entry.clone(),
-                shard,
-                keys: BinaryBuilder::new(),
-                rows: BatchBuilder::new(&entry.def, &all, 1024),
-                len: 0,
-                charged: 0,
+            .or_insert_with(|| {
+                let all: Vec<usize> = (0..entry.def.columns.len()).collect();
+                ShardBuffer {
+                    entry: entry.clone(),
+                    shard,
+                    keys: BinaryBuilder::new(),
+                    rows: BatchBuilder::new(&entry.def, &all, 1024),
+                    charged: 0,
+                }
             });
         buf.keys.append_value(key);
         buf.rows.push(row.iter())?;
-        buf.len += 1;
         let bytes = (key.len() + 8 + row.iter().map(datum_bytes).sum::<usize>()) as u64;
         buf.charged += bytes;
         Ok(bytes)
@@ -116,13 +115,10 @@ impl Loads {
         &mut self,
         which: impl Fn(TableId, ShardIndex, usize) -> bool,
     ) -> Vec<ShardBuffer> {
-        let keys: Vec<(TableId, ShardIndex)> = self
-            .buffers
-            .iter()
-            .filter(|(k, b)| which(k.0, k.1, b.len))
-            .map(|(k, _)| *k)
-            .collect();
-        keys.iter().filter_map(|k| self.buffers.remove(k)).collect()
+        self.buffers
+            .extract_if(|k, b| which(k.0, k.1, b.rows.len()))
+            .map(|(_, b)| b)
+            .collect()
     }
 
     /// Every buffer, dropped (rolled back); returns their charge.

@@ -278,10 +278,9 @@ impl LocalShardService {
         if let Some(v) = state.lookup(&(entry.def.id, key.to_vec())) {
             return Ok(v.is_some());
         }
-        for run in state.loads.runs_of(entry.def.id, shard) {
-            if run.find(&self.store.cache, key)?.is_some() {
-                return Ok(true);
-            }
+        let own = state.loads.runs_of(entry.def.id, shard);
+        if in_runs(&self.store, &entry.def, &own, key)?.is_some() {
+            return Ok(true);
         }
         self.store.contains(entry, shard, key)
     }
@@ -299,10 +298,9 @@ impl LocalShardService {
         }
         let shard = entry.shard_of_key(key)?;
         if let Some(state) = state {
-            for run in state.loads.runs_of(entry.def.id, shard) {
-                if let Some((batch, row)) = run.find(&self.store.cache, key)? {
-                    return run.row(&entry.def, &batch, row).map(Some);
-                }
+            let own = state.loads.runs_of(entry.def.id, shard);
+            if let Some(row) = in_runs(&self.store, &entry.def, &own, key)? {
+                return Ok(Some(row));
             }
         }
         self.store.get(entry, shard, key)
@@ -365,19 +363,7 @@ impl LocalShardService {
         let small = changes.len() <= 1000;
         let run = move || -> DbResult<()> {
             let _shared = store.registration.read();
-            if store.newest_segment() > seen {
-                for c in changes.iter().filter(|c| c.insert) {
-                    let entry = store.table(c.table)?;
-                    if store
-                        .segments(c.table, c.shard)
-                        .iter()
-                        .any(|s| s.id() > seen)
-                        && store.contains(&entry, c.shard, &c.key)?
-                    {
-                        return Err(segment::duplicate(&entry.def, &c.key));
-                    }
-                }
-            }
+            store.check_inserted(&changes, seen)?;
             store.apply(&changes)
         };
         if small {
@@ -423,6 +409,21 @@ impl LocalShardService {
         }
         result
     }
+}
+
+/// The row under `key` in a transaction's own runs (not registered yet) of its shard.
+fn in_runs(
+    store: &RowStore,
+    def: &TableDef,
+    runs: &[Arc<Segment>],
+    key: &[u8],
+) -> DbResult<Option<Row>> {
+    for run in runs {
+        if let Some((batch, row)) = run.find(&store.cache, key)? {
+            return run.row(def, &batch, row).map(Some);
+        }
+    }
+    Ok(None)
 }
 
 /// Deletes the files of runs that will not be registered.
@@ -717,15 +718,7 @@ impl ShardService for LocalShardService {
         // too (their deletes and the loaded keys must meet in one write set)
         let has_writes = state.lock().writes.keys().any(|(t, _)| *t == table);
         if has_writes {
-            let ops = rows
-                .into_iter()
-                .map(|row| WriteOp::Insert { row })
-                .collect();
-            let req = WriteRequest {
-                table,
-                ops,
-                lock_timeout: None,
-            };
+            let req = WriteRequest::inserts(table, rows);
             return self.write_ops(txn, &state, &entry, req).await.map(|_| ());
         }
         {
@@ -808,14 +801,7 @@ impl ShardService for LocalShardService {
         let changes = tokio::task::spawn_blocking(move || {
             // as at commit: keys inserted are checked against segments registered since
             let _shared = store.registration.read();
-            if store.newest_segment() > seen {
-                for c in changes.iter().filter(|c| c.insert) {
-                    let entry = store.table(c.table)?;
-                    if store.contains(&entry, c.shard, &c.key)? {
-                        return Err(segment::duplicate(&entry.def, &c.key));
-                    }
-                }
-            }
+            store.check_inserted(&changes, seen)?;
             store.save_prepared(txn, &changes).map(|()| changes)
         })
         .await
@@ -1068,13 +1054,8 @@ impl ScanCursor {
                     Some(None) => {}
                     None => {
                         let key = key.clone();
-                        let mut row = None;
-                        for run in self.own_runs.get(&shard).into_iter().flatten() {
-                            if let Some((batch, i)) = run.find(&self.store.cache, &key)? {
-                                row = Some(run.row(&self.entry.def, &batch, i)?);
-                                break;
-                            }
-                        }
+                        let own = self.own_runs.get(&shard).map_or(&[][..], Vec::as_slice);
+                        let mut row = in_runs(&self.store, &self.entry.def, own, &key)?;
                         if row.is_none() {
                             row = self.store.get(&self.entry, shard, &key)?;
                         }

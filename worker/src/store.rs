@@ -389,35 +389,33 @@ impl RowStore {
         let def = &entry.def;
         let tree = entry.tree(run.meta.shard)?;
         let (lo, hi) = (run.min_key(), run.max_key());
-        let mut keys = None;
+        let overlapping: Vec<Arc<Segment>> = self
+            .segments(def.id, run.meta.shard)
+            .iter()
+            .filter(|s| s.overlaps(run))
+            .cloned()
+            .collect();
+        if overlapping.is_empty() && tree.range(lo..=hi).next().is_none() {
+            return Ok(()); // nothing committed in the run's key range
+        }
+        let keys = run.keys()?;
         // the row store: walk its keys in the run's range, or look the run's keys up when
         // the range holds more row-store keys than the run has
-        let mut in_range = 0u64;
         let mut walked = true;
-        for item in tree.range(lo..=hi) {
-            let (k, v) = item.map_err(io)?;
-            in_range += 1;
-            if in_range > run.meta.rows {
+        for (i, item) in tree.range(lo..=hi).enumerate() {
+            if i as u64 >= run.meta.rows {
                 walked = false;
                 break;
             }
-            if segment::tombstone_of(&v).is_some() {
-                continue;
-            }
-            let ks = match &keys {
-                Some(ks) => ks,
-                None => keys.insert(run.keys()?),
-            };
-            if ks.iter().any(|a| segment::search(a, &k).is_some()) {
+            let (k, v) = item.map_err(io)?;
+            if segment::tombstone_of(&v).is_none()
+                && keys.iter().any(|a| segment::search(a, &k).is_some())
+            {
                 return Err(segment::duplicate(def, &k));
             }
         }
         if !walked {
-            let ks = match &keys {
-                Some(ks) => ks,
-                None => keys.insert(run.keys()?),
-            };
-            for k in ks.iter().flat_map(|a| a.iter().flatten()) {
+            for k in keys.iter().flat_map(|a| a.iter().flatten()) {
                 if let Some(v) = tree.get(k).map_err(io)?
                     && segment::tombstone_of(&v).is_none()
                 {
@@ -425,18 +423,10 @@ impl RowStore {
                 }
             }
         }
-        // registered segments: a key both have must be deleted there
-        for seg in self.segments(def.id, run.meta.shard).iter() {
-            if !seg.overlaps(run) {
-                continue;
-            }
-            let ks = match &keys {
-                Some(ks) => ks,
-                None => keys.insert(run.keys()?),
-            };
-            let theirs = seg.keys()?;
-            // a key both have must be deleted there (a reload of a deleted key)
-            let live = segment::find_common(ks, &theirs, |k| {
+        // registered segments: a key both have must be deleted there (a reload of a deleted
+        // key)
+        for seg in &overlapping {
+            let live = segment::find_common(&keys, &seg.keys()?, |k| {
                 let deleted = tree
                     .get(k)
                     .map_err(io)?
@@ -445,6 +435,27 @@ impl RowStore {
             })?;
             if let Some(k) = live {
                 return Err(segment::duplicate(def, &k));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the keys a transaction inserted (`Change::insert`) against the segments
+    /// registered since it began (`seen`: the newest segment then): 23505 for a key a load
+    /// committed in between. The caller holds [`RowStore::registration`] shared.
+    pub fn check_inserted(&self, changes: &[Change], seen: u64) -> DbResult<()> {
+        if self.newest_segment() <= seen {
+            return Ok(());
+        }
+        for c in changes.iter().filter(|c| c.insert) {
+            let entry = self.table(c.table)?;
+            if self
+                .segments(c.table, c.shard)
+                .iter()
+                .any(|s| s.id() > seen)
+                && self.contains(&entry, c.shard, &c.key)?
+            {
+                return Err(segment::duplicate(&entry.def, &c.key));
             }
         }
         Ok(())

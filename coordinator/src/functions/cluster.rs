@@ -45,18 +45,18 @@ impl TableFunctionImpl for Rows {
     }
 }
 
-/// Which of the cluster functions `query` reads from.
-fn used(query: &ast::Query) -> (bool, bool) {
-    let mut status = false;
-    let mut distribution = false;
+/// Which of the table functions `names` `query` reads from, in that order.
+pub(crate) fn reads<const N: usize>(query: &ast::Query, names: [&str; N]) -> [bool; N] {
+    let mut found = [false; N];
     let _ = ast::visit_relations(query, |name| {
         if let Some(last) = name.0.last().and_then(|p| p.as_ident()) {
-            status |= last.value.eq_ignore_ascii_case(CLUSTER_STATUS);
-            distribution |= last.value.eq_ignore_ascii_case(SHARD_DISTRIBUTION);
+            for (f, n) in found.iter_mut().zip(names) {
+                *f |= last.value.eq_ignore_ascii_case(n);
+            }
         }
         ControlFlow::<()>::Continue(())
     });
-    (status, distribution)
+    found
 }
 
 pub(crate) fn arrow_err(e: arrow::error::ArrowError) -> DbError {
@@ -65,7 +65,7 @@ pub(crate) fn arrow_err(e: arrow::error::ArrowError) -> DbError {
 
 /// Registers the cluster functions for `query` (with current rows) if it reads one.
 pub async fn prepare(s: &mut Session, query: &ast::Query) -> DbResult<()> {
-    let (status, distribution) = used(query);
+    let [status, distribution] = reads(query, [CLUSTER_STATUS, SHARD_DISTRIBUTION]);
     if !status && !distribution {
         return Ok(());
     }

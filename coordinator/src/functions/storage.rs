@@ -11,7 +11,6 @@
 //! Like the cluster functions, their rows are gathered from the shard owners before planning,
 //! only for statements that call them.
 
-use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Float64Array, Int32Array, Int64Array, StringArray};
@@ -20,24 +19,11 @@ use arrow::record_batch::RecordBatch;
 use datafusion::sql::sqlparser::ast;
 use orochi_common::error::DbResult;
 
-use crate::functions::cluster::{Rows, arrow_err};
+use crate::functions::cluster::{Rows, arrow_err, reads};
 use crate::session::Session;
 
 const STORAGE_STATS: &str = "orochi_storage_stats";
 const COMPRESSION_STATS: &str = "orochi_compression_stats";
-
-fn used(query: &ast::Query) -> (bool, bool) {
-    let mut storage = false;
-    let mut compression = false;
-    let _ = ast::visit_relations(query, |name| {
-        if let Some(last) = name.0.last().and_then(|p| p.as_ident()) {
-            storage |= last.value.eq_ignore_ascii_case(STORAGE_STATS);
-            compression |= last.value.eq_ignore_ascii_case(COMPRESSION_STATS);
-        }
-        ControlFlow::<()>::Continue(())
-    });
-    (storage, compression)
-}
 
 fn int(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -49,7 +35,7 @@ type TierRow = (String, &'static str, &'static str, i32, i64, i64, i64);
 
 /// Registers the storage functions for `query` (with current numbers) if it reads one.
 pub async fn prepare(s: &mut Session, query: &ast::Query) -> DbResult<()> {
-    let (storage, compression) = used(query);
+    let [storage, compression] = reads(query, [STORAGE_STATS, COMPRESSION_STATS]);
     if !storage && !compression {
         return Ok(());
     }
