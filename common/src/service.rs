@@ -17,6 +17,11 @@ use crate::schema::{ShardIndex, TableDef, TableId};
 
 pub type TxnId = u64;
 
+/// Transaction ids carry their coordinator's node id (1..MAX_COORDINATORS) in their low bits,
+/// `id % MAX_COORDINATORS`: coordinators sharing workers never hand out the same id, and each
+/// ends and resolves only its own transactions after a restart.
+pub const MAX_COORDINATORS: u64 = 1024;
+
 /// A stream of record batches (a scan's output).
 pub type BatchStream =
     std::pin::Pin<Box<dyn futures::Stream<Item = DbResult<RecordBatch>> + Send + 'static>>;
@@ -205,8 +210,9 @@ pub trait ShardService: Send + Sync + std::fmt::Debug {
     async fn abort_prepared(&self, txn: TxnId) -> DbResult<()>;
     /// The prepared transactions awaiting a decision.
     async fn prepared(&self) -> DbResult<Vec<TxnId>>;
-    /// Ends every open transaction with an id below `below` that is not prepared, releasing
-    /// its locks (its coordinator restarted). Returns how many there were.
+    /// Ends every open transaction of `below`'s coordinator (same id modulo
+    /// [`MAX_COORDINATORS`]) with an id below `below` that is not prepared, releasing its
+    /// locks (that coordinator restarted). Returns how many there were.
     async fn abort_open(&self, below: TxnId) -> DbResult<usize>;
 
     /// Marks the current end of `txn`'s write set; [`ShardService::rollback_to`] undoes later

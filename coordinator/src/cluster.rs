@@ -252,7 +252,8 @@ impl std::fmt::Debug for ClusterShardService {
 }
 
 impl ClusterShardService {
-    pub fn new(workers: Vec<RemoteWorker>, catalog: Arc<Catalog>) -> Self {
+    /// `node`: this coordinator's Raft node id, the low bits of its transaction ids.
+    pub fn new(workers: Vec<RemoteWorker>, catalog: Arc<Catalog>, node: u64) -> Self {
         let svc = ClusterShardService {
             workers: RwLock::new(Arc::new(workers)),
             catalog: catalog.clone(),
@@ -260,7 +261,7 @@ impl ClusterShardService {
             participants: Mutex::new(HashMap::new()),
             savepoints: Mutex::new(HashMap::new()),
             registering: tokio::sync::Mutex::new(()),
-            started: crate::session::txn_id_floor(),
+            started: crate::session::txn_id_floor(node),
         };
         let count = svc.workers().len() as u32;
         for def in catalog.all_tables() {
@@ -347,12 +348,18 @@ impl ClusterShardService {
     }
 
     fn routed(&self, table: TableId) -> DbResult<Arc<Routed>> {
-        self.tables.read().get(&table).cloned().ok_or_else(|| {
+        if let Some(r) = self.tables.read().get(&table) {
+            return Ok(r.clone());
+        }
+        // created through another coordinator: its definition came through the catalog
+        let def = self.catalog.table_by_id(table).ok_or_else(|| {
             DbError::new(
                 SqlState::UndefinedTable,
                 format!("table {table} does not exist"),
             )
-        })
+        })?;
+        self.remember(&def);
+        self.routed(table)
     }
 
     fn shard_of_key(r: &Routed, key: &[u8]) -> DbResult<ShardIndex> {
@@ -461,6 +468,11 @@ impl ClusterShardService {
     /// Resolves what a crash left prepared on the workers: commit where the catalog holds a
     /// commit decision, abort otherwise. A worker that cannot be reached is retried in the
     /// background until it answers.
+    /// Whether `txn` is one of this coordinator's (of this process or an earlier one).
+    fn owns(&self, txn: TxnId) -> bool {
+        txn % crate::session::MAX_COORDINATORS == self.started % crate::session::MAX_COORDINATORS
+    }
+
     pub async fn recover(self: &Arc<Self>) {
         let decisions: BTreeSet<TxnId> = self.catalog.commit_decisions().into_iter().collect();
         let mut all_answered = true;
@@ -488,7 +500,8 @@ impl ClusterShardService {
                     continue;
                 }
             };
-            for txn in prepared {
+            // another coordinator's transactions are its own to resolve
+            for txn in prepared.into_iter().filter(|t| self.owns(*t)) {
                 let commit = decisions.contains(&txn);
                 tracing::info!(worker = %w.address, txn, commit, "resolving an in-doubt transaction");
                 self.resolve(i, txn, commit).await;
@@ -516,7 +529,7 @@ impl ClusterShardService {
                 continue;
             }
             if let Ok(Reply::Prepared(prepared)) = w.call(&Call::ListPrepared).await {
-                for txn in prepared {
+                for txn in prepared.into_iter().filter(|t| self.owns(*t)) {
                     self.resolve(worker, txn, decisions.contains(&txn)).await;
                 }
                 return;

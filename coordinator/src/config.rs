@@ -53,6 +53,15 @@ pub struct CoordinatorOptions {
     /// Where workers register themselves and send heartbeats (`orochi-worker
     /// --coordinator`), Arrow Flight. Set: cluster mode, even before any worker registered.
     pub cluster_listen: Option<String>,
+    /// This coordinator's id in the catalog's Raft group [default: 1].
+    pub node_id: u64,
+    /// Where this coordinator serves the other coordinators' Raft RPCs (`host:port`; 7000 by
+    /// convention). Unset: the catalog is a one-member group.
+    pub raft_listen: Option<String>,
+    /// Every coordinator of the Raft group, this one included, by id (`--raft-peer
+    /// ID=ADDR`). The group is formed at the first start of its lowest-numbered member and
+    /// keeps that membership.
+    pub raft_peers: BTreeMap<u64, String>,
 }
 
 /// A quarter of the memory this process may use: physical memory, or the cgroup's limit
@@ -101,6 +110,9 @@ impl Default for CoordinatorOptions {
             passwords: BTreeMap::new(),
             workers: Vec::new(),
             cluster_listen: None,
+            node_id: 1,
+            raft_listen: None,
+            raft_peers: BTreeMap::new(),
         }
     }
 }
@@ -130,8 +142,33 @@ impl CoordinatorOptions {
             .unwrap_or(self.memory_limit_bytes / 4)
     }
 
+    /// The catalog's Raft membership.
+    pub fn raft(&self) -> crate::raft::RaftOptions {
+        crate::raft::RaftOptions {
+            node_id: self.node_id,
+            listen: self.raft_listen.clone(),
+            peers: self.raft_peers.clone(),
+        }
+    }
+
     /// Checks that the carved-out budgets leave room for the server itself.
     pub fn validate(&self) -> Result<(), String> {
+        if self.node_id == 0 || self.node_id >= crate::session::MAX_COORDINATORS {
+            return Err(format!(
+                "node_id must be between 1 and {}",
+                crate::session::MAX_COORDINATORS - 1
+            ));
+        }
+        if let Some((id, _)) = self
+            .raft_peers
+            .iter()
+            .find(|(id, _)| **id == 0 || **id >= crate::session::MAX_COORDINATORS)
+        {
+            return Err(format!("Raft peer id {id} is out of range"));
+        }
+        if self.raft_peers.len() > 1 && self.raft_listen.is_none() {
+            return Err("a Raft group of several coordinators needs raft_listen".into());
+        }
         let carved =
             self.query_memory_limit_bytes() + self.row_cache_bytes() + self.write_set_limit_bytes();
         if carved + MEMORY_RESERVE_BYTES > self.memory_limit_bytes {

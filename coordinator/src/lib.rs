@@ -32,6 +32,7 @@ pub mod pgwire;
 pub mod planner;
 pub mod privilege;
 pub mod provider;
+pub mod raft;
 pub mod registry;
 pub mod session;
 pub mod settings;

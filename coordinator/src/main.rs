@@ -41,6 +41,28 @@ struct Args {
     /// coordinator runs as a cluster even before the first worker registers.
     #[arg(long, env = "OROCHI_CLUSTER_LISTEN")]
     cluster_listen: Option<String>,
+    /// This coordinator's id in the catalog's Raft group [default: 1]
+    #[arg(long, env = "OROCHI_NODE_ID")]
+    node_id: Option<u64>,
+    /// Where this coordinator serves Raft to the other coordinators, host:port (by convention
+    /// port 7000). Unset: the catalog is a one-member group.
+    #[arg(long, env = "OROCHI_RAFT_LISTEN")]
+    raft_listen: Option<String>,
+    /// A member of the Raft group, ID=HOST:PORT (repeatable, this coordinator included;
+    /// OROCHI_RAFT_PEERS takes a comma-separated list)
+    #[arg(long = "raft-peer", env = "OROCHI_RAFT_PEERS", value_delimiter = ',', value_parser = parse_peer)]
+    raft_peers: Vec<(u64, String)>,
+}
+
+fn parse_peer(s: &str) -> Result<(u64, String), String> {
+    let (id, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected ID=HOST:PORT, got \"{s}\""))?;
+    let id = id
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid Raft peer id \"{id}\""))?;
+    Ok((id, addr.trim().to_string()))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -69,6 +91,15 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(c) = args.cluster_listen.clone() {
         options.cluster_listen = Some(c);
+    }
+    if let Some(id) = args.node_id {
+        options.node_id = id;
+    }
+    if let Some(l) = args.raft_listen.clone() {
+        options.raft_listen = Some(l);
+    }
+    if !args.raft_peers.is_empty() {
+        options.raft_peers = args.raft_peers.iter().cloned().collect();
     }
     if let Ok(password) = std::env::var("OROCHI_PASSWORD") {
         options.passwords.insert("postgres".into(), password);

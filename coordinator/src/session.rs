@@ -37,15 +37,20 @@ pub struct Instance {
 /// Cancels whatever statement a backend is running (as a CancelRequest does).
 pub type Canceller = Arc<dyn Fn() + Send + Sync>;
 
-/// The clock in µs since the epoch: where a coordinator process's transaction ids start.
-/// Ids only need to be unique among live transactions, but starting from the clock means a
-/// restarted coordinator never reuses an id a worker may still remember, and every id of the
-/// new process is above every id of the old (what `AbortOpen` relies on).
-pub fn txn_id_floor() -> TxnId {
-    std::time::SystemTime::now()
+pub use orochi_common::service::MAX_COORDINATORS;
+
+/// Where a coordinator process's transaction ids start: the clock in µs since the epoch,
+/// times [`MAX_COORDINATORS`], plus the coordinator's node id (ids then step by
+/// `MAX_COORDINATORS`). Ids only need to be unique among live transactions, but starting from
+/// the clock means a restarted coordinator never reuses an id a worker may still remember,
+/// every id of the new process is above every id of the old (what `AbortOpen` relies on),
+/// and coordinators sharing workers never collide.
+pub fn txn_id_floor(node: u64) -> TxnId {
+    let micros = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
-        .unwrap_or(1)
+        .unwrap_or(1);
+    micros * MAX_COORDINATORS + node % MAX_COORDINATORS
 }
 
 impl Instance {
@@ -55,7 +60,7 @@ impl Instance {
         options: Arc<CoordinatorOptions>,
         runtime: Arc<RuntimeEnv>,
     ) -> Self {
-        let start = txn_id_floor();
+        let start = txn_id_floor(options.node_id);
         Instance {
             catalog,
             service,
@@ -96,7 +101,7 @@ impl Instance {
     }
 
     pub fn new_txn_id(&self) -> TxnId {
-        self.next_txn.fetch_add(1, Ordering::Relaxed)
+        self.next_txn.fetch_add(MAX_COORDINATORS, Ordering::Relaxed)
     }
 }
 

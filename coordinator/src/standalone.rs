@@ -26,7 +26,8 @@ pub async fn open(options: CoordinatorOptions) -> anyhow::Result<Standalone> {
     let dir = options.data_dir.clone();
     let lock = orochi_worker::daemon::lock_data_dir(&dir)?;
     let catalog = Arc::new(
-        Catalog::open(&dir.join("catalog")).map_err(|e| anyhow::anyhow!("{}", e.message))?,
+        Catalog::open_with(&dir.join("catalog"), &options.raft())
+            .map_err(|e| anyhow::anyhow!("{}", e.message))?,
     );
     crate::pgwire::auth::apply_configured_passwords(&catalog, &options.passwords)
         .map_err(|e| anyhow::anyhow!("setting configured passwords: {}", e.message))?;
@@ -61,7 +62,7 @@ pub async fn open(options: CoordinatorOptions) -> anyhow::Result<Standalone> {
                 .map_err(|e| anyhow::anyhow!("opening row store: {}", e.message))?,
             )
         } else {
-            let c = connect_workers(&options.workers, &catalog).await?;
+            let c = connect_workers(&options.workers, &catalog, options.node_id).await?;
             cluster = Some(c.clone());
             c
         };
@@ -83,6 +84,7 @@ pub async fn open(options: CoordinatorOptions) -> anyhow::Result<Standalone> {
 async fn connect_workers(
     configured: &[String],
     catalog: &Arc<Catalog>,
+    node: u64,
 ) -> anyhow::Result<Arc<ClusterShardService>> {
     let recorded = catalog
         .workers()
@@ -123,7 +125,7 @@ async fn connect_workers(
         }
         workers.push(w);
     }
-    let service = Arc::new(ClusterShardService::new(workers, catalog.clone()));
+    let service = Arc::new(ClusterShardService::new(workers, catalog.clone(), node));
     service.recover().await;
     Ok(service)
 }

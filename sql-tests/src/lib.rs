@@ -337,6 +337,97 @@ impl Cluster {
     }
 }
 
+/// Three coordinators in one Raft group over shared worker daemons, real processes on
+/// loopback.
+pub struct Group {
+    pub coordinators: Vec<Option<Server>>,
+    pub workers: Vec<Server>,
+    /// `--raft-peer` values, `id=127.0.0.1:port`, by coordinator index (id = index + 1).
+    peers: Vec<String>,
+    tmp: tempfile::TempDir,
+}
+
+impl Group {
+    pub fn start(coordinators: usize, workers: usize) -> anyhow::Result<Group> {
+        let tmp = tempfile::tempdir()?;
+        let mut started = Vec::new();
+        for i in 0..workers {
+            let dir = tmp.path().join(format!("worker{i}"));
+            started.push(Server::start_binary("orochi-worker", 0, &dir, &[], &[])?);
+        }
+        let peers: Vec<String> = (0..coordinators)
+            .map(|i| format!("{}=127.0.0.1:{}", i + 1, free_port()))
+            .collect();
+        let mut group = Group {
+            coordinators: Vec::new(),
+            workers: started,
+            peers,
+            tmp,
+        };
+        // together: each waits for a majority of the group before it listens
+        let handles: Vec<_> = (0..coordinators)
+            .map(|i| {
+                let (dir, args) = group.coordinator_args(i);
+                std::thread::spawn(move || {
+                    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                    Server::start_binary("orochi-coordinator", 0, &dir, &args, &[])
+                })
+            })
+            .collect();
+        for h in handles {
+            let s = h
+                .join()
+                .map_err(|_| anyhow::anyhow!("start thread panicked"))??;
+            group.coordinators.push(Some(s));
+        }
+        Ok(group)
+    }
+
+    fn coordinator_args(&self, i: usize) -> (PathBuf, Vec<String>) {
+        let dir = self.tmp.path().join(format!("coordinator{}", i + 1));
+        let mut args = vec![
+            "--node-id".to_string(),
+            (i + 1).to_string(),
+            "--raft-listen".into(),
+            self.peers[i].split_once('=').unwrap().1.to_string(),
+        ];
+        for p in &self.peers {
+            args.push("--raft-peer".into());
+            args.push(p.clone());
+        }
+        for w in worker_addresses(&self.workers) {
+            args.push("--worker".into());
+            args.push(w);
+        }
+        (dir, args)
+    }
+
+    pub fn coordinator(&self, i: usize) -> &Server {
+        self.coordinators[i].as_ref().expect("coordinator running")
+    }
+
+    /// `kill -9` of coordinator `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut s) = self.coordinators[i].take() {
+            s.kill();
+        }
+    }
+
+    /// Starts coordinator `i` again, on its data directory (a new port).
+    pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        let (dir, args) = self.coordinator_args(i);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.coordinators[i] = Some(Server::start_binary(
+            "orochi-coordinator",
+            0,
+            &dir,
+            &args,
+            &[],
+        )?);
+        Ok(())
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill();

@@ -771,3 +771,184 @@ async fn a_worker_unreachable_during_coordinator_recovery_releases_old_locks_lat
         .expect("the old transaction's locks must be released once the worker answers");
     assert_eq!(n, 50);
 }
+
+/// `orochi_raft_status()` of one coordinator: (node_id, role, term, leader_id, members).
+async fn raft_status(c: &tokio_postgres::Client) -> (i64, String, i64, Option<i64>, String) {
+    let r = c
+        .query_one(
+            "SELECT node_id, role, term, leader_id, commit_index, applied_index, members \
+             FROM orochi_raft_status()",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (commit, applied): (i64, i64) = (r.get(4), r.get(5));
+    assert!(applied <= commit, "applied {applied} > committed {commit}");
+    (r.get(0), r.get(1), r.get(2), r.get(3), r.get(6))
+}
+
+/// What a coordinator's catalog holds, as its clients see it.
+async fn catalog_view(c: &tokio_postgres::Client) -> Vec<String> {
+    c.query(
+        "SELECT c.relname || ':' || c.oid::text || ':' || a.attname || ':' || \
+                format_type(a.atttypid, a.atttypmod) \
+         FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = 'public' AND a.attnum > 0 ORDER BY 1",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+async fn eventually<F, Fut>(what: &str, mut ok: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ok().await {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Three coordinators over two workers: one Raft leader; DDL through any coordinator (a
+/// follower forwards it) is in every catalog, and rows written through one are read through
+/// another. The leader is killed: the other two elect a new one and DDL still works; the
+/// catalogs of the survivors are identical; the killed one restarts and catches up.
+#[tokio::test]
+async fn three_coordinators_share_one_raft_catalog_and_survive_a_leader_kill() {
+    let mut g = orochi_sql_tests::Group::start(3, 2).unwrap();
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        clients.push(g.coordinator(i).connect().await);
+    }
+    let mut leaders = BTreeSet::new();
+    for (i, c) in clients.iter().enumerate() {
+        let (id, role, _, leader, members) = raft_status(c).await;
+        assert_eq!(id, i as i64 + 1);
+        assert!(["leader", "follower"].contains(&role.as_str()), "{role}");
+        assert_eq!(members.split(',').count(), 3, "{members}");
+        leaders.insert(leader.expect("a leader is known"));
+        if role == "leader" {
+            assert_eq!(leader, Some(id));
+        }
+    }
+    assert_eq!(leaders.len(), 1, "one leader for all: {leaders:?}");
+    let leader = *leaders.iter().next().unwrap() as usize - 1;
+    let follower = (leader + 1) % 3;
+
+    // DDL through a follower and through the leader
+    clients[follower]
+        .batch_execute("CREATE TABLE t (k int PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    clients[leader]
+        .batch_execute("CREATE TABLE u (id bigint PRIMARY KEY, n numeric(10,2))")
+        .await
+        .unwrap();
+    // a name taken through another coordinator is taken
+    let err = clients[(leader + 2) % 3]
+        .batch_execute("CREATE TABLE t (x int)")
+        .await;
+    let err = match err {
+        Ok(()) => {
+            // not applied there yet when it parsed: it still cannot create a second `t`
+            panic!("a second table t was created")
+        }
+        Err(e) => e,
+    };
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::DUPLICATE_TABLE),
+        "{err}"
+    );
+    // rows written through each coordinator, read through every one
+    for (i, c) in clients.iter().enumerate() {
+        let (from, to) = (i * 100 + 1, i * 100 + 100);
+        c.batch_execute(&format!(
+            "INSERT INTO t SELECT g, 'c{i}' FROM generate_series({from}, {to}) g"
+        ))
+        .await
+        .unwrap();
+    }
+    for c in &clients {
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM t", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 300);
+    }
+    let first = catalog_view(&clients[0]).await;
+    assert!(first.iter().any(|l| l.starts_with("u:")), "{first:?}");
+    for c in &clients[1..] {
+        assert_eq!(catalog_view(c).await, first);
+    }
+
+    // the leader dies
+    g.kill(leader);
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    for &i in &survivors {
+        eventually("a new leader", || {
+            let c = &clients[i];
+            async move {
+                let (_, _, _, l, _) = raft_status(c).await;
+                l.is_some_and(|l| l as usize - 1 != leader)
+            }
+        })
+        .await;
+    }
+    for &i in &survivors {
+        clients[i]
+            .batch_execute(&format!("CREATE TABLE after_{i} (k int PRIMARY KEY)"))
+            .await
+            .unwrap();
+        clients[i]
+            .execute(&format!("INSERT INTO after_{i} VALUES (1), (2)"), &[])
+            .await
+            .unwrap();
+    }
+    for &i in &survivors {
+        let c = &clients[i];
+        eventually("both tables on every survivor", || async move {
+            catalog_view(c)
+                .await
+                .iter()
+                .filter(|l| l.starts_with("after_"))
+                .count()
+                == 2
+        })
+        .await;
+    }
+    let a = catalog_view(&clients[survivors[0]]).await;
+    assert_eq!(catalog_view(&clients[survivors[1]]).await, a);
+    let n: i64 = clients[survivors[1]]
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 300);
+
+    // the killed coordinator comes back as a follower, with everything it missed
+    g.restart(leader).unwrap();
+    let back = g.coordinator(leader).connect().await;
+    eventually("the restarted coordinator catches up", || {
+        let back = &back;
+        let a = a.clone();
+        async move { catalog_view(back).await == a }
+    })
+    .await;
+    let (_, role, _, _, _) = raft_status(&back).await;
+    assert_eq!(role, "follower");
+    let n: i64 = back
+        .query_one(&format!("SELECT count(*) FROM after_{}", survivors[0]), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+}

@@ -7,14 +7,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-/// Logs via `tracing` (level from `RUST_LOG`, default `info`). A panic (a bug: e.g. in a
+/// Logs via `tracing` (level from `RUST_LOG`, default `info`, openraft's own `warn`). A panic (a bug: e.g. in a
 /// connection task, which the accept loop survives) is logged as one error event with its
 /// location and backtrace, not raw stderr text.
 pub fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
         )
         .init();
     std::panic::set_hook(Box::new(|info| {

@@ -863,7 +863,11 @@ impl ShardService for LocalShardService {
             .lock()
             .keys()
             .copied()
-            .filter(|&t| t < below)
+            .filter(|&t| {
+                t < below
+                    && t % orochi_common::service::MAX_COORDINATORS
+                        == below % orochi_common::service::MAX_COORDINATORS
+            })
             .collect();
         for &txn in &open {
             self.abort(txn).await;

@@ -4,6 +4,9 @@
 //!   node 0 is this coordinator, then the shard owners (standalone: the embedded worker).
 //! - `orochi_shard_distribution()`: `table_name, shard_id, hash_min, hash_max, worker,
 //!   row_count, size_bytes`, one row per shard of every table.
+//! - `orochi_raft_status()`: `node_id, role, term, leader_id, commit_index, applied_index,
+//!   members`: this coordinator's view of the catalog's Raft group (`members`: the voters,
+//!   `id=raft address`, comma-separated; a one-member group's address is `local`).
 //!
 //! Like the size functions, their rows are gathered before planning, only for statements
 //! that call them (a worker is asked whether it is up; shard statistics walk every shard).
@@ -25,6 +28,7 @@ use crate::session::Session;
 
 const CLUSTER_STATUS: &str = "orochi_cluster_status";
 const SHARD_DISTRIBUTION: &str = "orochi_shard_distribution";
+const RAFT_STATUS: &str = "orochi_raft_status";
 
 /// A table function returning rows gathered for this statement.
 #[derive(Debug)]
@@ -65,7 +69,11 @@ pub(crate) fn arrow_err(e: arrow::error::ArrowError) -> DbError {
 
 /// Registers the cluster functions for `query` (with current rows) if it reads one.
 pub async fn prepare(s: &mut Session, query: &ast::Query) -> DbResult<()> {
-    let [status, distribution] = reads(query, [CLUSTER_STATUS, SHARD_DISTRIBUTION]);
+    let [status, distribution, raft] =
+        reads(query, [CLUSTER_STATUS, SHARD_DISTRIBUTION, RAFT_STATUS]);
+    if raft {
+        register_raft_status(s)?;
+    }
     if !status && !distribution {
         return Ok(());
     }
@@ -179,5 +187,46 @@ pub async fn prepare(s: &mut Session, query: &ast::Query) -> DbResult<()> {
             }),
         );
     }
+    Ok(())
+}
+
+fn register_raft_status(s: &mut Session) -> DbResult<()> {
+    let r = s.instance.catalog.raft_status();
+    let members = r
+        .members
+        .iter()
+        .map(|(id, addr)| {
+            let addr = if addr.is_empty() { "local" } else { addr };
+            format!("{id}={addr}")
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let schema: SchemaRef = Arc::new(Schema::new(vec![
+        Field::new("node_id", DataType::Int64, false),
+        Field::new("role", DataType::Utf8, false),
+        Field::new("term", DataType::Int64, false),
+        Field::new("leader_id", DataType::Int64, true),
+        Field::new("commit_index", DataType::Int64, false),
+        Field::new("applied_index", DataType::Int64, false),
+        Field::new("members", DataType::Utf8, false),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from(vec![int(r.node_id)])),
+        Arc::new(StringArray::from(vec![r.role])),
+        Arc::new(Int64Array::from(vec![int(r.term)])),
+        Arc::new(Int64Array::from(vec![r.leader_id.map(int)])),
+        Arc::new(Int64Array::from(vec![int(r.commit_index)])),
+        Arc::new(Int64Array::from(vec![int(r.applied_index)])),
+        Arc::new(StringArray::from(vec![members])),
+    ];
+    let batch = RecordBatch::try_new(schema, columns).map_err(arrow_err)?;
+    s.state.register_udtf(
+        RAFT_STATUS,
+        Arc::new(Rows {
+            name: RAFT_STATUS,
+            batch,
+        }),
+    );
     Ok(())
 }
