@@ -730,6 +730,109 @@ pub fn name_scalar_table_functions(stmt: &mut ast::Statement) {
     let _ = ast::VisitMut::visit(stmt, &mut Namer);
 }
 
+/// Puts the values of bound parameters into the arguments of table functions
+/// (`generate_series(1, $1)`): those are evaluated while planning, before parameters are
+/// bound. Numbers, strings, booleans and NULL; other values stay parameters. `None`: every
+/// such parameter becomes NULL (to describe the statement before values are known: the
+/// result's columns do not depend on them).
+pub fn bind_table_function_args(query: &mut ast::Query, params: Option<&[ScalarValue]>) {
+    struct Binder<'a>(Option<&'a [ScalarValue]>);
+    impl ast::VisitorMut for Binder<'_> {
+        type Break = ();
+        fn pre_visit_table_factor(&mut self, t: &mut ast::TableFactor) -> ControlFlow<()> {
+            let ast::TableFactor::Table {
+                args: Some(args), ..
+            } = t
+            else {
+                return ControlFlow::Continue(());
+            };
+            for arg in &mut args.args {
+                let _ = ast::visit_expressions_mut(arg, |e| {
+                    if let ast::Expr::Value(v) = e
+                        && let ast::Value::Placeholder(p) = &v.value
+                        && let Ok(i) = p.trim_start_matches('$').parse::<usize>()
+                        && let Some(value) = match self.0 {
+                            Some(params) => i.checked_sub(1).and_then(|i| params.get(i)),
+                            None => Some(&ScalarValue::Null),
+                        }
+                        && let Some(literal) = literal_of(value)
+                    {
+                        *e = literal;
+                    }
+                    ControlFlow::<()>::Continue(())
+                });
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    fn literal_of(v: &ScalarValue) -> Option<ast::Expr> {
+        let value = match v {
+            _ if v.is_null() => ast::Value::Null,
+            ScalarValue::Boolean(Some(b)) => ast::Value::Boolean(*b),
+            ScalarValue::Int8(_)
+            | ScalarValue::Int16(_)
+            | ScalarValue::Int32(_)
+            | ScalarValue::Int64(_)
+            | ScalarValue::UInt8(_)
+            | ScalarValue::UInt16(_)
+            | ScalarValue::UInt32(_)
+            | ScalarValue::UInt64(_)
+            | ScalarValue::Float32(_)
+            | ScalarValue::Float64(_) => ast::Value::Number(v.to_string(), false),
+            ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) => {
+                ast::Value::SingleQuotedString(s.clone())
+            }
+            _ => return None,
+        };
+        Some(ast::Expr::value(value))
+    }
+    let _ = ast::VisitMut::visit(query, &mut Binder(params));
+}
+
+/// `generate_series`/`range` whose arguments are constant expressions (`1 + 99`, `'5'::int`,
+/// `now() - interval '1 day'`): folded to literals first, as Postgres evaluates them before
+/// the call; DataFusion's own functions accept only literals, and only bigint ones. An
+/// argument that is not constant (a column) still fails there.
+#[derive(Debug)]
+pub struct FoldedArgs(pub Arc<dyn datafusion::catalog::TableFunctionImpl>);
+
+impl datafusion::catalog::TableFunctionImpl for FoldedArgs {
+    fn call_with_args(
+        &self,
+        args: datafusion::catalog::TableFunctionArgs,
+    ) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
+        use datafusion::logical_expr::Expr;
+        use datafusion::logical_expr::simplify::SimplifyContext;
+        use datafusion::optimizer::simplify_expressions::ExprSimplifier;
+        let session = args.session();
+        let mut context = SimplifyContext::builder()
+            .with_config_options(Arc::new(session.config_options().clone()));
+        if let Some(t) = session.execution_props().query_execution_start_time {
+            context = context.with_query_execution_start_time(Some(t));
+        }
+        let simplifier = ExprSimplifier::new(context.build());
+        let exprs = args
+            .exprs()
+            .iter()
+            .map(|e| {
+                let e = simplifier.simplify(e.clone()).unwrap_or_else(|_| e.clone());
+                Ok(match e {
+                    // a typed NULL: DataFusion's functions take only an untyped one
+                    Expr::Literal(v, m) if v.is_null() => Expr::Literal(ScalarValue::Null, m),
+                    Expr::Literal(v, m)
+                        if v.data_type().is_integer() && v.data_type() != DataType::Int64 =>
+                    {
+                        Expr::Literal(v.cast_to(&DataType::Int64)?, m)
+                    }
+                    other => other,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.0
+            .call_with_args(datafusion::catalog::TableFunctionArgs::new(&exprs, session))
+    }
+}
+
 #[cfg(test)]
 mod size_tests {
     #[test]

@@ -231,6 +231,14 @@ impl Session {
             .with_physical_optimizer_rule(crate::exec::pushdown::rule())
             .build();
         state.add_analyzer_rule(Arc::new(crate::checked::CheckedIntegerArithmetic));
+        for name in ["generate_series", "range"] {
+            if let Some(f) = state.table_functions().get(name).cloned() {
+                state.register_udtf(
+                    name,
+                    Arc::new(crate::functions::FoldedArgs(f.function().clone())),
+                );
+            }
+        }
         {
             use datafusion::execution::FunctionRegistry;
             let single = datafusion::logical_expr::AggregateUDF::new_from_impl(

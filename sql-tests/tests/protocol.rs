@@ -667,3 +667,42 @@ async fn parameter_status_follows_reported_settings() {
         vec![pair("is_superuser", "on")]
     );
 }
+
+/// Parameters a statement mentions are all described, also where the server cannot type
+/// them; table functions get their parameters' values (they evaluate arguments while
+/// planning), in SELECT, INSERT … SELECT and EXPLAIN.
+#[tokio::test]
+async fn parameters_reach_table_function_arguments() {
+    let server = Server::start().expect("server");
+    let client = server.connect().await;
+    client
+        .batch_execute("CREATE TABLE series (k int PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    let ins = client
+        .prepare("INSERT INTO series SELECT g, $1::text FROM generate_series($2::int, $3::int) g")
+        .await
+        .unwrap();
+    assert_eq!(ins.params().len(), 3);
+    assert_eq!(
+        client.execute(&ins, &[&"x", &1i32, &40i32]).await.unwrap(),
+        40
+    );
+    let row = client
+        .query_one(
+            "SELECT count(*), min(v) FROM generate_series(1, $1::int) g JOIN series ON k = g",
+            &[&25i32],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 25);
+    assert_eq!(row.get::<_, String>(1), "x");
+    let plan = client
+        .query(
+            "EXPLAIN SELECT * FROM generate_series(1, $1::int)",
+            &[&3i32],
+        )
+        .await
+        .unwrap();
+    assert!(!plan.is_empty());
+}

@@ -578,10 +578,9 @@ async fn insert_source_rows(
         return Ok(out);
     }
     // general case: plan the source as a query
-    let plan = s
-        .planner()
-        .plan_positional_query(q.clone())
-        .map_err(df_to_db)?;
+    let mut q = q.clone();
+    crate::functions::bind_table_function_args(&mut q, Some(params));
+    let plan = s.planner().plan_positional_query(q).map_err(df_to_db)?;
     let plan = bind_plan(plan, params)?;
     let produced = plan.schema().fields().len();
     if produced > targets.len() || (produced < targets.len() && !implicit_columns) {

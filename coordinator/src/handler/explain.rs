@@ -24,7 +24,9 @@ pub async fn handle_explain(
 ) -> DbResult<StatementResult> {
     let lines: Vec<String> = match stmt {
         ast::Statement::Query(q) => {
-            let plan = s.planner().plan_query((**q).clone()).map_err(df_to_db)?;
+            let mut q = (**q).clone();
+            crate::functions::bind_table_function_args(&mut q, Some(params));
+            let plan = s.planner().plan_query(q).map_err(df_to_db)?;
             let plan = bind_plan(plan, params)?;
             let physical = s
                 .state

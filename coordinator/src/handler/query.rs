@@ -18,7 +18,9 @@ pub async fn handle_query(
     crate::functions::sizes::prepare(s, q).await?;
     crate::functions::cluster::prepare(s, q).await?;
     crate::functions::storage::prepare(s, q).await?;
-    let (plan, schema) = s.planner().plan_client_query(q.clone()).map_err(df_to_db)?;
+    let mut q = q.clone();
+    crate::functions::bind_table_function_args(&mut q, Some(params));
+    let (plan, schema) = s.planner().plan_client_query(q).map_err(df_to_db)?;
     let plan = bind_plan(plan, params)?;
     run_plan(s, plan, schema, "SELECT").await
 }

@@ -248,7 +248,49 @@ impl QueryParser for OrochiQueryParser {
 }
 
 /// Parameter types (`$1` first) and result schema of a statement, without executing it.
+/// Every `$n` the statement mentions is counted, typed or not (a driver binds exactly that
+/// many), also where inference could not plan the statement.
 fn describe(s: &Session, stmt: &Statement) -> DbResult<(Vec<Option<Type>>, Option<SchemaRef>)> {
+    let (mut params, schema) = describe_typed(s, stmt)?;
+    let index = |p: &str| {
+        p.trim_start_matches('$')
+            .parse::<usize>()
+            .ok()
+            .filter(|&i| i >= 1)
+    };
+    let _ = ast::visit_expressions(stmt, |e| {
+        if let ast::Expr::Value(v) = e
+            && let ast::Value::Placeholder(p) = &v.value
+            && let Some(i) = index(p)
+            && params.len() < i
+        {
+            params.resize(i, None);
+        }
+        // `$n::type` where planning could not tell: the cast's type
+        if let ast::Expr::Cast {
+            expr, data_type, ..
+        } = e
+            && let ast::Expr::Value(v) = expr.as_ref()
+            && let ast::Value::Placeholder(p) = &v.value
+            && let Some(i) = index(p)
+            && let Ok((t, _)) = crate::handler::ddl::sql_type(data_type)
+        {
+            if params.len() < i {
+                params.resize(i, None);
+            }
+            if params[i - 1].is_none() {
+                params[i - 1] = Type::from_oid(t.pg_oid());
+            }
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    Ok((params, schema))
+}
+
+fn describe_typed(
+    s: &Session,
+    stmt: &Statement,
+) -> DbResult<(Vec<Option<Type>>, Option<SchemaRef>)> {
     let mut params: Vec<Option<Type>> = Vec::new();
     let mut set_param = |id: &str, t: Option<Type>| {
         if let Ok(i) = id.trim_start_matches('$').parse::<usize>()
@@ -264,10 +306,18 @@ fn describe(s: &Session, stmt: &Statement) -> DbResult<(Vec<Option<Type>>, Optio
     };
     match stmt {
         Statement::Query(q) => {
-            let (plan, schema) = s
-                .planner()
-                .plan_client_query((**q).clone())
-                .map_err(df_to_db)?;
+            let (plan, schema) = match s.planner().plan_client_query((**q).clone()) {
+                Ok(planned) => planned,
+                // table functions evaluate their arguments while planning: without values
+                // for the parameters there, plan with NULLs (the columns are the same)
+                Err(e) => {
+                    let mut nulls = (**q).clone();
+                    crate::functions::bind_table_function_args(&mut nulls, None);
+                    s.planner()
+                        .plan_client_query(nulls)
+                        .map_err(|_| df_to_db(e))?
+                }
+            };
             // `col = $n`: the parameter has the column's SQL type (uuid, json, varchar…),
             // which DataFusion's Arrow-level inference cannot tell apart from text
             let _ = plan.apply(|node| {
