@@ -12,6 +12,7 @@ use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, 
 
 use crate::error::{DbError, DbResult, SqlState};
 use crate::types::{SqlType, UNCONSTRAINED_NUMERIC_SCALE};
+use crate::zone::Zone;
 
 /// Days between 0001-01-01 (CE day 1) and 1970-01-01.
 const UNIX_EPOCH_CE_DAYS: i32 = 719_163;
@@ -62,8 +63,15 @@ impl Datum {
         matches!(self, Datum::Null)
     }
 
-    /// Parses Postgres text input for a column of type `ty` (the `typinput` function).
+    /// Parses Postgres text input for a column of type `ty` (the `typinput` function), a
+    /// `timestamptz` without an offset read in UTC.
     pub fn parse(ty: SqlType, s: &str) -> DbResult<Datum> {
+        Datum::parse_in(ty, s, &Zone::UTC)
+    }
+
+    /// [`Datum::parse`] in the session's time zone: a `timestamptz` written without an offset
+    /// is that wall-clock time there.
+    pub fn parse_in(ty: SqlType, s: &str, zone: &Zone) -> DbResult<Datum> {
         match ty {
             SqlType::Bool => parse_bool(s).map(Datum::Bool),
             SqlType::Int2 => {
@@ -101,8 +109,8 @@ impl Datum {
             SqlType::Char(n) => Ok(Datum::Text(pad_char(s, n)?)),
             SqlType::Bytea => parse_bytea(s).map(Datum::Bytea),
             SqlType::Date => parse_date(s).map(Datum::Date),
-            SqlType::Timestamp => parse_timestamp(s, false).map(Datum::Timestamp),
-            SqlType::Timestamptz => parse_timestamp(s, true).map(Datum::Timestamptz),
+            SqlType::Timestamp => parse_timestamp(s, None).map(Datum::Timestamp),
+            SqlType::Timestamptz => parse_timestamp(s, Some(zone)).map(Datum::Timestamptz),
             SqlType::Uuid => parse_uuid(s).map(Datum::Uuid),
             SqlType::Json | SqlType::Jsonb => {
                 let v: serde_json::Value = serde_json::from_str(s).map_err(|_| {
@@ -123,7 +131,17 @@ impl Datum {
         }
     }
 
-    /// Postgres text output (the `typoutput` function), or `None` for NULL.
+    /// Postgres text output in the session's time zone (a `timestamptz` shows its wall-clock
+    /// time and offset there), or `None` for NULL.
+    pub fn to_text_in(&self, zone: &Zone) -> Option<String> {
+        match self {
+            Datum::Timestamptz(us) => Some(format_timestamptz_offset(*us, zone.offset_at(*us))),
+            other => other.to_text(),
+        }
+    }
+
+    /// Postgres text output (the `typoutput` function), or `None` for NULL; a `timestamptz`
+    /// in UTC.
     pub fn to_text(&self) -> Option<String> {
         Some(match self {
             Datum::Null => return None,
@@ -675,7 +693,10 @@ fn datetime_error(ty: &str, s: &str, e: chrono::ParseError) -> DbError {
 }
 
 /// Parses `YYYY-MM-DD[ T]HH:MM:SS[.ffffff][zone]`; a bare date means midnight.
-fn parse_timestamp(s: &str, with_zone: bool) -> DbResult<i64> {
+/// `zone`: for a `timestamptz`, the zone a time written without an offset is in; `None`: a
+/// `timestamp` (an offset written is ignored, as Postgres ignores it).
+fn parse_timestamp(s: &str, zone: Option<&Zone>) -> DbResult<i64> {
+    let with_zone = zone.is_some();
     let ty = if with_zone {
         "timestamp with time zone"
     } else {
@@ -690,9 +711,6 @@ fn parse_timestamp(s: &str, with_zone: bool) -> DbResult<i64> {
     }
     // split off a zone suffix: Z, +HH, +HH:MM, +HHMM, -...
     let (body, offset_secs) = split_zone(t);
-    if offset_secs.is_some() && !with_zone {
-        // Postgres ignores a zone given for timestamp without time zone
-    }
     let body = body.trim();
     let parsed = match iso_timestamp(body) {
         Some(p) => Ok(p),
@@ -709,9 +727,10 @@ fn parse_timestamp(s: &str, with_zone: bool) -> DbResult<i64> {
         })
         .map_err(|e| datetime_error(ty, s, e))?;
     let micros = parsed.and_utc().timestamp_micros();
-    Ok(match (with_zone, offset_secs) {
-        (true, Some(off)) => micros - off as i64 * 1_000_000,
-        _ => micros,
+    Ok(match (zone, offset_secs) {
+        (Some(_), Some(off)) => micros - off as i64 * 1_000_000,
+        (Some(zone), None) => zone.local_to_utc(micros),
+        (None, _) => micros,
     })
 }
 
@@ -981,6 +1000,9 @@ pub fn format_timestamptz_offset(micros: i64, offset_secs: i32) -> String {
     if abs % 3600 != 0 {
         let _ = write!(zone, ":{:02}", (abs % 3600) / 60);
     }
+    if abs % 60 != 0 {
+        let _ = write!(zone, ":{:02}", abs % 60);
+    }
     format!(
         "{} {}{}",
         format_date_naive(local.date()),
@@ -1065,10 +1087,10 @@ mod tests {
             assert_eq!(iso_timestamp(t), None, "{t}");
         }
         assert_eq!(
-            parse_timestamp("2024-01-01 00:00:00.25+02", true).unwrap(),
-            parse_timestamp("2023-12-31 22:00:00.25", true).unwrap()
+            parse_timestamp("2024-01-01 00:00:00.25+02", Some(&Zone::UTC)).unwrap(),
+            parse_timestamp("2023-12-31 22:00:00.25", Some(&Zone::UTC)).unwrap()
         );
-        assert!(parse_timestamp("2023-02-29 00:00:00", false).is_err());
+        assert!(parse_timestamp("2023-02-29 00:00:00", None).is_err());
     }
 
     #[test]

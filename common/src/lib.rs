@@ -21,3 +21,4 @@ pub mod rpc;
 pub mod schema;
 pub mod service;
 pub mod types;
+pub mod zone;

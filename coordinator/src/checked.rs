@@ -8,6 +8,7 @@
 //! also goes through the checked kernels, so an overflowing constant fails at planning time,
 //! with the same error.
 
+use orochi_common::zone::Zone;
 use std::sync::Arc;
 
 use arrow::array::ArrayRef;
@@ -240,7 +241,8 @@ fn is_integer(t: &DataType) -> bool {
 /// timestamptz); DataFusion's cast writes ISO 8601 (`2024-02-29T13:14:15.500`).
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct TimestampText {
-    with_zone: bool,
+    /// For a timestamptz: the session's zone, which it is shown in.
+    zone: Option<Zone>,
     signature: Signature,
 }
 
@@ -277,8 +279,8 @@ impl ScalarUDFImpl for TimestampText {
             .iter()
             .map(|v| {
                 v.map(|us| {
-                    if self.with_zone {
-                        orochi_common::datum::format_timestamptz(us)
+                    if let Some(zone) = &self.zone {
+                        orochi_common::datum::format_timestamptz_offset(us, zone.offset_at(us))
                     } else {
                         orochi_common::datum::format_timestamp(us)
                     }
@@ -295,20 +297,192 @@ impl ScalarUDFImpl for TimestampText {
     }
 }
 
+/// `'…'::timestamp` and `'…'::timestamptz`: Postgres' input syntax, through the same parser
+/// as COPY and parameters (Arrow's wants seconds and cannot resolve a skipped local time).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct TextTimestamp {
+    /// For a timestamptz: the session's zone, which a time without an offset is read in.
+    zone: Option<Zone>,
+    /// The result's zone label (the cast's).
+    label: Option<Arc<str>>,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for TextTimestamp {
+    fn name(&self) -> &str {
+        "orochi_text_timestamp"
+    }
+
+    fn display_name(&self, args: &[Expr]) -> Result<String> {
+        Ok(format!("CAST({} AS Timestamp)", args[0]))
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Timestamp(
+            arrow::datatypes::TimeUnit::Microsecond,
+            self.label.clone(),
+        ))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        use orochi_common::datum::Datum;
+        use orochi_common::types::SqlType;
+        let scalar = matches!(args.args[0], ColumnarValue::Scalar(_));
+        let array = ColumnarValue::values_to_arrays(&args.args)?.remove(0);
+        let text = arrow::compute::cast(&array, &DataType::Utf8)?;
+        let text = text
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .expect("cast to Utf8");
+        let out = text
+            .iter()
+            .map(|v| {
+                v.map(|s| {
+                    let d = match &self.zone {
+                        Some(zone) => Datum::parse_in(SqlType::Timestamptz, s, zone),
+                        None => Datum::parse(SqlType::Timestamp, s),
+                    };
+                    match d.map_err(crate::error::db_to_df)? {
+                        Datum::Timestamp(us) | Datum::Timestamptz(us) => Ok(us),
+                        _ => Ok(0),
+                    }
+                })
+                .transpose()
+            })
+            .collect::<Result<arrow::array::TimestampMicrosecondArray>>()?
+            .with_timezone_opt(self.label.clone());
+        if scalar {
+            Ok(ColumnarValue::Scalar(
+                datafusion::common::ScalarValue::try_from_array(&out, 0)?,
+            ))
+        } else {
+            Ok(ColumnarValue::Array(Arc::new(out)))
+        }
+    }
+}
+
+/// `timestamptz::timestamp`: the wall-clock time of each instant in the session's zone.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct LocalTimestamp {
+    zone: Zone,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for LocalTimestamp {
+    fn name(&self) -> &str {
+        "orochi_local_timestamp"
+    }
+
+    fn display_name(&self, args: &[Expr]) -> Result<String> {
+        Ok(format!("CAST({} AS Timestamp(µs))", args[0]))
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Timestamp(
+            arrow::datatypes::TimeUnit::Microsecond,
+            None,
+        ))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let scalar = matches!(args.args[0], ColumnarValue::Scalar(_));
+        let array = ColumnarValue::values_to_arrays(&args.args)?.remove(0);
+        let micros = arrow::compute::cast(
+            &array,
+            &DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, None),
+        )?;
+        let micros = micros
+            .as_any()
+            .downcast_ref::<arrow::array::TimestampMicrosecondArray>()
+            .expect("cast to Timestamp(µs)");
+        let out: arrow::array::TimestampMicrosecondArray = micros
+            .iter()
+            .map(|v| v.map(|us| us + self.zone.offset_at(us) as i64 * 1_000_000))
+            .collect();
+        if scalar {
+            Ok(ColumnarValue::Scalar(
+                datafusion::common::ScalarValue::try_from_array(&out, 0)?,
+            ))
+        } else {
+            Ok(ColumnarValue::Array(Arc::new(out)))
+        }
+    }
+}
+
 /// Replaces integer `+`/`-`/`*` in `expr` (typed against `schema`) with checked calls,
 /// numeric/float → integer casts with [`RoundingCast`], and timestamp → text casts with
 /// [`TimestampText`].
-pub fn check_integer_arithmetic(expr: Expr, schema: &DFSchema) -> Result<Transformed<Expr>> {
+/// `zone`: the session's time zone, for timestamptz → text and timestamptz → timestamp.
+pub fn check_integer_arithmetic(
+    expr: Expr,
+    schema: &DFSchema,
+    zone: Zone,
+) -> Result<Transformed<Expr>> {
     expr.transform_up(|e| {
+        // text → timestamp(tz): Postgres' input syntax (`2024-01-01 10:00`, `epoch`), a
+        // timestamptz without an offset in the session's zone
+        if let Expr::Cast(c) = &e
+            && let DataType::Timestamp(unit, tz) = c.field.data_type()
+            && let Ok(DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8) =
+                c.expr.get_type(schema)
+        {
+            let udf = Arc::new(ScalarUDF::new_from_impl(TextTimestamp {
+                zone: tz.as_ref().map(|_| zone),
+                label: tz.clone(),
+                signature: Signature::any(1, Volatility::Immutable),
+            }));
+            let call = Expr::ScalarFunction(ScalarFunction::new_udf(udf, vec![(*c.expr).clone()]));
+            return Ok(Transformed::yes(
+                if *unit == arrow::datatypes::TimeUnit::Microsecond {
+                    call
+                } else {
+                    Expr::Cast(datafusion::logical_expr::Cast::new(
+                        Box::new(call),
+                        c.field.data_type().clone(),
+                    ))
+                },
+            ));
+        }
+        // timestamptz → timestamp: the wall-clock time in the session's zone (Arrow keeps
+        // the UTC one)
+        if let Expr::Cast(c) = &e
+            && zone != Zone::UTC
+            && let DataType::Timestamp(unit, None) = c.field.data_type()
+            && let Ok(DataType::Timestamp(_, Some(_))) = c.expr.get_type(schema)
+        {
+            let udf = Arc::new(ScalarUDF::new_from_impl(LocalTimestamp {
+                zone,
+                signature: Signature::any(1, Volatility::Immutable),
+            }));
+            let call = Expr::ScalarFunction(ScalarFunction::new_udf(udf, vec![(*c.expr).clone()]));
+            return Ok(Transformed::yes(
+                if *unit == arrow::datatypes::TimeUnit::Microsecond {
+                    call
+                } else {
+                    Expr::Cast(datafusion::logical_expr::Cast::new(
+                        Box::new(call),
+                        c.field.data_type().clone(),
+                    ))
+                },
+            ));
+        }
         if let Expr::Cast(c) = &e
             && matches!(
                 c.field.data_type(),
                 DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8
             )
-            && let Ok(DataType::Timestamp(_, zone)) = c.expr.get_type(schema)
+            && let Ok(DataType::Timestamp(_, tz)) = c.expr.get_type(schema)
         {
             let udf = Arc::new(ScalarUDF::new_from_impl(TimestampText {
-                with_zone: zone.is_some(),
+                zone: tz.is_some().then_some(zone),
                 signature: Signature::any(1, Volatility::Immutable),
             }));
             let call = Expr::ScalarFunction(ScalarFunction::new_udf(udf, vec![(*c.expr).clone()]));
@@ -367,7 +541,12 @@ pub fn check_integer_arithmetic(expr: Expr, schema: &DFSchema) -> Result<Transfo
 pub struct CheckedIntegerArithmetic;
 
 impl AnalyzerRule for CheckedIntegerArithmetic {
-    fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> Result<LogicalPlan> {
+    fn analyze(&self, plan: LogicalPlan, config: &ConfigOptions) -> Result<LogicalPlan> {
+        let zone = config
+            .execution
+            .time_zone
+            .as_deref()
+            .map_or(Zone::UTC, Zone::from_arrow);
         plan.transform_up_with_subqueries(|node| {
             // expressions of a node are typed against its inputs (merged for joins)
             let mut schema = DFSchema::empty();
@@ -377,7 +556,7 @@ impl AnalyzerRule for CheckedIntegerArithmetic {
             let preserver = NamePreserver::new(&node);
             node.map_expressions(|e| {
                 let saved = preserver.save(&e);
-                let t = check_integer_arithmetic(e, &schema)?;
+                let t = check_integer_arithmetic(e, &schema, zone)?;
                 Ok(if t.transformed {
                     Transformed::yes(saved.restore(t.data))
                 } else {

@@ -206,6 +206,8 @@ pub struct Session {
     synced_generation: Option<u64>,
     /// `lock_timeout`, as of the last [`Session::sync_settings`].
     pub lock_timeout: Option<std::time::Duration>,
+    /// `TimeZone`, likewise: how timestamptz values are printed and read.
+    pub zone: orochi_common::zone::Zone,
     /// `idle_session_timeout` and `idle_in_transaction_session_timeout`, likewise.
     pub idle_timeouts: (Option<std::time::Duration>, Option<std::time::Duration>),
 }
@@ -274,6 +276,7 @@ impl Session {
             backend_pid: 0,
             synced_generation: None,
             lock_timeout: None,
+            zone: orochi_common::zone::Zone::UTC,
             idle_timeouts: (None, None),
         };
         session.refresh_functions();
@@ -353,6 +356,15 @@ impl Session {
             }
             self.synced_generation = Some(generation);
             self.lock_timeout = st.duration("lock_timeout");
+            let zone =
+                orochi_common::zone::Zone::from_setting(&st.get("TimeZone").unwrap_or_default());
+            if zone != self.zone {
+                self.zone = zone;
+                // DataFusion reads a timestamptz written without an offset (casts, literals)
+                // in its session zone, and gives now() that zone
+                let name = zone.arrow_name();
+                self.state.config_mut().options_mut().execution.time_zone = Some(name);
+            }
             self.idle_timeouts = (
                 st.duration("idle_session_timeout"),
                 st.duration("idle_in_transaction_session_timeout"),

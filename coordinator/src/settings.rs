@@ -539,18 +539,16 @@ fn time_zone(value: &str) -> DbResult<String> {
     {
         return Ok(tz.name().to_string());
     }
-    let letters = v.bytes().take_while(u8::is_ascii_alphabetic).count();
-    let offset = &v[letters..];
-    let offset = offset.strip_prefix(['+', '-']).unwrap_or(offset);
-    let (hours, minutes) = offset.split_once(':').unwrap_or((offset, "00"));
-    let digits = |s: &str, max: u32| {
-        (1..=2).contains(&s.len())
-            && s.bytes().all(|b| b.is_ascii_digit())
-            && s.parse::<u32>().is_ok_and(|n| n <= max)
+    // `<+02>-02`: POSIX with a quoted abbreviation (how Postgres shows `+02`)
+    let abbreviation_ok = match v.strip_prefix('<') {
+        Some(r) => r.split_once('>').is_some(),
+        None => {
+            let letters = v.bytes().take_while(u8::is_ascii_alphabetic).count();
+            letters == 0 || letters >= 3
+        }
     };
-    let posix = (letters == 0 || letters >= 3) && digits(hours, 15) && digits(minutes, 59);
-    if posix {
-        return Ok(v.to_string());
+    if abbreviation_ok && orochi_common::zone::offset_of(v).is_some() {
+        return Ok(orochi_common::zone::canonical_offset(v));
     }
     Err(invalid("TimeZone", value))
 }

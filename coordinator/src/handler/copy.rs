@@ -621,7 +621,7 @@ impl CopyIn {
             .iter()
             .zip(fields)
             .map(|(&col, f)| match f {
-                Some(text) => Datum::parse(self.def.columns[col].ty, &text),
+                Some(text) => Datum::parse_in(self.def.columns[col].ty, &text, &s.zone),
                 None => Ok(Datum::Null),
             })
             .collect::<DbResult<Vec<_>>>()?;

@@ -117,7 +117,9 @@ fn column_default(s: &Session, e: &ast::Expr, ty: SqlType) -> DbResult<ColumnDef
     ) {
         return Ok(ColumnDefault::Now);
     }
-    if let Some(v) = crate::handler::eval::const_datum(e, ty, &vec![]) {
+    if let Some(v) =
+        crate::handler::eval::const_datum(e, ty, &vec![], &orochi_common::zone::Zone::UTC)
+    {
         return Ok(ColumnDefault::Const(v?));
     }
     // fold other constant expressions now if they have no volatile calls

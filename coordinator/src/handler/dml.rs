@@ -558,7 +558,7 @@ async fn insert_source_rows(
                     vals.push(None);
                     continue;
                 }
-                let v = match const_datum(e, types[k], params) {
+                let v = match const_datum(e, types[k], params, &s.zone) {
                     Some(v) => v?,
                     None => {
                         let ev = Evaluator::plan(

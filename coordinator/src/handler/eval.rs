@@ -228,16 +228,18 @@ pub fn zip_batches(schema: SchemaRef, a: &RecordBatch, b: &RecordBatch) -> DbRes
 
 /// A literal or parameter in a VALUES list converted straight to a column value, without
 /// planning; `None` when the expression needs evaluation.
+/// Strings for a `timestamptz` without an offset are read in `zone`.
 pub fn const_datum(
     e: &ast::Expr,
     ty: orochi_common::types::SqlType,
     params: &Params,
+    zone: &orochi_common::zone::Zone,
 ) -> Option<DbResult<Datum>> {
     use ast::{Expr as E, Value as V};
     match e {
         E::Value(v) => match &v.value {
             V::Number(n, _) => Some(Datum::parse(ty, n)),
-            V::SingleQuotedString(s) => Some(Datum::parse(ty, s)),
+            V::SingleQuotedString(s) => Some(Datum::parse_in(ty, s, zone)),
             V::Boolean(b) => Some(Datum::Bool(*b).coerce_to(ty)),
             V::Null => Some(Ok(Datum::Null)),
             V::Placeholder(p) => {

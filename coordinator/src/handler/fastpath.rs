@@ -10,6 +10,7 @@
 //! type exactly (`aid = 1.5` on an integer key is not a key lookup and is left to the planner),
 //! so the answer is the one the general path gives, only cheaper: one `get` by key.
 
+use orochi_common::zone::Zone;
 use std::sync::Arc;
 
 use arrow::datatypes::{Field, Schema, SchemaRef};
@@ -286,7 +287,7 @@ fn pinned_key(def: &TableDef, alias: &str, selection: &ast::Expr) -> Option<Vec<
 
 /// A statement value as a datum of `ty`, exactly; `None` when the conversion is not exact
 /// (the general path then decides what the comparison means, or reports the error).
-fn datum(v: &Value, ty: SqlType, params: &Params) -> Option<Datum> {
+fn datum(v: &Value, ty: SqlType, params: &Params, zone: &Zone) -> Option<Datum> {
     match v {
         Value::Number(n) => {
             if ty.is_integer() && !n.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
@@ -294,7 +295,7 @@ fn datum(v: &Value, ty: SqlType, params: &Params) -> Option<Datum> {
             }
             Datum::parse(ty, n).ok()
         }
-        Value::String(s) => Datum::parse(ty, s).ok(),
+        Value::String(s) => Datum::parse_in(ty, s, zone).ok(),
         Value::Bool(b) => (ty == SqlType::Bool).then_some(Datum::Bool(*b)),
         Value::Param(i) => {
             let d = scalar_to_datum(params.get(*i)?, ty)?;
@@ -337,7 +338,7 @@ pub async fn execute(
     }
     let mut key_values = Vec::with_capacity(plan.key.len());
     for (v, &col) in plan.key.iter().zip(&def.primary_key) {
-        match datum(v, def.columns[col].ty, params) {
+        match datum(v, def.columns[col].ty, params, &s.zone) {
             Some(d) => key_values.push(d),
             None => return Ok(None),
         }
@@ -386,7 +387,7 @@ pub async fn execute(
                 let v = match a {
                     Assignment::Set(v) | Assignment::Add { value: v, .. } => v,
                 };
-                match datum(v, ty, params) {
+                match datum(v, ty, params, &s.zone) {
                     Some(d) => values.push(d),
                     None => return Ok(None),
                 }
@@ -484,11 +485,17 @@ mod tests {
     fn exact_values_only() {
         let p = vec![];
         assert_eq!(
-            datum(&Value::Number("7".into()), SqlType::Int4, &p),
+            datum(&Value::Number("7".into()), SqlType::Int4, &p, &Zone::UTC),
             Some(Datum::Int4(7))
         );
-        assert_eq!(datum(&Value::Number("1.5".into()), SqlType::Int4, &p), None);
-        assert_eq!(datum(&Value::Number("1e3".into()), SqlType::Int8, &p), None);
-        assert_eq!(datum(&Value::Param(0), SqlType::Int4, &p), None);
+        assert_eq!(
+            datum(&Value::Number("1.5".into()), SqlType::Int4, &p, &Zone::UTC),
+            None
+        );
+        assert_eq!(
+            datum(&Value::Number("1e3".into()), SqlType::Int8, &p, &Zone::UTC),
+            None
+        );
+        assert_eq!(datum(&Value::Param(0), SqlType::Int4, &p, &Zone::UTC), None);
     }
 }

@@ -10,6 +10,7 @@ use datafusion::common::ScalarValue;
 use orochi_common::datum::{self, Datum};
 use orochi_common::error::{DbError, DbResult, SqlState};
 use orochi_common::types::{PG_TYPE_METADATA_KEY, SqlType};
+use orochi_common::zone::Zone;
 use pgwire::api::Type;
 use pgwire::api::results::{FieldFormat, FieldInfo};
 use pgwire::messages::data::DataRow;
@@ -79,7 +80,7 @@ fn array_type_of(elem: &Type) -> Type {
 }
 
 /// One-dimensional array in Postgres' text form: `{a,"b c",NULL}`.
-fn encode_text_array(values: &dyn Array, buf: &mut BytesMut) -> DbResult<()> {
+fn encode_text_array(values: &dyn Array, zone: &Zone, buf: &mut BytesMut) -> DbResult<()> {
     buf.put_u8(b'{');
     let mut elem = BytesMut::new();
     for i in 0..values.len() {
@@ -91,7 +92,7 @@ fn encode_text_array(values: &dyn Array, buf: &mut BytesMut) -> DbResult<()> {
             continue;
         }
         elem.clear();
-        encode_text(values, i, None, &mut elem)?;
+        encode_text(values, i, None, zone, &mut elem)?;
         let needs_quotes = elem.is_empty()
             || elem.eq_ignore_ascii_case(b"null")
             || elem
@@ -175,10 +176,12 @@ pub fn field_infos(schema: &Schema, format: impl Fn(usize) -> FieldFormat) -> Ve
 }
 
 /// Encodes every row of a batch as DataRow messages.
+/// Text values are written as Postgres writes them in the session's time `zone`.
 pub fn encode_batch(
     batch: &RecordBatch,
     fields: &[FieldInfo],
     schema: &Schema,
+    zone: &Zone,
     out: &mut Vec<DataRow>,
 ) -> DbResult<()> {
     let ncols = batch.num_columns();
@@ -200,7 +203,8 @@ pub fn encode_batch(
             if binary {
                 encode_binary(array.as_ref(), r, types.get(c).copied().flatten(), &mut buf)?;
             } else {
-                encode_text(array.as_ref(), r, types.get(c).copied().flatten(), &mut buf)?;
+                let ty = types.get(c).copied().flatten();
+                encode_text(array.as_ref(), r, ty, zone, &mut buf)?;
             }
             let len = (buf.len() - len_pos - 4) as i32;
             buf[len_pos..len_pos + 4].copy_from_slice(&len.to_be_bytes());
@@ -239,6 +243,7 @@ pub fn encode_copy_rows(
     batch: &RecordBatch,
     schema: &Schema,
     opts: &CopyOptions,
+    zone: &Zone,
     out: &mut Vec<BytesMut>,
 ) -> DbResult<()> {
     let types: Vec<Option<SqlType>> = schema.fields().iter().map(|f| sql_type_of(f)).collect();
@@ -272,7 +277,7 @@ pub fn encode_copy_rows(
                 continue;
             }
             value.clear();
-            encode_text(array.as_ref(), r, ty, &mut value)?;
+            encode_text(array.as_ref(), r, ty, zone, &mut value)?;
             match opts.format {
                 CopyFormat::Csv { quote, escape } => {
                     let mut field = Vec::with_capacity(value.len() + 2);
@@ -335,7 +340,13 @@ fn csv_field(v: &[u8], opts: &CopyOptions, quote: u8, escape: u8, out: &mut Vec<
     out.push(quote);
 }
 
-fn encode_text(a: &dyn Array, r: usize, ty: Option<SqlType>, buf: &mut BytesMut) -> DbResult<()> {
+fn encode_text(
+    a: &dyn Array,
+    r: usize,
+    ty: Option<SqlType>,
+    zone: &Zone,
+    buf: &mut BytesMut,
+) -> DbResult<()> {
     use arrow::datatypes as t;
     match a.data_type() {
         DataType::Boolean => buf.put_slice(if a.as_boolean().value(r) { b"t" } else { b"f" }),
@@ -425,10 +436,12 @@ fn encode_text(a: &dyn Array, r: usize, ty: Option<SqlType>, buf: &mut BytesMut)
                     SqlType::Timestamp
                 },
             )?;
-            buf.put_slice(d.to_text().unwrap_or_default().as_bytes())
+            buf.put_slice(d.to_text_in(zone).unwrap_or_default().as_bytes())
         }
-        DataType::List(_) => encode_text_array(a.as_list::<i32>().value(r).as_ref(), buf)?,
-        DataType::LargeList(_) => encode_text_array(a.as_list::<i64>().value(r).as_ref(), buf)?,
+        DataType::List(_) => encode_text_array(a.as_list::<i32>().value(r).as_ref(), zone, buf)?,
+        DataType::LargeList(_) => {
+            encode_text_array(a.as_list::<i64>().value(r).as_ref(), zone, buf)?
+        }
         _ => {
             let fmt = arrow::util::display::ArrayFormatter::try_new(a, &Default::default())
                 .map_err(|e| DbError::internal(format!("formatting {}: {e}", a.data_type())))?;
@@ -486,7 +499,7 @@ fn encode_binary(a: &dyn Array, r: usize, ty: Option<SqlType>, buf: &mut BytesMu
         (DataType::LargeBinary, _) => buf.put_slice(a.as_binary::<i64>().value(r)),
         (DataType::BinaryView, _) => buf.put_slice(a.as_binary_view().value(r)),
         // text-like types are their UTF-8 bytes in binary format too
-        _ => encode_text(a, r, ty, buf)?,
+        _ => encode_text(a, r, ty, &Zone::UTC, buf)?,
     }
     Ok(())
 }
@@ -599,7 +612,13 @@ pub fn decode_binary(b: &[u8], ty: SqlType) -> DbResult<Datum> {
     })
 }
 
-pub fn decode_param(bytes: Option<&[u8]>, binary: bool, t: &Type) -> DbResult<ScalarValue> {
+/// A bound parameter's value; text input is read in the session's time `zone`.
+pub fn decode_param(
+    bytes: Option<&[u8]>,
+    binary: bool,
+    t: &Type,
+    zone: &Zone,
+) -> DbResult<ScalarValue> {
     let ty = sql_type_for_pg(t).unwrap_or(SqlType::Text);
     let Some(b) = bytes else {
         return Ok(datum_to_scalar(&Datum::Null, ty));
@@ -620,7 +639,7 @@ pub fn decode_param(bytes: Option<&[u8]>, binary: bool, t: &Type) -> DbResult<Sc
                 "invalid byte sequence for encoding \"UTF8\"",
             )
         })?;
-        Datum::parse(ty, s)?
+        Datum::parse_in(ty, s, zone)?
     } else {
         decode_binary(b, ty).map_err(|e| {
             if e.state == SqlState::InvalidBinaryRepresentation {

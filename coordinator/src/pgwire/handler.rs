@@ -1,6 +1,7 @@
 //! pgwire's handler traits, implemented per connection on top of [`Session`]. No planning
 //! here: statements are parsed, then handed to the session; results are encoded.
 
+use orochi_common::zone::Zone;
 use std::collections::BTreeSet;
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -642,6 +643,7 @@ async fn to_response(
     materialize: bool,
     stop: StopSignal,
     failed: Arc<AtomicBool>,
+    zone: Zone,
 ) -> PgWireResult<Response> {
     Ok(match result {
         StatementResult::Command(tag) => Response::Execution(Tag::new(&tag)),
@@ -656,7 +658,7 @@ async fn to_response(
             schema,
             stream,
             options,
-        } => copy_out_response(schema, stream, options, stop, failed),
+        } => copy_out_response(schema, stream, options, stop, failed, zone),
         StatementResult::Rows {
             schema,
             stream,
@@ -668,7 +670,7 @@ async fn to_response(
                 match batch {
                     Ok(b) => {
                         let mut out = Vec::with_capacity(b.num_rows());
-                        match encode_batch(&b, &f2, &schema, &mut out) {
+                        match encode_batch(&b, &f2, &schema, &zone, &mut out) {
                             Ok(()) => out.into_iter().map(Ok).collect(),
                             Err(e) => vec![Err(to_pgwire(&e, None))],
                         }
@@ -718,6 +720,7 @@ fn copy_out_response(
     options: crate::handler::copy::CopyOptions,
     stop: StopSignal,
     failed: Arc<AtomicBool>,
+    zone: Zone,
 ) -> Response {
     use crate::handler::copy::CopyFormat;
     use pgwire::messages::copy::CopyData;
@@ -734,7 +737,8 @@ fn copy_out_response(
             Err(e) => return vec![Err(to_pgwire(&df_to_db(e), None))],
         };
         let mut out = Vec::with_capacity(batch.num_rows());
-        if let Err(e) = crate::pgwire::encode::encode_copy_rows(&batch, &schema, &options, &mut out)
+        if let Err(e) =
+            crate::pgwire::encode::encode_copy_rows(&batch, &schema, &options, &zone, &mut out)
         {
             return vec![Err(to_pgwire(&e, None))];
         }
@@ -812,7 +816,9 @@ impl SimpleQueryHandler for Handler {
                 Ok(r) => {
                     let copy = matches!(r, StatementResult::CopyIn { .. });
                     let failed = session.stream_failed.clone();
-                    match to_response(r, |_| FieldFormat::Text, many, stop, failed).await {
+                    session.sync_settings();
+                    let zone = session.zone;
+                    match to_response(r, |_| FieldFormat::Text, many, stop, failed, zone).await {
                         Ok(resp) => out.push(resp),
                         Err(PgWireError::UserError(info)) => {
                             out.push(Response::Error(info));
@@ -922,14 +928,16 @@ impl ExtendedQueryHandler for Handler {
                 .deallocate(_client, name)
                 .map_err(|e| to_pgwire(&e, None));
         }
+        let mut session = self.session.lock().await;
+        session.sync_settings();
         let mut params = Vec::with_capacity(portal.parameters.len());
         for (i, p) in portal.parameters.iter().enumerate() {
             let t = prepared.param_types.get(i).cloned().unwrap_or(Type::TEXT);
-            let v = decode_param(p.as_deref(), portal.parameter_format.is_binary(i), &t)
+            let binary = portal.parameter_format.is_binary(i);
+            let v = decode_param(p.as_deref(), binary, &t, &session.zone)
                 .map_err(|e| to_pgwire(&e, None))?;
             params.push(v);
         }
-        let mut session = self.session.lock().await;
         let timeout = session.settings.lock().statement_timeout();
         let stop = stop_signal(_client, timeout).await;
         let result = execute_stoppable(&mut session, &prepared.stmt, &params, &stop).await;
@@ -937,7 +945,17 @@ impl ExtendedQueryHandler for Handler {
         let result = result.map_err(|e| to_pgwire(&e, None))?;
         let fmt = portal.result_column_format.clone();
         let failed = session.stream_failed.clone();
-        to_response(result, move |i| fmt.format_for(i), false, stop, failed).await
+        session.sync_settings();
+        let zone = session.zone;
+        to_response(
+            result,
+            move |i| fmt.format_for(i),
+            false,
+            stop,
+            failed,
+            zone,
+        )
+        .await
     }
 }
 
