@@ -58,6 +58,9 @@ pub enum Command {
     /// Reserves `values` more values of the sequence stored at `key`
     /// ([`Outcome::Reserved`]).
     ReserveSequence { key: String, values: i64 },
+    /// Appends a worker to the worker list unless it is there ([`Outcome::Ids`]: its index),
+    /// so workers registering through different coordinators get one order everywhere.
+    AppendWorker { address: String },
 }
 
 /// What applying a [`Command`] produced.
@@ -122,6 +125,8 @@ fn json<T: Serialize>(value: &T) -> Vec<u8> {
 pub struct CatalogState {
     pub(crate) tree: sled::Tree,
     inner: RwLock<Inner>,
+    /// Bumped by every applied change, so caches of catalog contents know when to look again.
+    version: std::sync::atomic::AtomicU64,
 }
 
 impl CatalogState {
@@ -129,6 +134,7 @@ impl CatalogState {
         let state = CatalogState {
             tree,
             inner: RwLock::new(Inner::default()),
+            version: Default::default(),
         };
         state.reload()?;
         Ok(state)
@@ -145,6 +151,8 @@ impl CatalogState {
             reflect(&mut inner, &String::from_utf8_lossy(&k), Some(&v))?;
         }
         *self.inner.write() = inner;
+        self.version
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 
@@ -154,6 +162,8 @@ impl CatalogState {
         for (key, value) in changes {
             reflect(&mut inner, key, value.as_deref())?;
         }
+        self.version
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 
@@ -190,6 +200,22 @@ impl CatalogState {
                 Ok((
                     Outcome::Ids(first),
                     vec![("next_table_id".to_string(), Some(next))],
+                ))
+            }
+            Command::AppendWorker { address } => {
+                let mut list: Vec<String> = tx
+                    .get("workers")?
+                    .and_then(|v| serde_json::from_slice(&v).ok())
+                    .unwrap_or_default();
+                if let Some(i) = list.iter().position(|a| a == address) {
+                    return Ok((Outcome::Ids(i as u64), Vec::new()));
+                }
+                list.push(address.clone());
+                let bytes = json(&list);
+                tx.insert("workers", bytes.as_slice())?;
+                Ok((
+                    Outcome::Ids(list.len() as u64 - 1),
+                    vec![("workers".to_string(), Some(bytes))],
                 ))
             }
             Command::ReserveSequence { key, values } => {
@@ -592,6 +618,25 @@ impl Catalog {
                 .map(Some)
                 .map_err(|e| corrupt("workers", e)),
         }
+    }
+
+    /// Appends a worker to the recorded list (unless it is there); its index in the list.
+    pub fn append_worker(&self, address: &str) -> DbResult<usize> {
+        match self.propose(Command::AppendWorker {
+            address: address.to_string(),
+        })? {
+            Outcome::Ids(i) => Ok(i as usize),
+            other => Err(DbError::internal(format!(
+                "recording a worker: unexpected outcome {other:?}"
+            ))),
+        }
+    }
+
+    /// Changes whenever the catalog does (here: a change applied, from any coordinator).
+    pub fn version(&self) -> u64 {
+        self.state
+            .version
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn put_workers(&self, workers: &[String]) -> DbResult<()> {

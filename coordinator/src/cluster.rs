@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use arrow_flight::Action;
@@ -238,6 +239,8 @@ pub struct ClusterShardService {
     savepoints: Mutex<HashMap<TxnId, Vec<Vec<u64>>>>,
     /// Serializes worker registrations.
     registering: tokio::sync::Mutex<()>,
+    /// The catalog version the worker list was last compared with.
+    seen_version: std::sync::atomic::AtomicU64,
     /// When this process started (µs since the epoch): every transaction id it hands out is
     /// above it, every one of its predecessors' below (see `Call::AbortOpen`).
     started: TxnId,
@@ -261,6 +264,7 @@ impl ClusterShardService {
             participants: Mutex::new(HashMap::new()),
             savepoints: Mutex::new(HashMap::new()),
             registering: tokio::sync::Mutex::new(()),
+            seen_version: Default::default(),
             started: crate::session::txn_id_floor(node),
         };
         let count = svc.workers().len() as u32;
@@ -300,12 +304,9 @@ impl ClusterShardService {
                     .await?,
             )?;
         }
-        let mut list: Vec<RemoteWorker> = self.workers().as_ref().clone();
-        list.push(worker);
-        let addresses: Vec<String> = list.iter().map(|w| w.address.clone()).collect();
-        self.catalog.put_workers(&addresses)?;
-        let node = list.len() - 1;
-        *self.workers.write() = Arc::new(list);
+        // one order for every coordinator: the log's
+        let node = self.catalog.append_worker(address)?;
+        self.sync_workers();
         tracing::info!(worker = %address, node, "worker registered");
         Ok(node)
     }
@@ -318,9 +319,43 @@ impl ClusterShardService {
         Some(i)
     }
 
-    /// The workers now.
+    /// The workers now (with those that registered through another coordinator since).
     fn workers(&self) -> Arc<Vec<RemoteWorker>> {
+        if self.catalog.version() != self.seen_version.load(Ordering::Acquire) {
+            self.sync_workers();
+        }
         self.workers.read().clone()
+    }
+
+    /// Appends the workers the catalog lists beyond those known here (the list only grows).
+    fn sync_workers(&self) {
+        let version = self.catalog.version();
+        let Ok(Some(recorded)) = self.catalog.workers() else {
+            self.seen_version.store(version, Ordering::Release);
+            return;
+        };
+        let mut workers = self.workers.write();
+        if recorded.len() > workers.len()
+            && recorded[..workers.len()]
+                .iter()
+                .eq(workers.iter().map(|w| &w.address))
+        {
+            let mut list = workers.as_ref().clone();
+            for address in &recorded[list.len()..] {
+                match RemoteWorker::new(address) {
+                    Ok(w) => {
+                        tracing::info!(worker = %address, "a worker registered through another coordinator");
+                        list.push(w);
+                    }
+                    Err(e) => {
+                        tracing::error!(worker = %address, error = %e.message, "a recorded worker");
+                        return;
+                    }
+                }
+            }
+            *workers = Arc::new(list);
+        }
+        self.seen_version.store(version, Ordering::Release);
     }
 
     /// The worker that owns shard `shard` of table `def`: shards are placed round-robin over

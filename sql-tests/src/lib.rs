@@ -344,6 +344,8 @@ pub struct Group {
     pub workers: Vec<Server>,
     /// `--raft-peer` values, `id=127.0.0.1:port`, by coordinator index (id = index + 1).
     peers: Vec<String>,
+    /// Each coordinator's `--cluster-listen` address, where workers may register.
+    pub cluster_listen: Vec<String>,
     tmp: tempfile::TempDir,
 }
 
@@ -358,10 +360,14 @@ impl Group {
         let peers: Vec<String> = (0..coordinators)
             .map(|i| format!("{}=127.0.0.1:{}", i + 1, free_port()))
             .collect();
+        let cluster_listen = (0..coordinators)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
         let mut group = Group {
             coordinators: Vec::new(),
             workers: started,
             peers,
+            cluster_listen,
             tmp,
         };
         // together: each waits for a majority of the group before it listens
@@ -390,6 +396,8 @@ impl Group {
             (i + 1).to_string(),
             "--raft-listen".into(),
             self.peers[i].split_once('=').unwrap().1.to_string(),
+            "--cluster-listen".into(),
+            self.cluster_listen[i].clone(),
         ];
         for p in &self.peers {
             args.push("--raft-peer".into());
@@ -400,6 +408,23 @@ impl Group {
             args.push(w);
         }
         (dir, args)
+    }
+
+    /// Starts a worker that registers itself with coordinator `i`.
+    pub fn register_worker(&mut self, i: usize) -> anyhow::Result<()> {
+        let dir = self
+            .tmp
+            .path()
+            .join(format!("worker{}", self.workers.len()));
+        let w = Server::start_binary(
+            "orochi-worker",
+            0,
+            &dir,
+            &["--coordinator", &self.cluster_listen[i]],
+            &[],
+        )?;
+        self.workers.push(w);
+        Ok(())
     }
 
     pub fn coordinator(&self, i: usize) -> &Server {

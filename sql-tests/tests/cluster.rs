@@ -884,6 +884,48 @@ async fn three_coordinators_share_one_raft_catalog_and_survive_a_leader_kill() {
             .get(0);
         assert_eq!(n, 300);
     }
+    // a worker registering with one coordinator is known to all (one order, the log's), and
+    // a table created afterwards through another places shards on it
+    g.register_worker(follower).unwrap();
+    for c in &clients {
+        eventually("the third worker everywhere", || async move {
+            let n: i64 = c
+                .query_one(
+                    "SELECT count(*) FROM orochi_cluster_status() WHERE role = 'worker' AND state = 'up'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            n == 3
+        })
+        .await;
+    }
+    let third = format!("127.0.0.1:{}", g.workers[2].port);
+    clients[leader]
+        .batch_execute(
+            "CREATE TABLE w3 (k int PRIMARY KEY); INSERT INTO w3 SELECT g FROM generate_series(1, 100) g",
+        )
+        .await
+        .unwrap();
+    for c in &clients {
+        let on_third: i64 = c
+            .query_one(
+                "SELECT coalesce(sum(row_count), 0)::bigint FROM orochi_shard_distribution() \
+                 WHERE table_name = 'public.w3' AND worker = $1",
+                &[&third],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(on_third > 0, "rows of w3 on {third}");
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM w3", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 100);
+    }
     let first = catalog_view(&clients[0]).await;
     assert!(first.iter().any(|l| l.starts_with("u:")), "{first:?}");
     for c in &clients[1..] {
