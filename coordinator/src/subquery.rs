@@ -44,7 +44,7 @@ pub const SUBQUERY_VALUE: &str = "__orochi_subquery_value";
 /// DataFusion as written. `is_aggregate` tells aggregate function names from scalar ones.
 pub fn wrap_scalar_subqueries(stmt: &mut ast::Statement, is_aggregate: &dyn Fn(&str) -> bool) {
     let _ = ast::visit_expressions_mut(stmt, |e| {
-        if let Some(mapped) = array_of_unnest(e) {
+        if let Some(mapped) = array_of_unnest(e).or_else(|| array_of_subquery(e, is_aggregate)) {
             *e = mapped;
             return ControlFlow::<()>::Continue(());
         }
@@ -67,6 +67,112 @@ pub fn wrap_scalar_subqueries(stmt: &mut ast::Statement, is_aggregate: &dyn Fn(&
         }
         ControlFlow::<()>::Continue(())
     });
+}
+
+/// `ARRAY(SELECT e FROM … WHERE … ORDER BY …)`, which DataFusion lacks, as the aggregate
+/// subquery `coalesce((SELECT array_agg(e ORDER BY …) FROM … WHERE …), '{}')`: the same
+/// elements in the same order, an empty array for no rows, and correlated (`WHERE attrelid =
+/// c.oid`, as psql writes it) as DataFusion decorrelates aggregates. `None` for shapes it does
+/// not cover (several columns, GROUP BY, DISTINCT, LIMIT, set operations, aggregates inside).
+fn array_of_subquery(e: &ast::Expr, is_aggregate: &dyn Fn(&str) -> bool) -> Option<ast::Expr> {
+    let ast::Expr::Function(f) = e else {
+        return None;
+    };
+    if !f.name.to_string().eq_ignore_ascii_case("array") {
+        return None;
+    }
+    let ast::FunctionArguments::Subquery(q) = &f.args else {
+        return None;
+    };
+    if q.with.is_some() || q.limit_clause.is_some() || q.fetch.is_some() {
+        return None;
+    }
+    let ast::SetExpr::Select(select) = q.body.as_ref() else {
+        return None;
+    };
+    let plain_group_by = matches!(&select.group_by, ast::GroupByExpr::Expressions(g, m) if g.is_empty() && m.is_empty());
+    if select.having.is_some()
+        || select.distinct.is_some()
+        || !plain_group_by
+        || select.projection.len() != 1
+    {
+        return None;
+    }
+    let (ast::SelectItem::UnnamedExpr(element)
+    | ast::SelectItem::ExprWithAlias { expr: element, .. }) = &select.projection[0]
+    else {
+        return None;
+    };
+    if aggregates_or_windows(element, is_aggregate) {
+        return None;
+    }
+    // ORDER BY 1 names the one column
+    let order: Vec<ast::OrderByExpr> = match &q.order_by {
+        None => Vec::new(),
+        Some(ast::OrderBy {
+            kind: ast::OrderByKind::Expressions(items),
+            ..
+        }) => items
+            .iter()
+            .map(|o| {
+                let mut o = o.clone();
+                if let ast::Expr::Value(v) = &o.expr
+                    && matches!(&v.value, ast::Value::Number(n, _) if n == "1")
+                {
+                    o.expr = element.clone();
+                }
+                o
+            })
+            .collect(),
+        Some(_) => return None,
+    };
+    let aggregate = ast::Expr::Function(ast::Function {
+        name: ast::ObjectName::from(vec![ast::Ident::new("array_agg")]),
+        uses_odbc_syntax: false,
+        parameters: ast::FunctionArguments::None,
+        args: ast::FunctionArguments::List(ast::FunctionArgumentList {
+            duplicate_treatment: None,
+            args: vec![ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(
+                element.clone(),
+            ))],
+            clauses: if order.is_empty() {
+                Vec::new()
+            } else {
+                vec![ast::FunctionArgumentClause::OrderBy(order)]
+            },
+        }),
+        filter: None,
+        null_treatment: None,
+        over: None,
+        within_group: Vec::new(),
+    });
+    let mut select = select.clone();
+    select.projection = vec![ast::SelectItem::UnnamedExpr(aggregate)];
+    let mut query = (**q).clone();
+    query.body = Box::new(ast::SetExpr::Select(select));
+    query.order_by = None;
+    let empty = ast::Expr::Array(ast::Array {
+        elem: Vec::new(),
+        named: true,
+    });
+    Some(call("coalesce", ast::Expr::Subquery(Box::new(query))).with_arg(empty))
+}
+
+trait WithArg {
+    fn with_arg(self, arg: ast::Expr) -> ast::Expr;
+}
+
+impl WithArg for ast::Expr {
+    /// Appends an argument to a function call.
+    fn with_arg(mut self, arg: ast::Expr) -> ast::Expr {
+        if let ast::Expr::Function(f) = &mut self
+            && let ast::FunctionArguments::List(list) = &mut f.args
+        {
+            list.args
+                .push(ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(arg)));
+        }
+        self
+    }
 }
 
 /// `ARRAY(SELECT f(x) FROM unnest(a) x)` — mapping over an array, usually an outer row's (psql's

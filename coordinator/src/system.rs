@@ -760,6 +760,8 @@ pub fn table(catalog: &Catalog, name: &str, _user: &str) -> Option<Arc<dyn Table
                 ("attstorage", 't'),
                 ("attcompression", 't'),
                 ("attstattarget", 'i'),
+                // column privileges: none yet
+                ("attacl", 'a'),
             ]);
             for d in &tables {
                 for (n, &i) in d.visible_columns().iter().enumerate() {
@@ -779,6 +781,7 @@ pub fn table(catalog: &Catalog, name: &str, _user: &str) -> Option<Arc<dyn Table
                         t(storage_of(c.ty)),
                         t(""),
                         V::I(-1),
+                        V::Null,
                     ]);
                 }
             }

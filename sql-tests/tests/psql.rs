@@ -21,6 +21,8 @@ DROP ROLE IF EXISTS psql_reader;
 DROP ROLE IF EXISTS psql_writer;
 CREATE ROLE psql_reader;
 CREATE USER psql_writer CREATEDB CONNECTION LIMIT 3 PASSWORD 'pw';
+GRANT SELECT ON items TO psql_reader;
+GRANT INSERT, UPDATE ON items TO psql_writer;
 "#;
 
 /// The meta-commands compared (each one psql invocation; several lines run in order).
@@ -46,6 +48,8 @@ const COMMANDS: &[&str] = &[
     r"\dn",
     r"\du",
     r"\df",
+    r"\dp",
+    r"\dp items",
     r"\x on
 SELECT id, name, price, tags FROM items ORDER BY id;",
     r"\timing on

@@ -67,9 +67,12 @@ impl PushDownToWorkers {
         }
         let pushable = any.is::<FilterExec>()
             || any.is::<ProjectionExec>()
-            || any
-                .downcast_ref::<AggregateExec>()
-                .is_some_and(|a| *a.mode() == AggregateMode::Partial);
+            || any.downcast_ref::<AggregateExec>().is_some_and(|a| {
+                // an ordered aggregate (`array_agg(x ORDER BY y)`) stays here: its order did
+                // not survive the trip through a fragment
+                *a.mode() == AggregateMode::Partial
+                    && a.aggr_expr().iter().all(|e| e.order_bys().is_empty())
+            });
         if pushable {
             return if self.functions.can_run(node.as_ref()) {
                 Step::Keep
