@@ -449,6 +449,25 @@ fn describe_typed(
     Ok((params, None))
 }
 
+/// The Postgres type of a function's `i`th parameter: ours whose signature takes any type
+/// but Postgres declares one, else what an exact signature says.
+fn function_parameter_type(f: &datafusion::logical_expr::ScalarUDF, i: usize) -> Option<Type> {
+    use datafusion::logical_expr::TypeSignature;
+    let declared: &[Type] = match f.name() {
+        "pg_cancel_backend" | "pg_terminate_backend" => &[Type::INT4],
+        "current_setting" => &[Type::TEXT, Type::BOOL],
+        "set_config" => &[Type::TEXT, Type::TEXT, Type::BOOL],
+        _ => &[],
+    };
+    if let Some(t) = declared.get(i) {
+        return Some(t.clone());
+    }
+    match &f.signature().type_signature {
+        TypeSignature::Exact(types) => types.get(i).map(pg_type_of_arrow),
+        _ => None,
+    }
+}
+
 /// Parameters compared with a column (`col = $1`, `$1 <> col`, through casts): typed as the
 /// column's SQL type; a parameter under a cast (`$1::int4`) has the cast's type.
 fn placeholder_column_types(
@@ -457,6 +476,16 @@ fn placeholder_column_types(
     set_param: &mut impl FnMut(&str, Option<Type>),
 ) {
     let _ = e.apply(|x| {
+        // `f($1)`: the type of f's parameter, as Postgres describes it
+        if let Expr::ScalarFunction(f) = x {
+            for (i, arg) in f.args.iter().enumerate() {
+                if let Expr::Placeholder(p) = arg
+                    && let Some(t) = function_parameter_type(f.func.as_ref(), i)
+                {
+                    set_param(&p.id, Some(t));
+                }
+            }
+        }
         // `$1::int4`: the cast's target type
         if let Expr::Cast(c) = x
             && let Expr::Placeholder(p) = c.expr.as_ref()
