@@ -426,7 +426,52 @@ pub fn check_integer_arithmetic(
     schema: &DFSchema,
     zone: Zone,
 ) -> Result<Transformed<Expr>> {
+    let session_label: Arc<str> = Arc::from(zone.arrow_name());
+    // a timestamptz argument labelled with another zone (a stored column's UTC), relabelled
+    // with the session's: the same instant, whose fields are then the session's wall clock
+    let relabel = |arg: &Expr| -> Option<Expr> {
+        match arg.get_type(schema) {
+            Ok(DataType::Timestamp(unit, Some(tz)))
+                if zone != Zone::UTC && *tz != *session_label =>
+            {
+                Some(Expr::Cast(datafusion::logical_expr::Cast::new(
+                    Box::new(arg.clone()),
+                    DataType::Timestamp(unit, Some(session_label.clone())),
+                )))
+            }
+            _ => None,
+        }
+    };
     expr.transform_up(|e| {
+        // extract/date_part/date_trunc/to_char and ::date/::time of a timestamptz: in the
+        // session's zone, as Postgres computes them
+        if let Expr::ScalarFunction(f) = &e
+            && matches!(
+                f.func.name(),
+                "date_part" | "date_trunc" | "to_char" | "extract"
+            )
+            && f.args.iter().any(|a| relabel(a).is_some())
+        {
+            let args = f
+                .args
+                .iter()
+                .map(|a| relabel(a).unwrap_or_else(|| a.clone()))
+                .collect();
+            return Ok(Transformed::yes(Expr::ScalarFunction(
+                ScalarFunction::new_udf(f.func.clone(), args),
+            )));
+        }
+        if let Expr::Cast(c) = &e
+            && matches!(
+                c.field.data_type(),
+                DataType::Date32 | DataType::Date64 | DataType::Time64(_) | DataType::Time32(_)
+            )
+            && let Some(arg) = relabel(&c.expr)
+        {
+            return Ok(Transformed::yes(Expr::Cast(
+                datafusion::logical_expr::Cast::new(Box::new(arg), c.field.data_type().clone()),
+            )));
+        }
         // text → timestamp(tz): Postgres' input syntax (`2024-01-01 10:00`, `epoch`), a
         // timestamptz without an offset in the session's zone
         if let Expr::Cast(c) = &e

@@ -70,7 +70,7 @@ pub fn wrap_scalar_subqueries(stmt: &mut ast::Statement, is_aggregate: &dyn Fn(&
 }
 
 /// `ARRAY(SELECT e FROM … WHERE … ORDER BY …)`, which DataFusion lacks, as the aggregate
-/// subquery `coalesce((SELECT array_agg(e ORDER BY …) FROM … WHERE …), '{}')`: the same
+/// subquery `array_concat((SELECT array_agg(e ORDER BY …) FROM … WHERE …), [])`: the same
 /// elements in the same order, an empty array for no rows, and correlated (`WHERE attrelid =
 /// c.oid`, as psql writes it) as DataFusion decorrelates aggregates. `None` for shapes it does
 /// not cover (several columns, GROUP BY, DISTINCT, LIMIT, set operations, aggregates inside).
@@ -116,7 +116,12 @@ fn array_of_subquery(e: &ast::Expr, is_aggregate: &dyn Fn(&str) -> bool) -> Opti
             .iter()
             .map(|o| {
                 let mut o = o.clone();
-                if let ast::Expr::Value(v) = &o.expr
+                // the planner may have typed the literal already (`CAST(1 AS INT)`)
+                let literal = match &o.expr {
+                    ast::Expr::Cast { expr, .. } => expr.as_ref(),
+                    e => e,
+                };
+                if let ast::Expr::Value(v) = literal
                     && matches!(&v.value, ast::Value::Number(n, _) if n == "1")
                 {
                     o.expr = element.clone();
@@ -126,36 +131,64 @@ fn array_of_subquery(e: &ast::Expr, is_aggregate: &dyn Fn(&str) -> bool) -> Opti
             .collect(),
         Some(_) => return None,
     };
-    let aggregate = ast::Expr::Function(ast::Function {
-        name: ast::ObjectName::from(vec![ast::Ident::new("array_agg")]),
-        uses_odbc_syntax: false,
-        parameters: ast::FunctionArguments::None,
-        args: ast::FunctionArguments::List(ast::FunctionArgumentList {
-            duplicate_treatment: None,
-            args: vec![ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(
-                element.clone(),
-            ))],
-            clauses: if order.is_empty() {
-                Vec::new()
-            } else {
-                vec![ast::FunctionArgumentClause::OrderBy(order)]
-            },
+    // ordered by the element itself (`ORDER BY 1`, the common case): the aggregate sorted
+    // afterwards — DataFusion's ordered array_agg merges partitions out of order at times
+    let by_element = match order.as_slice() {
+        [o] if o.expr == *element => Some(o.options.clone()),
+        _ => None,
+    };
+    let aggregate = match &by_element {
+        Some(options) => {
+            let desc = options.asc == Some(false);
+            let nulls_first = options.nulls_first.unwrap_or(desc);
+            call("array_sort", call("array_agg", element.clone()))
+                .with_arg(ast::Expr::value(ast::Value::SingleQuotedString(
+                    if desc { "DESC" } else { "ASC" }.into(),
+                )))
+                .with_arg(ast::Expr::value(ast::Value::SingleQuotedString(
+                    if nulls_first {
+                        "NULLS FIRST"
+                    } else {
+                        "NULLS LAST"
+                    }
+                    .into(),
+                )))
+        }
+        None => ast::Expr::Function(ast::Function {
+            name: ast::ObjectName::from(vec![ast::Ident::new("array_agg")]),
+            uses_odbc_syntax: false,
+            parameters: ast::FunctionArguments::None,
+            args: ast::FunctionArguments::List(ast::FunctionArgumentList {
+                duplicate_treatment: None,
+                args: vec![ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(
+                    element.clone(),
+                ))],
+                clauses: if order.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![ast::FunctionArgumentClause::OrderBy(order)]
+                },
+            }),
+            filter: None,
+            null_treatment: None,
+            over: None,
+            within_group: Vec::new(),
         }),
-        filter: None,
-        null_treatment: None,
-        over: None,
-        within_group: Vec::new(),
-    });
+    };
     let mut select = select.clone();
     select.projection = vec![ast::SelectItem::UnnamedExpr(aggregate)];
     let mut query = (**q).clone();
     query.body = Box::new(ast::SetExpr::Select(select));
     query.order_by = None;
-    let empty = ast::Expr::Array(ast::Array {
-        elem: Vec::new(),
-        named: true,
-    });
-    Some(call("coalesce", ast::Expr::Subquery(Box::new(query))).with_arg(empty))
+    // no rows: an empty array (array_concat skips the NULL; coalesce would be expanded to a
+    // CASE that evaluates the subquery twice)
+    let mut empty = call("make_array", ast::Expr::value(ast::Value::Null));
+    if let ast::Expr::Function(f) = &mut empty
+        && let ast::FunctionArguments::List(list) = &mut f.args
+    {
+        list.args.clear();
+    }
+    Some(call("array_concat", ast::Expr::Subquery(Box::new(query))).with_arg(empty))
 }
 
 trait WithArg {

@@ -68,8 +68,8 @@ impl PushDownToWorkers {
         let pushable = any.is::<FilterExec>()
             || any.is::<ProjectionExec>()
             || any.downcast_ref::<AggregateExec>().is_some_and(|a| {
-                // an ordered aggregate (`array_agg(x ORDER BY y)`) stays here: its order did
-                // not survive the trip through a fragment
+                // an ordered aggregate (`array_agg(x ORDER BY y)`) stays here: whether its
+                // input is already in order is decided for this plan, not for a fragment's
                 *a.mode() == AggregateMode::Partial
                     && a.aggr_expr().iter().all(|e| e.order_bys().is_empty())
             });
