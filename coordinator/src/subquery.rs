@@ -134,7 +134,7 @@ fn array_of_subquery(e: &ast::Expr, is_aggregate: &dyn Fn(&str) -> bool) -> Opti
     // ordered by the element itself (`ORDER BY 1`, the common case): the aggregate sorted
     // afterwards — DataFusion's ordered array_agg merges partitions out of order at times
     let by_element = match order.as_slice() {
-        [o] if o.expr == *element => Some(o.options.clone()),
+        [o] if o.expr == *element => Some(o.options),
         _ => None,
     };
     let aggregate = match &by_element {
