@@ -11,12 +11,20 @@ except ImportError:
     sys.exit("check-deploy: python3-yaml missing")
 docs = list(yaml.safe_load_all(open("deploy/kubernetes/orochi.yaml")))
 kinds = sorted(d["kind"] for d in docs)
-assert kinds == ["NetworkPolicy", "Service", "Service", "StatefulSet", "StatefulSet"], kinds
+assert kinds == ["NetworkPolicy", "Service", "Service", "Service", "StatefulSet", "StatefulSet"], kinds
 coord = next(d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "orochi-coordinator")
 env = {e["name"]: e for e in coord["spec"]["template"]["spec"]["containers"][0]["env"]}
 workers = next(d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "orochi-worker")
 hosts = env["OROCHI_WORKER_HOSTS"]["value"].split(",")
 assert len(hosts) == workers["spec"]["replicas"], (hosts, workers["spec"]["replicas"])
+# one Raft member per coordinator pod, named by the pods' stable names
+peers = dict(p.split("=", 1) for p in env["OROCHI_RAFT_PEERS"]["value"].split(","))
+replicas = coord["spec"]["replicas"]
+assert sorted(peers) == [str(i + 1) for i in range(replicas)], peers
+service = coord["spec"]["serviceName"]
+for i in range(replicas):
+    assert peers[str(i + 1)] == f"orochi-coordinator-{i}.{service}:7000", peers
+assert any(d["kind"] == "Service" and d["metadata"]["name"] == service and d["spec"].get("clusterIP") == "None" for d in docs), service
 compose = yaml.safe_load(open("deploy/docker/docker-compose.yml"))
 assert set(compose["services"]) == {"coordinator", "worker1", "worker2"}
 print("check-deploy: kubernetes and compose files ok")
