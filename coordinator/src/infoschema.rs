@@ -21,9 +21,24 @@ fn yes_no(b: bool) -> V {
     t(if b { "YES" } else { "NO" })
 }
 
-/// The view `name` as of now; `None` if there is no such view.
-pub fn table(catalog: &Catalog, name: &str) -> Option<Arc<dyn TableProvider>> {
-    let tables = catalog.all_tables();
+/// The view `name` as of now, as `who` may see it (as in Postgres, only tables and schemas
+/// it owns or holds some privilege on); `None` if there is no such view.
+pub fn table(
+    catalog: &Catalog,
+    name: &str,
+    who: &crate::privilege::Access,
+) -> Option<Arc<dyn TableProvider>> {
+    use crate::privilege::ObjectKind;
+    let tables: Vec<_> = catalog
+        .all_tables()
+        .into_iter()
+        .filter(|d| {
+            let acl = catalog.table_acl(d.id);
+            who.superuser
+                || acl.owner == who.role
+                || !acl.privileges_of(ObjectKind::Table, &who.role).is_empty()
+        })
+        .collect();
     Some(match name {
         "schemata" => {
             let mut tb = Table::new(&[
@@ -36,7 +51,12 @@ pub fn table(catalog: &Catalog, name: &str) -> Option<Arc<dyn TableProvider>> {
                 ("sql_path", 't'),
             ]);
             let mut schemas = vec!["pg_catalog".to_string(), "information_schema".to_string()];
-            schemas.extend(catalog.schemas());
+            schemas.extend(catalog.schemas().into_iter().filter(|s| {
+                let acl = catalog.schema_acl(s);
+                who.superuser
+                    || acl.owner == who.role
+                    || !acl.privileges_of(ObjectKind::Schema, &who.role).is_empty()
+            }));
             for s in &schemas {
                 let owner = if s == "public" {
                     "pg_database_owner"

@@ -209,7 +209,7 @@ impl ContextProvider for Planner<'_> {
             Some(_) => false,
         };
         if schema == Some("information_schema")
-            && let Some(t) = crate::infoschema::table(self.catalog, table)
+            && let Some(t) = crate::infoschema::table(self.catalog, table, &self.access)
         {
             return Ok(provider_as_source(t));
         }
