@@ -223,13 +223,7 @@ impl ScalarUDFImpl for RoundingCast {
         }
         let wide: ArrayRef = Arc::new(Int64Array::from(values));
         let array = arrow::compute::cast(&wide, &self.target)?;
-        if scalar {
-            Ok(ColumnarValue::Scalar(
-                datafusion::common::ScalarValue::try_from_array(&array, 0)?,
-            ))
-        } else {
-            Ok(ColumnarValue::Array(array))
-        }
+        shaped_like_input(scalar, array)
     }
 }
 
@@ -287,13 +281,28 @@ impl ScalarUDFImpl for TimestampText {
                 })
             })
             .collect();
-        if scalar {
-            Ok(ColumnarValue::Scalar(
-                datafusion::common::ScalarValue::try_from_array(&out, 0)?,
-            ))
-        } else {
-            Ok(ColumnarValue::Array(Arc::new(out)))
-        }
+        shaped_like_input(scalar, Arc::new(out))
+    }
+}
+
+/// A UDF's result as a scalar when its input was one.
+fn shaped_like_input(scalar: bool, out: arrow::array::ArrayRef) -> Result<ColumnarValue> {
+    Ok(if scalar {
+        ColumnarValue::Scalar(datafusion::common::ScalarValue::try_from_array(&out, 0)?)
+    } else {
+        ColumnarValue::Array(out)
+    })
+}
+
+/// `call` cast to the type the replaced cast produced, unless it already `produces` it.
+fn cast_unless(call: Expr, target: &DataType, produces: bool) -> Expr {
+    if produces {
+        call
+    } else {
+        Expr::Cast(datafusion::logical_expr::Cast::new(
+            Box::new(call),
+            target.clone(),
+        ))
     }
 }
 
@@ -355,13 +364,7 @@ impl ScalarUDFImpl for TextTimestamp {
             })
             .collect::<Result<arrow::array::TimestampMicrosecondArray>>()?
             .with_timezone_opt(self.label.clone());
-        if scalar {
-            Ok(ColumnarValue::Scalar(
-                datafusion::common::ScalarValue::try_from_array(&out, 0)?,
-            ))
-        } else {
-            Ok(ColumnarValue::Array(Arc::new(out)))
-        }
+        shaped_like_input(scalar, Arc::new(out))
     }
 }
 
@@ -407,13 +410,7 @@ impl ScalarUDFImpl for LocalTimestamp {
             .iter()
             .map(|v| v.map(|us| us + self.zone.offset_at(us) as i64 * 1_000_000))
             .collect();
-        if scalar {
-            Ok(ColumnarValue::Scalar(
-                datafusion::common::ScalarValue::try_from_array(&out, 0)?,
-            ))
-        } else {
-            Ok(ColumnarValue::Array(Arc::new(out)))
-        }
+        shaped_like_input(scalar, Arc::new(out))
     }
 }
 
@@ -485,16 +482,9 @@ pub fn check_integer_arithmetic(
                 signature: Signature::any(1, Volatility::Immutable),
             }));
             let call = Expr::ScalarFunction(ScalarFunction::new_udf(udf, vec![(*c.expr).clone()]));
-            return Ok(Transformed::yes(
-                if *unit == arrow::datatypes::TimeUnit::Microsecond {
-                    call
-                } else {
-                    Expr::Cast(datafusion::logical_expr::Cast::new(
-                        Box::new(call),
-                        c.field.data_type().clone(),
-                    ))
-                },
-            ));
+            return Ok(Transformed::yes(cast_unless(call, c.field.data_type(), {
+                *unit == arrow::datatypes::TimeUnit::Microsecond
+            })));
         }
         // timestamptz → timestamp: the wall-clock time in the session's zone (Arrow keeps
         // the UTC one)
@@ -508,16 +498,9 @@ pub fn check_integer_arithmetic(
                 signature: Signature::any(1, Volatility::Immutable),
             }));
             let call = Expr::ScalarFunction(ScalarFunction::new_udf(udf, vec![(*c.expr).clone()]));
-            return Ok(Transformed::yes(
-                if *unit == arrow::datatypes::TimeUnit::Microsecond {
-                    call
-                } else {
-                    Expr::Cast(datafusion::logical_expr::Cast::new(
-                        Box::new(call),
-                        c.field.data_type().clone(),
-                    ))
-                },
-            ));
+            return Ok(Transformed::yes(cast_unless(call, c.field.data_type(), {
+                *unit == arrow::datatypes::TimeUnit::Microsecond
+            })));
         }
         if let Expr::Cast(c) = &e
             && matches!(
@@ -532,16 +515,11 @@ pub fn check_integer_arithmetic(
             }));
             let call = Expr::ScalarFunction(ScalarFunction::new_udf(udf, vec![(*c.expr).clone()]));
             // keep the cast's own result type (Utf8View where DataFusion asked for it)
-            return Ok(Transformed::yes(
-                if c.field.data_type() == &DataType::Utf8 {
-                    call
-                } else {
-                    Expr::Cast(datafusion::logical_expr::Cast::new(
-                        Box::new(call),
-                        c.field.data_type().clone(),
-                    ))
-                },
-            ));
+            return Ok(Transformed::yes(cast_unless(
+                call,
+                c.field.data_type(),
+                c.field.data_type() == &DataType::Utf8,
+            )));
         }
         if let Expr::Cast(c) = &e
             && is_integer(c.field.data_type())

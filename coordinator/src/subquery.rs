@@ -69,12 +69,9 @@ pub fn wrap_scalar_subqueries(stmt: &mut ast::Statement, is_aggregate: &dyn Fn(&
     });
 }
 
-/// `ARRAY(SELECT e FROM … WHERE … ORDER BY …)`, which DataFusion lacks, as the aggregate
-/// subquery `array_concat((SELECT array_agg(e ORDER BY …) FROM … WHERE …), [])`: the same
-/// elements in the same order, an empty array for no rows, and correlated (`WHERE attrelid =
-/// c.oid`, as psql writes it) as DataFusion decorrelates aggregates. `None` for shapes it does
-/// not cover (several columns, GROUP BY, DISTINCT, LIMIT, set operations, aggregates inside).
-fn array_of_subquery(e: &ast::Expr, is_aggregate: &dyn Fn(&str) -> bool) -> Option<ast::Expr> {
+/// `ARRAY(SELECT e …)` with one plain SELECT inside (no WITH, LIMIT, FETCH, GROUP BY,
+/// HAVING, DISTINCT; one column): the subquery, its SELECT and `e`.
+fn array_constructor(e: &ast::Expr) -> Option<(&ast::Query, &ast::Select, &ast::Expr)> {
     let ast::Expr::Function(f) = e else {
         return None;
     };
@@ -103,6 +100,16 @@ fn array_of_subquery(e: &ast::Expr, is_aggregate: &dyn Fn(&str) -> bool) -> Opti
     else {
         return None;
     };
+    Some((q, select, element))
+}
+
+/// `ARRAY(SELECT e FROM … WHERE … ORDER BY …)`, which DataFusion lacks, as the aggregate
+/// subquery `array_concat((SELECT array_agg(e ORDER BY …) FROM … WHERE …), [])`: the same
+/// elements in the same order, an empty array for no rows, and correlated (`WHERE attrelid =
+/// c.oid`, as psql writes it) as DataFusion decorrelates aggregates. `None` for shapes it does
+/// not cover (several columns, GROUP BY, DISTINCT, LIMIT, set operations, aggregates inside).
+fn array_of_subquery(e: &ast::Expr, is_aggregate: &dyn Fn(&str) -> bool) -> Option<ast::Expr> {
+    let (q, select, element) = array_constructor(e)?;
     if aggregates_or_windows(element, is_aggregate) {
         return None;
     }
@@ -177,8 +184,8 @@ fn array_of_subquery(e: &ast::Expr, is_aggregate: &dyn Fn(&str) -> bool) -> Opti
     };
     let mut select = select.clone();
     select.projection = vec![ast::SelectItem::UnnamedExpr(aggregate)];
-    let mut query = (**q).clone();
-    query.body = Box::new(ast::SetExpr::Select(select));
+    let mut query = q.clone();
+    query.body = Box::new(ast::SetExpr::Select(Box::new(select)));
     query.order_by = None;
     // no rows: an empty array (array_concat skips the NULL; coalesce would be expanded to a
     // CASE that evaluates the subquery twice)
@@ -213,37 +220,14 @@ impl WithArg for ast::Expr {
 /// decorrelation; an empty array when `a` is NULL, as the subquery gives. `None` for any other
 /// shape (a WHERE, ORDER BY, several columns…).
 fn array_of_unnest(e: &ast::Expr) -> Option<ast::Expr> {
-    let ast::Expr::Function(f) = e else {
-        return None;
-    };
-    if !f.name.to_string().eq_ignore_ascii_case("array") {
-        return None;
-    }
-    let ast::FunctionArguments::Subquery(q) = &f.args else {
-        return None;
-    };
-    if q.with.is_some() || q.order_by.is_some() || q.limit_clause.is_some() || q.fetch.is_some() {
-        return None;
-    }
-    let ast::SetExpr::Select(select) = q.body.as_ref() else {
-        return None;
-    };
-    let plain_group_by = matches!(&select.group_by, ast::GroupByExpr::Expressions(g, m) if g.is_empty() && m.is_empty());
-    if select.selection.is_some()
-        || select.having.is_some()
-        || select.distinct.is_some()
-        || !plain_group_by
-        || select.projection.len() != 1
+    let (q, select, body) = array_constructor(e)?;
+    if q.order_by.is_some()
+        || select.selection.is_some()
         || select.from.len() != 1
         || !select.from[0].joins.is_empty()
     {
         return None;
     }
-    let (ast::SelectItem::UnnamedExpr(body) | ast::SelectItem::ExprWithAlias { expr: body, .. }) =
-        &select.projection[0]
-    else {
-        return None;
-    };
     // `unnest(a) x` parses as UNNEST, `pg_catalog.unnest(a) x` (psql) as a table function
     let (alias, array) = match &select.from[0].relation {
         ast::TableFactor::UNNEST {

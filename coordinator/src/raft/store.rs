@@ -75,6 +75,22 @@ impl LogStore {
         })
     }
 
+    /// Removes the entries whose indexes are in `range` (as big-endian keys), durably.
+    fn remove_entries(&self, range: impl RangeBounds<[u8; 8]>) -> StoreResult<()> {
+        let keys: Vec<_> = self
+            .log
+            .range(range)
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(write_err)?;
+        let mut batch = sled::Batch::default();
+        for k in keys {
+            batch.remove(k);
+        }
+        self.log.apply_batch(batch).map_err(write_err)?;
+        self.flush()
+    }
+
     fn flush(&self) -> StoreResult<()> {
         self.db.flush().map_err(write_err)?;
         Ok(())
@@ -170,30 +186,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> StoreResult<()> {
-        let keys: Vec<_> = self
-            .log
-            .range(log_id.index.to_be_bytes()..)
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(write_err)?;
-        for k in keys {
-            self.log.remove(k).map_err(write_err)?;
-        }
-        self.flush()
+        self.remove_entries(log_id.index.to_be_bytes()..)
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> StoreResult<()> {
         put(&self.meta, "purged", &Some(log_id))?;
-        let keys: Vec<_> = self
-            .log
-            .range(..=log_id.index.to_be_bytes())
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(write_err)?;
-        for k in keys {
-            self.log.remove(k).map_err(write_err)?;
-        }
-        self.flush()
+        self.remove_entries(..=log_id.index.to_be_bytes())
     }
 }
 
