@@ -5,7 +5,9 @@
 //! The shard's sled tree is an overlay on its segments: a key there shadows the key in every
 //! segment — a row is a newer version, a tombstone ([`tombstone`]) a delete. A tombstone
 //! records the newest segment of the shard when it was written, so a key deleted and later
-//! loaded again (into a newer segment) is live. A load checks the row store and the segments
+//! loaded again (into a newer segment) is live. "Newer" is the order segments registered in
+//! ([`Segment::order`]), not the order their files were written: a transaction writes its
+//! runs as it loads and registers them when it commits. A load checks the row store and the segments
 //! before it registers (see `RowStore::check_run`), so a key is live in at most one place.
 //!
 //! File layout: column 0 is the encoded primary key (`__key`, binary, sorted ascending);
@@ -37,7 +39,7 @@ pub const BATCH_ROWS: usize = 4_096;
 
 const TOMBSTONE_TAG: u8 = 0xFF;
 
-/// The row-store value that deletes a key from the shard's segments up to id `newest`
+/// The row-store value that deletes a key from the shard's segments up to order `newest`
 /// (never a valid row: rows start with their format version, 1).
 pub fn tombstone(newest: u64) -> Vec<u8> {
     let mut v = Vec::with_capacity(9);
@@ -52,7 +54,7 @@ pub fn tombstone_of(value: &[u8]) -> Option<u64> {
         .then(|| u64::from_be_bytes(value[1..9].try_into().expect("9 bytes")))
 }
 
-/// Whether a row-store value hides the copy of its key in segment `segment`.
+/// Whether a row-store value hides the copy of its key in the segment of order `segment`.
 pub fn shadows(value: &[u8], segment: u64) -> bool {
     tombstone_of(value).is_none_or(|newest| newest >= segment)
 }
@@ -64,8 +66,13 @@ fn io_err(what: &str, e: impl std::fmt::Display) -> DbError {
 /// What the row store records about a segment.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SegmentMeta {
-    /// Allocated from the row store's id generator: a newer segment has a larger id.
+    /// Allocated from the row store's id generator when the file is written; names the file.
     pub id: u64,
+    /// Drawn from the same generator when the segment registers (0: not registered, or
+    /// registered before this was recorded, when files registered in id order): a segment
+    /// registered later has a larger one. Tombstones and newer versions are ordered by it.
+    #[serde(default)]
+    pub seq: u64,
     pub table: TableId,
     pub shard: ShardIndex,
     pub rows: u64,
@@ -100,6 +107,16 @@ impl Segment {
 
     pub fn id(&self) -> u64 {
         self.meta.id
+    }
+
+    /// Where the segment stands among its shard's segments: its registration number, or,
+    /// not registered yet (a transaction's own run), its id.
+    pub fn order(&self) -> u64 {
+        if self.meta.seq == 0 {
+            self.meta.id
+        } else {
+            self.meta.seq
+        }
     }
 
     pub fn min_key(&self) -> &[u8] {
@@ -312,6 +329,7 @@ pub fn write(
     let file_bytes = file.metadata().map_err(|e| io_err("stat", e))?.len();
     let meta = SegmentMeta {
         id,
+        seq: 0,
         table: def.id,
         shard,
         rows: keys.len() as u64,
@@ -326,6 +344,14 @@ pub fn write(
         raw_bytes,
     };
     Ok(Segment { meta, path })
+}
+
+/// Makes the segment files created in `dir` durable as entries of it (their data is synced
+/// when they are written).
+pub fn sync_dir(dir: &Path) -> DbResult<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err("directory fsync", e))
 }
 
 /// Decoded segment batches for point lookups, evicted oldest first past a byte budget. What

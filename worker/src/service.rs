@@ -22,7 +22,7 @@ use crate::batch::BatchBuilder;
 use crate::commit::GroupCommit;
 use crate::load::Run;
 use crate::segment::{self, Segment};
-use crate::store::{Change, RowStore, TableEntry};
+use crate::store::{Change, PreparedRecord, RowStore, TableEntry};
 use crate::txn::{LockKey, LockTable, PendingWrite, TxnState};
 
 /// Options of the embedded row store.
@@ -74,6 +74,8 @@ const WRITE_ENTRY_OVERHEAD: u64 = 480;
 struct PreparedTxn {
     changes: Vec<Change>,
     locks: Vec<LockKey>,
+    /// A prepared load's runs, registered when it commits.
+    runs: Vec<Arc<Segment>>,
 }
 
 impl std::fmt::Debug for LocalShardService {
@@ -96,14 +98,17 @@ impl LocalShardService {
         // until the coordinator decides
         let locks = LockTable::default();
         let mut prepared = HashMap::new();
-        for (txn, changes) in store.load_prepared()? {
+        for record in store.load_prepared()? {
+            let PreparedRecord { txn, changes, runs } = record;
             let keys: Vec<LockKey> = changes.iter().map(|c| (c.table, c.key.clone())).collect();
             for k in &keys {
                 locks.take(txn, k.clone());
             }
+            store.reserve(txn, &changes, &runs);
             tracing::info!(
                 txn,
                 changes = changes.len(),
+                loaded = runs.iter().map(|r| r.meta.rows).sum::<u64>(),
                 "prepared transaction in doubt"
             );
             prepared.insert(
@@ -111,6 +116,7 @@ impl LocalShardService {
                 PreparedTxn {
                     changes,
                     locks: keys,
+                    runs,
                 },
             );
         }
@@ -383,23 +389,7 @@ impl LocalShardService {
         let segs: Vec<Arc<Segment>> = runs.iter().map(|r| r.seg.clone()).collect();
         let result = tokio::task::spawn_blocking(move || -> DbResult<()> {
             let _exclusive = store.registration.write();
-            for (i, run) in segs.iter().enumerate() {
-                let entry = store.table(run.meta.table)?;
-                store.check_run(&entry, run)?;
-                if entry.def.hidden_rowid {
-                    continue;
-                }
-                for other in &segs[..i] {
-                    if other.meta.table == run.meta.table
-                        && other.meta.shard == run.meta.shard
-                        && other.overlaps(run)
-                        && let Some(k) =
-                            segment::find_common(&other.keys()?, &run.keys()?, |_| Ok(true))?
-                    {
-                        return Err(segment::duplicate(&entry.def, &k));
-                    }
-                }
-            }
+            store.check_runs(&segs)?;
             store.register(&changes, &segs)
         })
         .await
@@ -780,42 +770,54 @@ impl ShardService for LocalShardService {
         remove_runs(&std::mem::take(&mut state.lock().loads.runs));
     }
 
+    /// Phase one: the write set and the load's runs made durable, checked as a commit would
+    /// check them, and held (row locks; for loads, a reservation in the row store) until the
+    /// decision.
     async fn prepare(&self, txn: TxnId) -> DbResult<()> {
-        if let Some(state) = self.existing_txn_state(txn)
-            && !state.lock().loads.is_empty()
-        {
-            return Err(DbError::new(
-                SqlState::FeatureNotSupported,
-                "a bulk load cannot take part in a two-phase commit yet",
-            ));
+        if let Some(state) = self.existing_txn_state(txn) {
+            // the last rows buffered by loads become runs
+            self.spill(&state, |_, _, _| true).await?;
         }
-        let (changes, locks, seen) = match self.take_txn(txn) {
-            Some(state) => {
+        let (changes, locks, seen, runs) = match self.take_txn(txn) {
+            Some(mut state) => {
                 let seen = state.segments_seen;
+                let runs: Vec<Run> = std::mem::take(&mut state.loads.runs);
                 let (c, l) = into_changes(state);
-                (c, l, seen)
+                (c, l, seen, runs)
             }
-            None => (Vec::new(), Vec::new(), u64::MAX),
+            None => (Vec::new(), Vec::new(), u64::MAX, Vec::new()),
         };
         let store = self.store.clone();
-        let changes = tokio::task::spawn_blocking(move || {
-            // as at commit: keys inserted are checked against segments registered since
-            let _shared = store.registration.read();
+        let segs: Vec<Arc<Segment>> = runs.iter().map(|r| r.seg.clone()).collect();
+        let checked = tokio::task::spawn_blocking(move || {
+            // as at commit: a load's runs are checked under the registration lock held
+            // exclusively, keys inserted against segments registered since under it shared
+            let _exclusive = (!segs.is_empty()).then(|| store.registration.write());
+            let _shared = segs.is_empty().then(|| store.registration.read());
+            store.check_runs(&segs)?;
             store.check_inserted(&changes, seen)?;
-            store.save_prepared(txn, &changes).map(|()| changes)
+            store.save_prepared(txn, &changes, &segs)?;
+            store.reserve(txn, &changes, &segs);
+            Ok((changes, segs))
         })
         .await
         .map_err(|e| DbError::internal(format!("prepare task: {e}")))?;
-        let changes = match changes {
+        let (changes, runs) = match checked {
             Ok(c) => c,
             Err(e) => {
                 self.locks.release_all(txn, &locks);
+                remove_runs(&runs);
                 return Err(e);
             }
         };
-        self.prepared
-            .lock()
-            .insert(txn, PreparedTxn { changes, locks });
+        self.prepared.lock().insert(
+            txn,
+            PreparedTxn {
+                changes,
+                locks,
+                runs,
+            },
+        );
         self.group_commit.wait_durable().await
     }
 
@@ -823,24 +825,44 @@ impl ShardService for LocalShardService {
         let Some(p) = self.prepared.lock().remove(&txn) else {
             return Ok(());
         };
-        let PreparedTxn { changes, locks } = p;
-        let applied = self.apply_checked(changes, u64::MAX).await;
+        let PreparedTxn {
+            changes,
+            locks,
+            runs,
+        } = p;
+        // checked when it prepared, and held since: applied (and its runs registered)
+        // without checks
+        let store = self.store.clone();
+        let (changes, runs, applied) = tokio::task::spawn_blocking(move || {
+            let applied = if runs.is_empty() {
+                let _shared = store.registration.read();
+                store.apply(&changes)
+            } else {
+                let _exclusive = store.registration.write();
+                store.register(&changes, &runs)
+            };
+            if applied.is_ok() {
+                store.unreserve(txn);
+            }
+            (changes, runs, applied)
+        })
+        .await
+        .map_err(|e| DbError::internal(format!("commit task: {e}")))?;
         if let Err(e) = applied {
             // still prepared: the decision can be retried
             tracing::error!(txn, error = %e.message, "applying a prepared transaction failed");
-            let changes = self
-                .store
-                .load_prepared()?
-                .into_iter()
-                .find(|(t, _)| *t == txn);
-            if let Some((_, changes)) = changes {
-                self.prepared
-                    .lock()
-                    .insert(txn, PreparedTxn { changes, locks });
-            }
+            self.prepared.lock().insert(
+                txn,
+                PreparedTxn {
+                    changes,
+                    locks,
+                    runs,
+                },
+            );
             return Err(e);
         }
-        // replaying a commit is harmless (same values), so the record may go after the apply
+        // replaying a commit is harmless (same values), and a load whose runs registered is
+        // known as committed at the next start, so the record may go after the apply
         self.store.remove_prepared(txn)?;
         self.locks.release_all(txn, &locks);
         self.group_commit.wait_durable().await
@@ -853,7 +875,11 @@ impl ShardService for LocalShardService {
         // if this removal is lost in a crash, the coordinator aborts it again: no commit
         // decision exists for it
         self.store.remove_prepared(txn)?;
+        self.store.unreserve(txn);
         self.locks.release_all(txn, &p.locks);
+        for r in &p.runs {
+            let _ = std::fs::remove_file(&r.path);
+        }
         Ok(())
     }
 
@@ -951,7 +977,7 @@ impl ShardService for LocalShardService {
                     }
                     // a segment row this key shadows is not counted twice (or at all, if
                     // deleted)
-                    for seg in segments.iter().filter(|s| segment::shadows(&v, s.id())) {
+                    for seg in segments.iter().filter(|s| segment::shadows(&v, s.order())) {
                         if seg.find(&store.cache, &k)?.is_some() {
                             rows = rows.saturating_sub(1);
                             break;
@@ -1183,7 +1209,7 @@ impl ScanCursor {
             for item in tree.range(lo..=hi) {
                 let (k, v) = item
                     .map_err(|e| DbError::new(SqlState::IoError, format!("row store read: {e}")))?;
-                if segment::shadows(&v, seg.id())
+                if segment::shadows(&v, seg.order())
                     && let Some(i) = segment::search(keys, &k)
                 {
                     keep[i] = false;
@@ -1286,7 +1312,7 @@ mod tests {
 
     /// Rows a transaction loaded and then deleted or updated in the same transaction: the
     /// delete becomes a tombstone over the segment registered by the same commit, the update
-    /// a newer version. A load cannot be prepared (two-phase commit) yet.
+    /// a newer version.
     #[tokio::test]
     async fn loaded_rows_changed_in_their_own_transaction() {
         let dir = tempfile::tempdir().unwrap();
@@ -1330,15 +1356,157 @@ mod tests {
         s.load(4, 16384, vec![rows[2].clone()]).await.unwrap();
         s.commit(4).await.unwrap();
         assert_eq!(count(&s, 5).await, 10);
+        // a reload of a live key fails when it prepares, as at commit
         s.load(6, 16384, vec![rows[0].clone()]).await.unwrap();
         let err = s.prepare(6).await.unwrap_err();
-        assert_eq!(err.state, SqlState::FeatureNotSupported);
-        s.abort(6).await;
+        assert_eq!(err.state, SqlState::UniqueViolation);
+        assert!(s.prepared().await.unwrap().is_empty());
         drop(s);
         let s = LocalShardService::open(dir.path(), &StoreOptions::default()).unwrap();
         assert_eq!(count(&s, 7).await, 10);
         let got = s.get(7, 16384, &[key(3)], false, None).await.unwrap();
         assert_eq!(got, vec![Some(rows[2].clone())]);
+    }
+
+    /// A load takes part in two-phase commit: prepared, its rows are invisible, durable
+    /// across a restart, and their keys are held against ordinary inserts and other loads
+    /// until the decision; committed, they are live; aborted, gone with their files.
+    #[tokio::test]
+    async fn prepared_loads_hold_their_keys_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let def = table();
+        let key = |k: i64| def.encode_key(&[Datum::Int8(k), Datum::Int8(0)]);
+        let row = |k: i64| vec![Datum::Int8(k), Datum::Int8(k * 10)];
+        let files = || {
+            std::fs::read_dir(dir.path().join("segments"))
+                .unwrap()
+                .count()
+        };
+        let s = LocalShardService::open(dir.path(), &StoreOptions::default()).unwrap();
+        s.create_table(&def).await.unwrap();
+        s.load(1, 16384, (1..=5).map(row).collect()).await.unwrap();
+        s.write(1, insert(6)).await.unwrap();
+        s.prepare(1).await.unwrap();
+        assert_eq!(s.prepared().await.unwrap(), vec![1]);
+        assert_eq!(count(&s, 2).await, 0, "prepared rows are not visible");
+        // an ordinary insert of a prepared load's key fails when it commits
+        s.write(3, insert(2)).await.unwrap();
+        let err = s.commit(3).await.unwrap_err();
+        assert_eq!(err.state, SqlState::UniqueViolation, "{err:?}");
+        // so does it when it prepares, and another load of the key, at commit and prepare
+        s.write(4, insert(3)).await.unwrap();
+        assert_eq!(
+            s.prepare(4).await.unwrap_err().state,
+            SqlState::UniqueViolation
+        );
+        s.load(5, 16384, vec![row(4)]).await.unwrap();
+        assert_eq!(
+            s.commit(5).await.unwrap_err().state,
+            SqlState::UniqueViolation
+        );
+        s.load(5, 16384, vec![row(4)]).await.unwrap();
+        assert_eq!(
+            s.prepare(5).await.unwrap_err().state,
+            SqlState::UniqueViolation
+        );
+        // the ordinary insert's key too (it holds a row lock against ordinary writers only)
+        s.load(5, 16384, vec![row(6)]).await.unwrap();
+        assert_eq!(
+            s.commit(5).await.unwrap_err().state,
+            SqlState::UniqueViolation
+        );
+        // other keys load and commit meanwhile
+        s.load(7, 16384, vec![row(7)]).await.unwrap();
+        s.commit(7).await.unwrap();
+        assert_eq!(count(&s, 8).await, 1);
+        // a second prepared load, to be aborted after the restart
+        s.load(9, 16384, vec![row(8), row(9)]).await.unwrap();
+        s.prepare(9).await.unwrap();
+        drop(s);
+
+        let s = LocalShardService::open(dir.path(), &StoreOptions::default()).unwrap();
+        assert_eq!(
+            s.prepared().await.unwrap(),
+            vec![1, 9],
+            "in doubt after a restart"
+        );
+        assert_eq!(count(&s, 10).await, 1);
+        // still held
+        s.write(11, insert(1)).await.unwrap();
+        assert_eq!(
+            s.commit(11).await.unwrap_err().state,
+            SqlState::UniqueViolation
+        );
+        let before = files();
+        s.abort_prepared(9).await.unwrap();
+        let runs: std::collections::HashSet<_> =
+            [8, 9].iter().map(|&k| def.shard_of_row(&row(k))).collect();
+        assert_eq!(
+            files(),
+            before - runs.len(),
+            "an aborted load's runs are removed"
+        );
+        s.commit_prepared(1).await.unwrap();
+        assert_eq!(count(&s, 12).await, 7);
+        let got = s
+            .get(12, 16384, &[key(2), key(6), key(8)], false, None)
+            .await;
+        assert_eq!(got.unwrap(), vec![Some(row(2)), Some(row(6)), None]);
+        // the keys are free again for what the commit did not take
+        s.load(13, 16384, vec![row(8)]).await.unwrap();
+        s.commit(13).await.unwrap();
+        drop(s);
+
+        let s = LocalShardService::open(dir.path(), &StoreOptions::default()).unwrap();
+        assert!(s.prepared().await.unwrap().is_empty());
+        assert_eq!(count(&s, 14).await, 8);
+    }
+
+    /// Segments are ordered by when they registered, not when their files were written: a
+    /// run written before a delete and registered after it is newer than the tombstone.
+    #[tokio::test]
+    async fn a_run_registered_after_a_delete_is_newer_than_its_tombstone() {
+        let dir = tempfile::tempdir().unwrap();
+        let def = table();
+        let key = |k: i64| def.encode_key(&[Datum::Int8(k), Datum::Int8(0)]);
+        let s = LocalShardService::open(dir.path(), &StoreOptions::default()).unwrap();
+        s.create_table(&def).await.unwrap();
+        s.load(1, 16384, vec![vec![Datum::Int8(1), Datum::Int8(10)]])
+            .await
+            .unwrap();
+        s.commit(1).await.unwrap();
+        // transaction 2 writes its run of key 1 (the savepoint writes the buffer out) ...
+        s.load(2, 16384, vec![vec![Datum::Int8(1), Datum::Int8(20)]])
+            .await
+            .unwrap();
+        s.savepoint(2).await.unwrap();
+        // ... a later file of the same shard registers first, then key 1 is deleted ...
+        let shard = |k: i64| def.shard_of_row(&[Datum::Int8(k), Datum::Int8(0)]);
+        let other = (2..).find(|&k| shard(k) == shard(1)).unwrap();
+        s.load(3, 16384, vec![vec![Datum::Int8(other), Datum::Int8(30)]])
+            .await
+            .unwrap();
+        s.commit(3).await.unwrap();
+        s.write(
+            4,
+            WriteRequest {
+                table: 16384,
+                ops: vec![WriteOp::Delete { key: key(1) }],
+                lock_timeout: None,
+            },
+        )
+        .await
+        .unwrap();
+        s.commit(4).await.unwrap();
+        // ... and transaction 2's reload of the deleted key commits: it is live
+        s.commit(2).await.unwrap();
+        let want = vec![Some(vec![Datum::Int8(1), Datum::Int8(20)])];
+        assert_eq!(s.get(5, 16384, &[key(1)], false, None).await.unwrap(), want);
+        assert_eq!(count(&s, 5).await, 2);
+        drop(s);
+        let s = LocalShardService::open(dir.path(), &StoreOptions::default()).unwrap();
+        assert_eq!(s.get(6, 16384, &[key(1)], false, None).await.unwrap(), want);
+        assert_eq!(count(&s, 6).await, 2);
     }
 
     /// A load far larger than the write-set budget goes through (its buffers are written

@@ -191,6 +191,11 @@ pub struct RowStore {
     undo: sled::Tree,
     /// Write sets of prepared transactions (two-phase commit), by transaction id.
     prepared: sled::Tree,
+    /// The runs of prepared loads (JSON list of their metas), by transaction id.
+    prepared_runs: sled::Tree,
+    /// What prepared transactions will commit, held against other commits until their
+    /// decision.
+    reserved: parking_lot::Mutex<Reserved>,
     meta: sled::Tree,
     tables: RwLock<HashMap<TableId, Arc<TableEntry>>>,
     /// Registered segments: key `table u64 | shard u32 | id u64`, value the meta as JSON.
@@ -200,10 +205,27 @@ pub struct RowStore {
     /// Ordinary commits hold it shared while they check and apply; registering segments holds
     /// it exclusively, so a registration's uniqueness check never interleaves with an apply.
     pub registration: RwLock<()>,
-    /// The newest registered segment's id (0: none yet).
+    /// The newest registered segment's order (0: none yet).
     newest: AtomicU64,
     /// Decoded segment batches for point lookups.
     pub cache: BatchCache,
+}
+
+/// What prepared transactions (two-phase commit) will commit: the runs of prepared loads, and
+/// the keys prepared transactions write. Row locks keep ordinary writers off those keys; loads
+/// take no row locks, so a load that registers or prepares checks its runs against these too,
+/// and an ordinary commit checks the keys it inserted against the prepared runs.
+#[derive(Default)]
+struct Reserved {
+    runs: HashMap<u64, Vec<Arc<Segment>>>,
+    keys: HashMap<u64, Vec<(TableId, ShardIndex, Vec<u8>)>>,
+}
+
+/// A prepared transaction as recorded: its changes and its load's runs.
+pub struct PreparedRecord {
+    pub txn: u64,
+    pub changes: Vec<Change>,
+    pub runs: Vec<Arc<Segment>>,
 }
 
 /// Where a committed row is (see [`RowStore::get`]).
@@ -247,6 +269,7 @@ impl RowStore {
         let meta = db.open_tree("meta").map_err(open_err)?;
         let undo = db.open_tree("undo").map_err(open_err)?;
         let prepared = db.open_tree("prepared").map_err(open_err)?;
+        let prepared_runs = db.open_tree("prepared_runs").map_err(open_err)?;
         let segment_tree = db.open_tree("segments").map_err(open_err)?;
         let segment_dir = path.join("segments");
         std::fs::create_dir_all(&segment_dir).map_err(|e| StoreError::Open {
@@ -257,6 +280,8 @@ impl RowStore {
             db,
             undo,
             prepared,
+            prepared_runs,
+            reserved: Default::default(),
             meta,
             tables: RwLock::new(HashMap::new()),
             segment_tree,
@@ -282,8 +307,8 @@ impl RowStore {
         Ok(store)
     }
 
-    /// Reads the registered segments and removes segment files nothing registered (runs of
-    /// transactions that did not commit before a crash).
+    /// Reads the registered segments and removes segment files nothing registered or
+    /// prepared (runs of transactions that did not commit or prepare before a crash).
     fn load_segments(&self) -> DbResult<()> {
         let io = |e: sled::Error| DbError::new(SqlState::IoError, format!("segments: {e}"));
         let mut by_shard: HashMap<(TableId, ShardIndex), Vec<Arc<Segment>>> = HashMap::new();
@@ -292,12 +317,20 @@ impl RowStore {
             let (_, v) = item.map_err(io)?;
             let meta: SegmentMeta = serde_json::from_slice(&v)
                 .map_err(|e| DbError::internal(format!("segment record: {e}")))?;
-            self.newest.fetch_max(meta.id, Ordering::Relaxed);
+            self.newest.fetch_max(
+                Segment::at(&self.segment_dir, meta.clone()).order(),
+                Ordering::Relaxed,
+            );
             known.insert(segment::file_name(meta.id));
             by_shard
                 .entry((meta.table, meta.shard))
                 .or_default()
                 .push(Arc::new(Segment::at(&self.segment_dir, meta)));
+        }
+        for record in self.prepared_run_metas()? {
+            for meta in record.1 {
+                known.insert(segment::file_name(meta.id));
+            }
         }
         let dir = std::fs::read_dir(&self.segment_dir)
             .map_err(|e| DbError::new(SqlState::IoError, format!("segments: {e}")))?;
@@ -309,10 +342,24 @@ impl RowStore {
             }
         }
         let mut map = self.segments.write();
-        for (k, v) in by_shard {
+        for (k, mut v) in by_shard {
+            v.sort_by_key(|s| s.order());
             map.insert(k, v.into());
         }
         Ok(())
+    }
+
+    /// The prepared loads' run metas, by transaction.
+    fn prepared_run_metas(&self) -> DbResult<Vec<(u64, Vec<SegmentMeta>)>> {
+        let mut out = Vec::new();
+        for item in self.prepared_runs.iter() {
+            let (k, v) = item.map_err(|source| StoreError::Io { table: 0, source })?;
+            let txn = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| StoreError::Undo)?);
+            let metas: Vec<SegmentMeta> = serde_json::from_slice(&v)
+                .map_err(|e| DbError::internal(format!("prepared load record: {e}")))?;
+            out.push((txn, metas));
+        }
+        Ok(out)
     }
 
     pub fn segment_dir(&self) -> &Path {
@@ -337,7 +384,7 @@ impl RowStore {
             .unwrap_or_else(|| Arc::from(Vec::new()))
     }
 
-    /// The newest registered segment's id (0: none).
+    /// The newest registered segment's order (0: none).
     pub fn newest_segment(&self) -> u64 {
         self.newest.load(Ordering::Acquire)
     }
@@ -355,7 +402,7 @@ impl RowStore {
             None => 0,
         };
         for seg in self.segments(entry.def.id, shard).iter().rev() {
-            if seg.id() <= newer_than {
+            if seg.order() <= newer_than {
                 break;
             }
             if let Some((batch, row)) = seg.find(&self.cache, key)? {
@@ -430,7 +477,7 @@ impl RowStore {
                 let deleted = tree
                     .get(k)
                     .map_err(io)?
-                    .is_some_and(|v| segment::shadows(&v, seg.id()));
+                    .is_some_and(|v| segment::shadows(&v, seg.order()));
                 Ok(!deleted)
             })?;
             if let Some(k) = live {
@@ -444,6 +491,7 @@ impl RowStore {
     /// registered since it began (`seen`: the newest segment then): 23505 for a key a load
     /// committed in between. The caller holds [`RowStore::registration`] shared.
     pub fn check_inserted(&self, changes: &[Change], seen: u64) -> DbResult<()> {
+        self.check_against_prepared_runs(changes)?;
         if self.newest_segment() <= seen {
             return Ok(());
         }
@@ -452,7 +500,7 @@ impl RowStore {
             if self
                 .segments(c.table, c.shard)
                 .iter()
-                .any(|s| s.id() > seen)
+                .any(|s| s.order() > seen)
                 && self.contains(&entry, c.shard, &c.key)?
             {
                 return Err(segment::duplicate(&entry.def, &c.key));
@@ -461,12 +509,107 @@ impl RowStore {
         Ok(())
     }
 
+    /// 23505 if a key the transaction inserted is in a prepared load's run (the load commits
+    /// it when its coordinator decides).
+    fn check_against_prepared_runs(&self, changes: &[Change]) -> DbResult<()> {
+        let reserved = self.reserved.lock();
+        if reserved.runs.is_empty() {
+            return Ok(());
+        }
+        for c in changes.iter().filter(|c| c.insert) {
+            for run in reserved.runs.values().flatten() {
+                if run.meta.table == c.table
+                    && run.meta.shard == c.shard
+                    && run.covers(&c.key)
+                    && run.find(&self.cache, &c.key)?.is_some()
+                {
+                    let entry = self.table(c.table)?;
+                    return Err(segment::duplicate(&entry.def, &c.key));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks a commit's (or a prepare's) runs before they register: against the committed
+    /// data of their shards, each other, and what prepared transactions will commit. The
+    /// caller holds [`RowStore::registration`] exclusively.
+    pub fn check_runs(&self, runs: &[Arc<Segment>]) -> DbResult<()> {
+        let reserved = self.reserved.lock();
+        for (i, run) in runs.iter().enumerate() {
+            let entry = self.table(run.meta.table)?;
+            self.check_run(&entry, run)?;
+            if entry.def.hidden_rowid || run.meta.rows == 0 {
+                continue;
+            }
+            let same_shard = |s: &&Arc<Segment>| {
+                s.meta.table == run.meta.table && s.meta.shard == run.meta.shard && s.overlaps(run)
+            };
+            let keys = run.keys()?;
+            for other in runs[..i]
+                .iter()
+                .chain(reserved.runs.values().flatten())
+                .filter(same_shard)
+            {
+                if let Some(k) = segment::find_common(&other.keys()?, &keys, |_| Ok(true))? {
+                    return Err(segment::duplicate(&entry.def, &k));
+                }
+            }
+            for (table, shard, key) in reserved.keys.values().flatten() {
+                if *table == run.meta.table
+                    && *shard == run.meta.shard
+                    && run.covers(key)
+                    && keys.iter().any(|a| segment::search(a, key).is_some())
+                {
+                    return Err(segment::duplicate(&entry.def, key));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Holds a prepared transaction's runs and written keys against other commits (see
+    /// [`Reserved`]). The caller holds [`RowStore::registration`], exclusively if there are
+    /// runs.
+    pub fn reserve(&self, txn: u64, changes: &[Change], runs: &[Arc<Segment>]) {
+        let keys: Vec<(TableId, ShardIndex, Vec<u8>)> = changes
+            .iter()
+            .filter(|c| c.value.is_some())
+            .map(|c| (c.table, c.shard, c.key.clone()))
+            .collect();
+        let mut reserved = self.reserved.lock();
+        if !keys.is_empty() {
+            reserved.keys.insert(txn, keys);
+        }
+        if !runs.is_empty() {
+            reserved.runs.insert(txn, runs.to_vec());
+        }
+    }
+
+    /// Releases what [`RowStore::reserve`] held for `txn` (committed or aborted).
+    pub fn unreserve(&self, txn: u64) {
+        let mut reserved = self.reserved.lock();
+        reserved.keys.remove(&txn);
+        reserved.runs.remove(&txn);
+    }
+
     /// Registers runs as segments of their shards, atomically with `changes` (a commit that
-    /// both loaded and wrote rows). The caller holds [`RowStore::registration`] exclusively.
+    /// both loaded and wrote rows), each with the next registration number
+    /// ([`SegmentMeta::seq`]). The caller holds [`RowStore::registration`] exclusively.
     pub fn register(&self, changes: &[Change], runs: &[Arc<Segment>]) -> DbResult<()> {
+        segment::sync_dir(&self.segment_dir)?;
+        let mut numbered = Vec::with_capacity(runs.len());
+        for r in runs.iter().filter(|r| r.meta.rows > 0) {
+            let mut meta = r.meta.clone();
+            meta.seq = self.new_segment_id()?;
+            numbered.push(Arc::new(Segment {
+                meta,
+                path: r.path.clone(),
+            }));
+        }
+        let runs = numbered.as_slice();
         let records: Vec<(Vec<u8>, Vec<u8>)> = runs
             .iter()
-            .filter(|r| r.meta.rows > 0)
             .map(|r| {
                 (
                     segment_key(r.meta.table, r.meta.shard, r.id()),
@@ -488,13 +631,12 @@ impl RowStore {
             self.apply_chunked(&changes, usize::MAX, &records)?;
         }
         let mut map = self.segments.write();
-        for r in runs.iter().filter(|r| r.meta.rows > 0) {
+        for r in runs {
             let key = (r.meta.table, r.meta.shard);
             let mut list: Vec<Arc<Segment>> = map.get(&key).map(|l| l.to_vec()).unwrap_or_default();
             list.push(r.clone());
-            list.sort_by_key(|s| s.id());
             map.insert(key, list.into());
-            self.newest.fetch_max(r.id(), Ordering::AcqRel);
+            self.newest.fetch_max(r.order(), Ordering::AcqRel);
         }
         Ok(())
     }
@@ -528,7 +670,7 @@ impl RowStore {
             let mut covered = false;
             for s in segs {
                 covered |= s.covers(&c.key);
-                newest = newest.max(Some(s.id()));
+                newest = newest.max(Some(s.order()));
             }
             if covered { newest } else { None }
         };
@@ -833,29 +975,77 @@ impl RowStore {
         })
     }
 
-    /// Records a prepared transaction's changes (durable after the next [`RowStore::flush`]).
-    pub fn save_prepared(&self, txn: u64, changes: &[Change]) -> DbResult<()> {
+    /// Records a prepared transaction's changes and its load's runs (durable after the next
+    /// [`RowStore::flush`]; the run files are already).
+    pub fn save_prepared(
+        &self,
+        txn: u64,
+        changes: &[Change],
+        runs: &[Arc<Segment>],
+    ) -> DbResult<()> {
+        let io = |source| -> DbError { StoreError::Io { table: 0, source }.into() };
+        if !runs.is_empty() {
+            segment::sync_dir(&self.segment_dir)?;
+            let metas: Vec<&SegmentMeta> = runs.iter().map(|r| &r.meta).collect();
+            let record = serde_json::to_vec(&metas).expect("segment metas serialize");
+            // the runs first: a crash between the two leaves no prepared record, and the
+            // files are removed as unregistered at the next start
+            self.prepared_runs
+                .insert(txn.to_be_bytes(), record)
+                .map_err(io)?;
+        }
         self.prepared
             .insert(txn.to_be_bytes(), encode_undo(changes))
-            .map_err(|source| StoreError::Io { table: 0, source })?;
+            .map_err(io)?;
         Ok(())
     }
 
     /// Forgets a prepared transaction (committed or aborted).
     pub fn remove_prepared(&self, txn: u64) -> DbResult<()> {
-        self.prepared
-            .remove(txn.to_be_bytes())
-            .map_err(|source| StoreError::Io { table: 0, source })?;
+        let io = |source| -> DbError { StoreError::Io { table: 0, source }.into() };
+        self.prepared.remove(txn.to_be_bytes()).map_err(io)?;
+        self.prepared_runs.remove(txn.to_be_bytes()).map_err(io)?;
         Ok(())
     }
 
-    /// The prepared transactions recorded here, with their changes.
-    pub fn load_prepared(&self) -> DbResult<Vec<(u64, Vec<Change>)>> {
+    /// The prepared transactions recorded here, with their changes and runs. A prepared load
+    /// whose runs are registered already committed (a crash came between its registration and
+    /// the removal of its record): its record is removed, and it is not returned.
+    pub fn load_prepared(&self) -> DbResult<Vec<PreparedRecord>> {
+        let mut runs: HashMap<u64, Vec<SegmentMeta>> =
+            self.prepared_run_metas()?.into_iter().collect();
         let mut out = Vec::new();
         for item in self.prepared.iter() {
             let (k, v) = item.map_err(|source| StoreError::Io { table: 0, source })?;
             let txn = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| StoreError::Undo)?);
-            out.push((txn, decode_undo(&v).ok_or(StoreError::Undo)?));
+            let changes = decode_undo(&v).ok_or(StoreError::Undo)?;
+            let metas = runs.remove(&txn).unwrap_or_default();
+            let mut registered = false;
+            for m in &metas {
+                registered |= self
+                    .segment_tree
+                    .contains_key(segment_key(m.table, m.shard, m.id))
+                    .map_err(|source| StoreError::Io { table: 0, source })?;
+            }
+            if registered {
+                tracing::info!(txn, "a prepared load committed before a crash");
+                self.remove_prepared(txn)?;
+                continue;
+            }
+            let runs = metas
+                .into_iter()
+                .map(|m| Arc::new(Segment::at(&self.segment_dir, m)))
+                .collect();
+            out.push(PreparedRecord { txn, changes, runs });
+        }
+        // runs without a prepared record: the crash came while it was saved
+        for (txn, metas) in runs {
+            self.prepared_runs
+                .remove(txn.to_be_bytes())
+                .map_err(|source| StoreError::Io { table: 0, source })?;
+            for m in metas {
+                let _ = std::fs::remove_file(self.segment_dir.join(segment::file_name(m.id)));
+            }
         }
         Ok(out)
     }
