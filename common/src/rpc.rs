@@ -1,12 +1,14 @@
 //! The worker protocol: what travels between a coordinator and a worker daemon over Arrow
-//! Flight. Every [`ShardService`](crate::service::ShardService) call except `scan` is a Flight
-//! `DoAction` whose body is a JSON [`Call`] and whose one result is a JSON [`Reply`]; a scan is a
-//! `DoGet` whose ticket is a JSON [`ScanTicket`] and whose answer is the Arrow IPC stream of the
-//! batches. Errors travel as a gRPC status whose message is a JSON [`WireError`], so the
+//! Flight. Every [`ShardService`](crate::service::ShardService) call except `scan` and
+//! `load` is a Flight `DoAction` whose body is a JSON [`Call`] and whose one result is a JSON
+//! [`Reply`]; a scan is a `DoGet` whose ticket is a JSON [`ScanTicket`] and whose answer is the
+//! Arrow IPC stream of the batches; a bulk load (COPY) is a `DoPut` whose descriptor's command
+//! is a JSON [`LoadTicket`] and whose data is Arrow IPC batches of the table's physical
+//! columns, answered by one `PutResult` whose metadata is a JSON [`Reply::Done`]. Errors travel as a gRPC status whose message is a JSON [`WireError`], so the
 //! SQLSTATE a worker chose reaches the client unchanged.
 //!
 //! JSON keeps the protocol readable and versionable while it settles; rows are small in row
-//! operations, and bulk data (scans) is Arrow IPC already.
+//! operations, and bulk data (scans and loads) is Arrow IPC already.
 
 use serde::{Deserialize, Serialize};
 
@@ -128,6 +130,13 @@ pub struct Registered {
 pub struct ScanTicket {
     pub txn: TxnId,
     pub req: ScanRequest,
+}
+
+/// The descriptor command of a bulk load (`DoPut`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoadTicket {
+    pub txn: TxnId,
+    pub table: TableId,
 }
 
 /// A [`DbError`] on the wire.

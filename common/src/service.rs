@@ -29,6 +29,42 @@ pub type BatchStream =
 /// A full physical row of a table (see [`TableDef::columns`]).
 pub type Row = Vec<Datum>;
 
+/// The rows of a record batch that holds a table's physical columns in order, checked
+/// against the table (08P01 for a batch of another shape: it came over the wire).
+pub fn rows_of_batch(def: &TableDef, batch: &RecordBatch) -> DbResult<Vec<Row>> {
+    use crate::error::{DbError, SqlState};
+    let bad = |what: String| DbError::new(SqlState::ProtocolViolation, what);
+    if batch.num_columns() != def.columns.len() {
+        return Err(bad(format!(
+            "a loaded batch has {} columns; table {} has {}",
+            batch.num_columns(),
+            def.id,
+            def.columns.len()
+        )));
+    }
+    for (c, a) in def.columns.iter().zip(batch.columns()) {
+        if a.data_type() != &c.ty.arrow_type() {
+            return Err(bad(format!(
+                "a loaded batch has column \"{}\" as {}, not {}",
+                c.name,
+                a.data_type(),
+                c.ty.arrow_type()
+            )));
+        }
+    }
+    let types: Vec<_> = def.columns.iter().map(|c| c.ty).collect();
+    (0..batch.num_rows())
+        .map(|r| {
+            batch
+                .columns()
+                .iter()
+                .zip(&types)
+                .map(|(a, &ty)| Datum::from_arrow(a.as_ref(), r, ty))
+                .collect()
+        })
+        .collect()
+}
+
 /// One buffered write.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum WriteOp {
@@ -193,6 +229,10 @@ pub trait ShardService: Send + Sync + std::fmt::Debug {
     /// entries. Keys are checked for uniqueness when the segments register, at commit (23505
     /// then), against committed data and the rest of the load.
     async fn load(&self, txn: TxnId, table: TableId, rows: Vec<Row>) -> DbResult<()>;
+
+    /// [`ShardService::load`] of a record batch of the table's physical columns, in order
+    /// (what a worker receives over Flight `DoPut`; see [`rows_of_batch`]).
+    async fn load_batch(&self, txn: TxnId, table: TableId, batch: RecordBatch) -> DbResult<()>;
 
     /// Applies the transaction's writes atomically; durable when this returns.
     async fn commit(&self, txn: TxnId) -> DbResult<()>;

@@ -24,7 +24,7 @@ use futures::{StreamExt, TryStreamExt};
 use orochi_common::error::{DbError, DbResult, SqlState};
 use orochi_common::keycodec;
 use orochi_common::rpc::{
-    ACTION, BOOT_HEADER, Call, PROTOCOL_VERSION, Reply, ScanTicket, WireError,
+    ACTION, BOOT_HEADER, Call, LoadTicket, PROTOCOL_VERSION, Reply, ScanTicket, WireError,
 };
 use orochi_common::schema::{ShardIndex, TableDef, TableId};
 use orochi_common::service::{
@@ -162,6 +162,57 @@ impl RemoteWorker {
                 ),
             });
         Ok(Box::pin(batches))
+    }
+
+    /// Bulk-loads `batch` (the table's physical columns) into `txn` on this worker (Flight
+    /// `DoPut`); returns the worker's boot id.
+    pub async fn load(
+        &self,
+        txn: TxnId,
+        table: TableId,
+        batch: arrow::record_batch::RecordBatch,
+    ) -> DbResult<Option<u64>> {
+        let ticket = serde_json::to_vec(&LoadTicket { txn, table })
+            .map_err(|e| DbError::internal(format!("encoding a load: {e}")))?;
+        let data: Vec<arrow_flight::FlightData> =
+            arrow_flight::encode::FlightDataEncoderBuilder::new()
+                .with_flight_descriptor(Some(arrow_flight::FlightDescriptor::new_cmd(ticket)))
+                .build(futures::stream::once(async { Ok(batch) }))
+                .try_collect()
+                .await
+                .map_err(|e| DbError::internal(format!("encoding a load: {e}")))?;
+        let mut client = self.client.clone();
+        let response = client
+            .do_put(futures::stream::iter(data))
+            .await
+            .map_err(|s| self.error(&s))?;
+        let boot = response
+            .metadata()
+            .get(BOOT_HEADER)
+            .and_then(|v| v.to_str().ok()?.parse().ok());
+        let result = response
+            .into_inner()
+            .message()
+            .await
+            .map_err(|s| self.error(&s))?
+            .ok_or_else(|| {
+                DbError::new(
+                    SqlState::ProtocolViolation,
+                    format!("worker {} sent no answer to a load", self.address),
+                )
+            })?;
+        self.touch();
+        match serde_json::from_slice(&result.app_metadata) {
+            Ok(Reply::Done) => Ok(boot),
+            Ok(other) => Err(unexpected(&self.address, &other)),
+            Err(e) => Err(DbError::new(
+                SqlState::ProtocolViolation,
+                format!(
+                    "worker {} sent a malformed answer to a load: {e}",
+                    self.address
+                ),
+            )),
+        }
     }
 
     fn touch(&self) {
@@ -469,13 +520,26 @@ impl ClusterShardService {
     /// the transaction first reached it lost the transaction's writes there: the call fails
     /// (and the session rolls the transaction back) instead of committing what is left.
     async fn txn_call(&self, txn: TxnId, w: usize, call: &Call) -> DbResult<Reply> {
+        self.joins(txn, w);
+        let (reply, boot) = self.workers()[w].call_with_boot(call).await?;
+        self.answered(txn, w, boot)?;
+        Ok(reply)
+    }
+
+    /// Records worker `w` as a participant of `txn` (before the call that creates its
+    /// state there).
+    fn joins(&self, txn: TxnId, w: usize) {
         self.participants
             .lock()
             .entry(txn)
             .or_default()
             .entry(w)
             .or_insert(None);
-        let (reply, boot) = self.workers()[w].call_with_boot(call).await?;
+    }
+
+    /// Checks the boot id a participant answered with against the one it had when the
+    /// transaction first reached it.
+    fn answered(&self, txn: TxnId, w: usize, boot: Option<u64>) -> DbResult<()> {
         let mut participants = self.participants.lock();
         if let Some(seen) = participants.get_mut(&txn).and_then(|m| m.get_mut(&w)) {
             same_boot(&self.workers()[w].address, *seen, boot)?;
@@ -483,7 +547,20 @@ impl ClusterShardService {
                 *seen = boot;
             }
         }
-        Ok(reply)
+        Ok(())
+    }
+
+    /// A load's rows for worker `w`, shipped as one Arrow batch.
+    async fn load_on(&self, txn: TxnId, w: usize, def: &TableDef, rows: &[Row]) -> DbResult<()> {
+        let all: Vec<usize> = (0..def.columns.len()).collect();
+        let mut builder = orochi_worker::batch::BatchBuilder::new(def, &all, rows.len());
+        for row in rows {
+            builder.push(row.iter())?;
+        }
+        let batch = builder.finish()?;
+        self.joins(txn, w);
+        let boot = self.workers()[w].load(txn, def.id, batch).await?;
+        self.answered(txn, w, boot)
     }
 
     /// The same call on every worker, all at once; the first error wins.
@@ -817,12 +894,39 @@ impl ShardService for ClusterShardService {
         Ok(limited)
     }
 
-    /// Loads go to the workers as ordinary inserts: the bulk-load RPC (Flight DoPut of Arrow
-    /// batches into the workers' segments) is not built yet.
+    /// A load's rows go to the workers that own their shards (every copy, for a reference
+    /// table) as Arrow batches, all workers at once (Flight `DoPut`): there they become
+    /// columnar segments when the transaction commits, two-phase if it loaded on several.
     async fn load(&self, txn: TxnId, table: TableId, rows: Vec<Row>) -> DbResult<()> {
-        self.write(txn, WriteRequest::inserts(table, rows))
+        let r = self.routed(table)?;
+        let def = &r.def;
+        let per: Vec<(usize, Vec<Row>)> = if def.reference {
+            (0..self.copies(def)).map(|w| (w, rows.clone())).collect()
+        } else {
+            let mut per: BTreeMap<usize, Vec<Row>> = BTreeMap::new();
+            for row in rows {
+                per.entry(self.owner(def, def.shard_of_row(&row)))
+                    .or_default()
+                    .push(row);
+            }
+            per.into_iter().collect()
+        };
+        let loads = per.iter().map(|(w, rows)| self.load_on(txn, *w, def, rows));
+        futures::future::join_all(loads)
             .await
+            .into_iter()
+            .collect::<DbResult<Vec<()>>>()
             .map(|_| ())
+    }
+
+    async fn load_batch(
+        &self,
+        txn: TxnId,
+        table: TableId,
+        batch: arrow::record_batch::RecordBatch,
+    ) -> DbResult<()> {
+        let rows = orochi_common::service::rows_of_batch(&self.routed(table)?.def, &batch)?;
+        self.load(txn, table, rows).await
     }
 
     async fn write(&self, txn: TxnId, req: WriteRequest) -> DbResult<WriteResponse> {

@@ -994,3 +994,111 @@ async fn three_coordinators_share_one_raft_catalog_and_survive_a_leader_kill() {
         .get(0);
     assert_eq!(n, 2);
 }
+
+/// COPY rows `keys` into `loaded`; the number of rows, or the error's SQLSTATE.
+async fn copy_keys(c: &tokio_postgres::Client, keys: &[i32]) -> Result<u64, String> {
+    use futures::SinkExt;
+    let data: String = keys.iter().map(|k| format!("{k}\tv{k}\n")).collect();
+    let sink = c
+        .copy_in("COPY loaded FROM STDIN")
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    futures::pin_mut!(sink);
+    let sent = sink.send(bytes::Bytes::from(data)).await;
+    let done = match sent {
+        Ok(()) => sink.finish().await,
+        Err(e) => Err(e),
+    };
+    done.map_err(|e| {
+        e.code()
+            .map_or_else(|| format!("{e:?}"), |s| s.code().to_string())
+    })
+}
+
+/// (rows, sum of keys) of `loaded`, and the rows each storage tier holds.
+async fn loaded_state(c: &tokio_postgres::Client) -> ((i64, i64), Vec<(String, i64)>) {
+    let r = c
+        .query_one(
+            "SELECT count(*), coalesce(sum(k), 0)::bigint FROM loaded",
+            &[],
+        )
+        .await
+        .unwrap();
+    let tiers = c
+        .query(
+            "SELECT tier, row_count::bigint FROM orochi_storage_stats() \
+             WHERE table_name = 'public.loaded' ORDER BY tier",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    ((r.get(0), r.get(1)), tiers)
+}
+
+/// COPY into a distributed table ships Arrow batches to the workers that own the rows
+/// (Flight `DoPut`), where they become columnar segments; a COPY that loaded on both workers
+/// commits on both in one two-phase commit. A duplicate key on one worker leaves nothing
+/// loaded on the other, and loaded rows survive `kill -9` of a worker.
+#[tokio::test]
+async fn copy_loads_columnar_segments_on_both_workers_atomically() {
+    let mut cluster = Cluster::start(2).unwrap();
+    let c = cluster.coordinator.connect().await;
+    c.batch_execute("CREATE TABLE loaded (k int PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    let keys: Vec<i32> = (1..=20_000).collect();
+    assert_eq!(copy_keys(&c, &keys).await, Ok(20_000));
+    let sum: i64 = keys.iter().map(|&k| k as i64).sum();
+    let want = ((20_000, sum), vec![("columnar".to_string(), 20_000)]);
+    assert_eq!(loaded_state(&c).await, want, "segments, not the row store");
+    let per_worker: Vec<i64> = c
+        .query(
+            "SELECT sum(row_count)::bigint FROM orochi_shard_distribution() \
+             WHERE table_name = 'public.loaded' GROUP BY worker ORDER BY worker",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(per_worker.len(), 2, "{per_worker:?}");
+    assert!(per_worker.iter().all(|&n| n > 5_000), "{per_worker:?}");
+
+    // new keys on both workers and one already loaded: nothing of it stays, anywhere
+    let mut again: Vec<i32> = (20_001..=21_000).collect();
+    again.push(7);
+    assert_eq!(copy_keys(&c, &again).await, Err("23505".to_string()));
+    // and a key twice in one COPY
+    let twice: Vec<i32> = (21_001..=22_000).chain([21_500]).collect();
+    assert_eq!(copy_keys(&c, &twice).await, Err("23505".to_string()));
+    assert_eq!(
+        loaded_state(&c).await,
+        want,
+        "a failed COPY left rows behind"
+    );
+
+    // inside a transaction, with a row written before it: all of it or none
+    c.batch_execute("BEGIN; INSERT INTO loaded VALUES (0, 'zero')")
+        .await
+        .unwrap();
+    assert_eq!(copy_keys(&c, &[30_001, 30_002, 30_003]).await, Ok(3));
+    c.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(loaded_state(&c).await, want);
+
+    // acknowledged, the segments survive kill -9 of either worker
+    cluster.workers[1].kill();
+    cluster.restart_worker(1).unwrap();
+    cluster.workers[0].kill();
+    cluster.restart_worker(0).unwrap();
+    let c = cluster.coordinator.connect().await;
+    assert_eq!(loaded_state(&c).await, want);
+    let got = c
+        .query_one("SELECT v FROM loaded WHERE k = 12345", &[])
+        .await
+        .unwrap();
+    assert_eq!(got.get::<_, String>(0), "v12345");
+}

@@ -6,6 +6,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
+use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::FlightService;
@@ -15,7 +16,9 @@ use arrow_flight::{
 };
 use futures::{Stream, StreamExt, TryStreamExt};
 use orochi_common::error::{DbError, SqlState};
-use orochi_common::rpc::{ACTION, Call, PROTOCOL_VERSION, Reply, ScanTicket, WireError};
+use orochi_common::rpc::{
+    ACTION, Call, LoadTicket, PROTOCOL_VERSION, Reply, ScanTicket, WireError,
+};
 use orochi_common::service::ShardService;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -242,13 +245,46 @@ impl FlightService for WorkerFlight {
         Err(Status::unimplemented("get_schema"))
     }
 
+    /// A bulk load: the first message's descriptor names the transaction and table
+    /// ([`LoadTicket`]); each batch is loaded as it arrives.
     async fn do_put(
         &self,
-        _request: Request<Streaming<FlightData>>,
+        request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoPutStream>, Status> {
-        Err(Status::unimplemented(
-            "do_put: bulk load is not implemented yet",
-        ))
+        let mut input = request.into_inner();
+        let first = input
+            .message()
+            .await?
+            .ok_or_else(|| bad_request("a load without data"))?;
+        let ticket: LoadTicket = match &first.flight_descriptor {
+            Some(d) => serde_json::from_slice(&d.cmd).map_err(bad_request)?,
+            None => return Err(bad_request("a load without a descriptor")),
+        };
+        let data = futures::stream::once(async { Ok(first) })
+            .chain(input)
+            .map_err(|s| FlightError::Tonic(Box::new(s)));
+        let mut batches = FlightRecordBatchStream::new_from_flight_data(data);
+        loop {
+            let batch = match batches.try_next().await {
+                Ok(Some(b)) => b,
+                Ok(None) => break,
+                Err(FlightError::Tonic(s)) => return Err(*s),
+                Err(e) => return Err(bad_request(e)),
+            };
+            self.service
+                .load_batch(ticket.txn, ticket.table, batch)
+                .await
+                .map_err(|e| status_of(&e))?;
+        }
+        let done = serde_json::to_vec(&Reply::Done).expect("a reply serializes");
+        let result = PutResult {
+            app_metadata: done.into(),
+        };
+        let mut response = Response::new(futures::stream::iter([Ok(result)]).boxed());
+        response
+            .metadata_mut()
+            .insert(orochi_common::rpc::BOOT_HEADER, self.boot.clone());
+        Ok(response)
     }
 
     async fn do_exchange(
@@ -263,6 +299,7 @@ impl FlightService for WorkerFlight {
 mod tests {
     use arrow_flight::flight_service_client::FlightServiceClient;
     use arrow_flight::flight_service_server::FlightServiceServer;
+    use orochi_common::datum::Datum;
     use orochi_common::service::ScanRequest;
 
     use super::*;
@@ -411,6 +448,84 @@ mod tests {
             };
             assert!(!sqlstate(&e).starts_with("not"), "{e:?}");
         }
+
+        // loads (DoPut): no descriptor, a descriptor that is not a ticket, a batch of
+        // another shape, data that is not Arrow IPC
+        let encode = |desc: Option<FlightDescriptor>, batch: arrow::record_batch::RecordBatch| async move {
+            FlightDataEncoderBuilder::new()
+                .with_flight_descriptor(desc)
+                .build(futures::stream::once(async { Ok(batch) }))
+                .try_collect::<Vec<FlightData>>()
+                .await
+                .unwrap()
+        };
+        let ticket = |txn| {
+            FlightDescriptor::new_cmd(
+                serde_json::to_vec(&LoadTicket { txn, table: 16384 }).unwrap(),
+            )
+        };
+        let good = |k: i64| {
+            let mut b = crate::batch::BatchBuilder::new(&def, &[0, 1], 1);
+            b.push([Datum::Int8(k), Datum::Int8(k)].iter()).unwrap();
+            b.finish().unwrap()
+        };
+        let narrow = {
+            let mut b = crate::batch::BatchBuilder::new(&def, &[0], 1);
+            b.push([Datum::Int8(1)].iter()).unwrap();
+            b.finish().unwrap()
+        };
+        let garbage = vec![FlightData {
+            flight_descriptor: Some(ticket(2)),
+            data_header: b"\xff\xff\xff\xff garbage".to_vec().into(),
+            ..Default::default()
+        }];
+        for data in [
+            encode(None, good(1)).await,
+            encode(
+                Some(FlightDescriptor::new_cmd(b"not json".to_vec())),
+                good(1),
+            )
+            .await,
+            encode(Some(ticket(2)), narrow).await,
+            garbage,
+            Vec::new(),
+        ] {
+            let Err(e) = client.do_put(futures::stream::iter(data)).await else {
+                panic!("a malformed load was accepted");
+            };
+            assert!(!sqlstate(&e).starts_with("not"), "{e:?}");
+        }
+        // a well-formed load commits
+        let put = client
+            .do_put(futures::stream::iter(
+                encode(Some(ticket(3)), good(5)).await,
+            ))
+            .await
+            .unwrap();
+        let answer = put.into_inner().message().await.unwrap().unwrap();
+        assert!(matches!(
+            serde_json::from_slice(&answer.app_metadata).unwrap(),
+            Reply::Done
+        ));
+        action(
+            &mut client,
+            ACTION,
+            serde_json::to_vec(&Call::Commit { txn: 3 }).unwrap(),
+        )
+        .await
+        .unwrap();
+        let call = Call::Get {
+            txn: 4,
+            table: 16384,
+            keys: vec![def.encode_key(&[Datum::Int8(5), Datum::Int8(0)])],
+            lock: false,
+            lock_timeout_ms: None,
+        };
+        let got = action(&mut client, ACTION, serde_json::to_vec(&call).unwrap()).await;
+        assert!(
+            matches!(&got, Ok(Reply::Rows(r)) if r == &vec![Some(vec![Datum::Int8(5), Datum::Int8(5)])]),
+            "{got:?}"
+        );
 
         // still serving
         match action(

@@ -729,6 +729,12 @@ impl ShardService for LocalShardService {
             .await
     }
 
+    async fn load_batch(&self, txn: TxnId, table: TableId, batch: RecordBatch) -> DbResult<()> {
+        let entry = self.store.table(table)?;
+        let rows = orochi_common::service::rows_of_batch(&entry.def, &batch)?;
+        self.load(txn, table, rows).await
+    }
+
     async fn commit(&self, txn: TxnId) -> DbResult<()> {
         if let Some(state) = self.existing_txn_state(txn) {
             // the last rows buffered by loads become runs
