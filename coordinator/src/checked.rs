@@ -440,6 +440,28 @@ pub fn check_integer_arithmetic(
         }
     };
     expr.transform_up(|e| {
+        // to_char(date): of the timestamptz at its midnight in the session's zone (Postgres
+        // has no to_char(date); the date is cast)
+        if let Expr::ScalarFunction(f) = &e
+            && f.func.name() == "to_char"
+            && let Some(date) = f.args.first()
+            && let Ok(DataType::Date32 | DataType::Date64) = date.get_type(schema)
+        {
+            let unit = arrow::datatypes::TimeUnit::Microsecond;
+            let naive = Expr::Cast(datafusion::logical_expr::Cast::new(
+                Box::new(date.clone()),
+                DataType::Timestamp(unit, None),
+            ));
+            let local = Expr::Cast(datafusion::logical_expr::Cast::new(
+                Box::new(naive),
+                DataType::Timestamp(unit, Some(session_label.clone())),
+            ));
+            let mut args = f.args.clone();
+            args[0] = local;
+            return Ok(Transformed::yes(Expr::ScalarFunction(
+                ScalarFunction::new_udf(f.func.clone(), args),
+            )));
+        }
         // extract/date_part/date_trunc/to_char and ::date/::time of a timestamptz: in the
         // session's zone, as Postgres computes them
         if let Expr::ScalarFunction(f) = &e

@@ -12,6 +12,7 @@ pub mod cluster;
 mod privileges;
 pub mod sizes;
 pub mod storage;
+mod to_char;
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -611,6 +612,7 @@ pub fn stateless_functions() -> Vec<ScalarUDF> {
             signature: Signature::variadic_any(Volatility::Volatile),
         }));
     }
+    out.push(to_char::udf());
     out.push(ScalarUDF::new_from_impl(SizePretty {
         signature: Signature::any(1, Volatility::Immutable),
     }));
