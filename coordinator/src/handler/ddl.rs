@@ -681,41 +681,21 @@ async fn add_primary_key(
         r.dropped = true;
     }
     new.version += 1;
-    s.instance.service.create_table(&new).await?;
-    let copy_txn = s.instance.new_txn_id();
-    let result = async {
-        let all: Vec<usize> = (0..old.columns.len()).collect();
-        let mut stream = s
-            .instance
-            .service
-            .scan(copy_txn, ScanRequest::full(&old, all, 8192))
-            .await?;
-        while let Some(b) = stream.try_next().await? {
-            let mut rows = Vec::with_capacity(b.num_rows());
-            for r in 0..b.num_rows() {
-                let row: Vec<Datum> = (0..old.columns.len())
-                    .map(|c| Datum::from_arrow(b.column(c).as_ref(), r, old.columns[c].ty))
-                    .collect::<DbResult<_>>()?;
-                for &k in &new.primary_key {
-                    if row[k].is_null() {
-                        return Err(DbError::new(
-                            SqlState::NotNullViolation,
-                            format!(
-                                "column \"{}\" of relation \"{}\" contains null values",
-                                new.columns[k].name, new.name
-                            ),
-                        ));
-                    }
-                }
-                rows.push(row);
+    let check = |row: &[Datum]| -> DbResult<()> {
+        for &k in &new.primary_key {
+            if row[k].is_null() {
+                return Err(DbError::new(
+                    SqlState::NotNullViolation,
+                    format!(
+                        "column \"{}\" of relation \"{}\" contains null values",
+                        new.columns[k].name, new.name
+                    ),
+                ));
             }
-            // a bulk load into the new table: its keys are checked for duplicates at commit
-            s.instance.service.load(copy_txn, new.id, rows).await?;
         }
-        s.instance.service.commit(copy_txn).await
-    }
-    .await
-    .map_err(|e| {
+        Ok(())
+    };
+    rewrite_table(s, &old, &new, check).await.map_err(|e| {
         if e.state == SqlState::UniqueViolation {
             DbError::new(
                 SqlState::UniqueViolation,
@@ -729,17 +709,54 @@ async fn add_primary_key(
         } else {
             e
         }
-    });
+    })?;
+    // put_table below (in the caller) bumps the version again; keep it consistent
+    new.version -= 1;
+    Ok(new)
+}
+
+/// Moves a table's rows into `new` (a definition of the same columns under a new table id,
+/// keyed or placed differently), then switches the catalog to it and drops the old shards.
+/// The rows go in as one bulk load that commits before the switch, so a failure (a row
+/// `check` refuses, a duplicate key) leaves the old table as it was. Writers of the table
+/// are not held off meanwhile: what they commit during the copy may not reach `new`.
+pub async fn rewrite_table(
+    s: &Session,
+    old: &TableDef,
+    new: &TableDef,
+    check: impl Fn(&[Datum]) -> DbResult<()>,
+) -> DbResult<()> {
+    s.instance.service.create_table(new).await?;
+    let copy_txn = s.instance.new_txn_id();
+    let result = async {
+        let all: Vec<usize> = (0..old.columns.len()).collect();
+        let mut stream = s
+            .instance
+            .service
+            .scan(copy_txn, ScanRequest::full(old, all, 8192))
+            .await?;
+        while let Some(b) = stream.try_next().await? {
+            let mut rows = Vec::with_capacity(b.num_rows());
+            for r in 0..b.num_rows() {
+                let row: Vec<Datum> = (0..old.columns.len())
+                    .map(|c| Datum::from_arrow(b.column(c).as_ref(), r, old.columns[c].ty))
+                    .collect::<DbResult<_>>()?;
+                check(&row)?;
+                rows.push(row);
+            }
+            // a bulk load into the new table: its keys are checked for duplicates at commit
+            s.instance.service.load(copy_txn, new.id, rows).await?;
+        }
+        s.instance.service.commit(copy_txn).await
+    }
+    .await;
     if let Err(e) = result {
         s.instance.service.abort(copy_txn).await;
         s.instance.service.drop_table(new.id).await?;
         return Err(e);
     }
     s.instance.catalog.put_table(new.clone())?;
-    s.instance.service.drop_table(old.id).await?;
-    // put_table below (in the caller) bumps the version again; keep it consistent
-    new.version -= 1;
-    Ok(new)
+    s.instance.service.drop_table(old.id).await
 }
 
 /// A column default the way `pg_get_expr` prints it: a string constant carries a cast to the

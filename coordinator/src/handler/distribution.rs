@@ -9,7 +9,8 @@
 //!
 //! The distribution column must be part of the primary key: uniqueness is checked inside a
 //! shard, so a key that could land in two shards could be stored twice (Citus has the same
-//! rule). The table must be empty: moving rows between placements is not implemented yet.
+//! rule). A table with rows is rewritten: its rows move into the shards of the new placement
+//! (under a new table id) in one bulk load, and the catalog switches to it when that commits.
 //! The functions return `void` in Citus; here one empty text value, which psql prints the same.
 
 use arrow::array::StringArray;
@@ -182,23 +183,19 @@ pub async fn handle(
         new.shard_count = shard_count as u32;
     }
     if new != *def {
-        if crate::handler::ddl::table_has_rows(s, &def, txn).await? {
-            return Err(DbError::new(
-                SqlState::FeatureNotSupported,
-                format!("cannot change how \"{}\" is placed: it has rows", def.name),
-            )
-            .with_detail(format!(
-                "Call {}() while the table is empty, then load it.",
-                call.name
-            )));
-        }
         new.version += 1;
         // re-created, so placed over the workers there are now
         new.workers = s.instance.service.placement_width();
-        // the table is empty: re-create its shards in the new placement
-        s.instance.service.drop_table(def.id).await?;
-        s.instance.service.create_table(&new).await?;
-        s.instance.catalog.put_table(new)?;
+        if crate::handler::ddl::table_has_rows(s, &def, txn).await? {
+            // its rows move into shards of the new placement (a new table id)
+            new.id = s.instance.catalog.allocate_table_id()?;
+            crate::handler::ddl::rewrite_table(s, &def, &new, |_| Ok(())).await?;
+        } else {
+            // empty: its shards are re-created in the new placement
+            s.instance.service.drop_table(def.id).await?;
+            s.instance.service.create_table(&new).await?;
+            s.instance.catalog.put_table(new)?;
+        }
     }
     StatementResult::text_column(call.name, true, vec![String::new()], "SELECT")
 }
