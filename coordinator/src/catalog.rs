@@ -61,6 +61,10 @@ pub enum Command {
     /// Appends a worker to the worker list unless it is there ([`Outcome::Ids`]: its index),
     /// so workers registering through different coordinators get one order everywhere.
     AppendWorker { address: String },
+    /// Decides a distributed transaction (two-phase commit) unless it is decided already:
+    /// the first decision stands ([`Outcome::Decided`]: the one that holds), so the
+    /// coordinator that ran it and one that resolves it after it died cannot disagree.
+    Decide { txn: u64, commit: bool },
 }
 
 /// What applying a [`Command`] produced.
@@ -77,6 +81,8 @@ pub enum Outcome {
     },
     /// The key the command needs does not exist.
     Missing,
+    /// A transaction's decision: commit (`true`) or abort.
+    Decided(bool),
 }
 
 #[derive(Default)]
@@ -101,6 +107,12 @@ fn table_acl_key(id: TableId) -> String {
 
 fn schema_acl_key(name: &str) -> String {
     format!("schema/{name}")
+}
+
+const DECISION_PREFIX: &str = "decision/";
+
+fn decision_key(txn: u64) -> String {
+    format!("{DECISION_PREFIX}{txn:020}")
 }
 
 fn sequence_key(schema: &str, name: &str) -> String {
@@ -162,8 +174,11 @@ impl CatalogState {
         for (key, value) in changes {
             reflect(&mut inner, key, value.as_deref())?;
         }
-        self.version
-            .fetch_add(1, std::sync::atomic::Ordering::Release);
+        // transaction decisions are not catalog contents: caches need not look again
+        if !changes.iter().all(|(k, _)| k.starts_with(DECISION_PREFIX)) {
+            self.version
+                .fetch_add(1, std::sync::atomic::Ordering::Release);
+        }
         Ok(())
     }
 
@@ -201,6 +216,19 @@ impl CatalogState {
                     Outcome::Ids(first),
                     vec![("next_table_id".to_string(), Some(next))],
                 ))
+            }
+            Command::Decide { txn, commit } => {
+                let key = decision_key(*txn);
+                if let Some(v) = tx.get(key.as_bytes())? {
+                    return Ok((Outcome::Decided(v.as_ref() != b"a"), Vec::new()));
+                }
+                let v = if *commit {
+                    b"c".to_vec()
+                } else {
+                    b"a".to_vec()
+                };
+                tx.insert(key.as_bytes(), v.as_slice())?;
+                Ok((Outcome::Decided(*commit), vec![(key, Some(v))]))
             }
             Command::AppendWorker { address } => {
                 let mut list: Vec<String> = tx
@@ -316,8 +344,6 @@ struct SeqBlock {
 
 pub struct Catalog {
     state: Arc<CatalogState>,
-    /// Not replicated: two-phase commit decisions of this coordinator.
-    local: sled::Tree,
     db: sled::Db,
     raft: RaftNode,
     sequences: Mutex<BTreeMap<String, SeqBlock>>,
@@ -336,18 +362,10 @@ impl Catalog {
             .open()
             .map_err(io)?;
         let tree = db.open_tree("catalog").map_err(io)?;
-        let local = db.open_tree("local").map_err(io)?;
-        // decisions of a version that kept them in the replicated tree
-        for item in tree.scan_prefix("decision/") {
-            let (k, v) = item.map_err(io)?;
-            local.insert(&k, v).map_err(io)?;
-            tree.remove(&k).map_err(io)?;
-        }
         let state = Arc::new(CatalogState::load(tree)?);
         let node = RaftNode::start(&db, state.clone(), raft)?;
         let catalog = Catalog {
             state,
-            local,
             db,
             raft: node,
             sequences: Mutex::new(BTreeMap::new()),
@@ -364,6 +382,18 @@ impl Catalog {
                 }
                 r => break r?,
             }
+        }
+        // commit decisions of a version that kept them in a tree of its own
+        let local = catalog.db.open_tree("local").map_err(io)?;
+        for item in local.scan_prefix(DECISION_PREFIX) {
+            let (k, _) = item.map_err(io)?;
+            if let Some(txn) = std::str::from_utf8(&k[DECISION_PREFIX.len()..])
+                .ok()
+                .and_then(|t| t.parse().ok())
+            {
+                catalog.decide(txn, true)?;
+            }
+            local.remove(&k).map_err(io)?;
         }
         Ok(catalog)
     }
@@ -644,37 +674,50 @@ impl Catalog {
         Ok(())
     }
 
-    /// Records that a distributed transaction committed (two-phase commit's decision),
-    /// durably: from here on recovery commits it wherever it is still prepared.
-    pub fn put_commit_decision(&self, txn: u64) -> DbResult<()> {
-        self.local
-            .insert(format!("decision/{txn:020}"), &[])
-            .map_err(io)?;
-        self.db.flush().map_err(io)?;
-        Ok(())
+    /// Decides a distributed transaction (two-phase commit), durably and replicated to the
+    /// coordinators' Raft group: from here on recovery, by any coordinator, finishes it the
+    /// same way wherever it is still prepared. Returns the decision that holds: an earlier
+    /// one stands (a coordinator that found the transaction in doubt after its own
+    /// coordinator died may have aborted it).
+    pub fn decide(&self, txn: u64, commit: bool) -> DbResult<bool> {
+        match self.propose(Command::Decide { txn, commit })? {
+            Outcome::Decided(d) => Ok(d),
+            other => Err(DbError::internal(format!(
+                "deciding transaction {txn}: unexpected outcome {other:?}"
+            ))),
+        }
     }
 
-    /// Forgets a decision once every participant applied it.
-    pub fn remove_commit_decision(&self, txn: u64) -> DbResult<()> {
-        self.local
-            .remove(format!("decision/{txn:020}"))
-            .map_err(io)?;
-        Ok(())
+    /// Forgets decisions once every participant applied them.
+    pub fn forget_decisions(&self, txns: &[u64]) -> DbResult<()> {
+        let writes = txns.iter().map(|&t| (decision_key(t), None)).collect();
+        self.write(writes, vec![]).map(|_| ())
     }
 
-    /// The transactions with a recorded commit decision.
-    pub fn commit_decisions(&self) -> Vec<u64> {
-        self.local
-            .scan_prefix("decision/")
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter_map(|k| {
-                std::str::from_utf8(&k["decision/".len()..])
+    /// The recorded decisions: transaction → commit (`true`) or abort.
+    pub fn decisions(&self) -> BTreeMap<u64, bool> {
+        self.state
+            .tree
+            .scan_prefix(DECISION_PREFIX)
+            .filter_map(|item| item.ok())
+            .filter_map(|(k, v)| {
+                let txn = std::str::from_utf8(&k[DECISION_PREFIX.len()..])
                     .ok()?
                     .parse()
-                    .ok()
+                    .ok()?;
+                Some((txn, v.as_ref() != b"a"))
             })
             .collect()
+    }
+
+    /// Whether coordinator `node` of the Raft group is running.
+    pub fn coordinator_alive(&self, node: u64) -> bool {
+        self.raft.member_alive(node)
+    }
+
+    /// How many coordinators the Raft group has.
+    pub fn coordinator_count(&self) -> usize {
+        self.raft.member_count()
     }
 
     pub fn table(&self, schema: &str, name: &str) -> Option<Arc<TableDef>> {

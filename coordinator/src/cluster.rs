@@ -295,6 +295,22 @@ pub struct ClusterShardService {
     /// When this process started (µs since the epoch): every transaction id it hands out is
     /// above it, every one of its predecessors' below (see `Call::AbortOpen`).
     started: TxnId,
+    /// Committed transactions every participant applied: their decisions are forgotten in
+    /// the next batch.
+    applied: Mutex<Vec<TxnId>>,
+}
+
+/// How often a coordinator of a group looks for transactions a dead coordinator left
+/// prepared, and how long one must be in doubt before it is decided.
+const ORPHAN_CHECK_SECONDS: u64 = 2;
+const ORPHAN_GRACE: Duration = Duration::from_secs(5);
+
+/// A failure injected for tests: `OROCHI_FAILPOINT=<name>`.
+fn failpoint(name: &str) -> bool {
+    static SET: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    SET.get_or_init(|| std::env::var("OROCHI_FAILPOINT").ok())
+        .as_deref()
+        == Some(name)
 }
 
 impl std::fmt::Debug for ClusterShardService {
@@ -317,6 +333,7 @@ impl ClusterShardService {
             registering: tokio::sync::Mutex::new(()),
             seen_version: Default::default(),
             started: crate::session::txn_id_floor(node),
+            applied: Mutex::new(Vec::new()),
         };
         let count = svc.workers().len() as u32;
         for def in catalog.all_tables() {
@@ -586,7 +603,8 @@ impl ClusterShardService {
     }
 
     pub async fn recover(self: &Arc<Self>) {
-        let decisions: BTreeSet<TxnId> = self.catalog.commit_decisions().into_iter().collect();
+        self.start_background();
+        let decisions = self.catalog.decisions();
         let mut all_answered = true;
         for (i, w) in self.workers().iter().enumerate() {
             // the sessions of the previous coordinator process are gone: so are their
@@ -612,21 +630,111 @@ impl ClusterShardService {
                     continue;
                 }
             };
-            // another coordinator's transactions are its own to resolve
+            // another coordinator's transactions are its own to resolve (or, if it is gone,
+            // the in-doubt resolver's: see `resolve_orphans`)
             for txn in prepared.into_iter().filter(|t| self.owns(*t)) {
-                let commit = decisions.contains(&txn);
+                let Some(commit) = self.decision(&decisions, txn) else {
+                    continue;
+                };
                 tracing::info!(worker = %w.address, txn, commit, "resolving an in-doubt transaction");
                 self.resolve(i, txn, commit).await;
             }
         }
         if all_answered {
-            for txn in decisions {
-                let _ = self.catalog.remove_commit_decision(txn);
+            let mine: Vec<TxnId> = decisions
+                .keys()
+                .copied()
+                .filter(|t| self.owns(*t))
+                .collect();
+            if let Err(e) = self.catalog.forget_decisions(&mine) {
+                tracing::warn!(error = %e.message, "forgetting resolved decisions");
             }
         }
     }
 
-    async fn recover_worker_later(self: Arc<Self>, worker: usize, decisions: BTreeSet<TxnId>) {
+    /// A prepared transaction's decision: the recorded one, or else abort (recorded first,
+    /// so that no other coordinator decides otherwise). `None` if it cannot be recorded now.
+    fn decision(&self, known: &BTreeMap<TxnId, bool>, txn: TxnId) -> Option<bool> {
+        if let Some(&d) = known.get(&txn) {
+            return Some(d);
+        }
+        match self.catalog.decide(txn, false) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::warn!(txn, error = %e.message, "recording an abort decision");
+                None
+            }
+        }
+    }
+
+    /// The background work of a cluster coordinator: forgetting applied decisions in
+    /// batches, and, in a group of coordinators, resolving what a dead one left in doubt.
+    fn start_background(self: &Arc<Self>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut orphans: HashMap<TxnId, std::time::Instant> = HashMap::new();
+            let mut tick = 0u64;
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let done = std::mem::take(&mut *me.applied.lock());
+                if !done.is_empty() {
+                    let catalog = me.catalog.clone();
+                    let forgot =
+                        tokio::task::spawn_blocking(move || catalog.forget_decisions(&done)).await;
+                    if let Ok(Err(e)) = forgot {
+                        tracing::warn!(error = %e.message, "forgetting applied decisions");
+                    }
+                }
+                tick += 1;
+                if tick.is_multiple_of(ORPHAN_CHECK_SECONDS) && me.catalog.coordinator_count() > 1 {
+                    me.resolve_orphans(&mut orphans).await;
+                }
+            }
+        });
+    }
+
+    /// Transactions of another coordinator that stay prepared on a worker: once that
+    /// coordinator does not answer and they have been in doubt for [`ORPHAN_GRACE`], they are
+    /// decided here — abort, unless their own coordinator recorded a decision first — and
+    /// finished on the workers, so their row locks do not outlive their coordinator.
+    async fn resolve_orphans(&self, seen: &mut HashMap<TxnId, std::time::Instant>) {
+        let now = std::time::Instant::now();
+        let mut listed = BTreeSet::new();
+        for (i, w) in self.workers().iter().enumerate() {
+            let Ok(Reply::Prepared(prepared)) = w.call(&Call::ListPrepared).await else {
+                continue;
+            };
+            for txn in prepared.into_iter().filter(|t| !self.owns(*t)) {
+                listed.insert(txn);
+                let since = *seen.entry(txn).or_insert(now);
+                if now.duration_since(since) < ORPHAN_GRACE {
+                    continue;
+                }
+                let owner = txn % crate::session::MAX_COORDINATORS;
+                let catalog = self.catalog.clone();
+                let alive = tokio::task::spawn_blocking(move || catalog.coordinator_alive(owner))
+                    .await
+                    .unwrap_or(true);
+                if alive {
+                    continue;
+                }
+                let catalog = self.catalog.clone();
+                let decided = tokio::task::spawn_blocking(move || catalog.decide(txn, false)).await;
+                let Ok(Ok(commit)) = decided else {
+                    continue;
+                };
+                tracing::warn!(worker = %w.address, txn, owner, commit, "resolving a transaction its dead coordinator left in doubt");
+                self.resolve(i, txn, commit).await;
+            }
+        }
+        seen.retain(|t, _| listed.contains(t));
+    }
+
+    async fn recover_worker_later(
+        self: Arc<Self>,
+        worker: usize,
+        decisions: BTreeMap<TxnId, bool>,
+    ) {
         let w = &self.workers()[worker];
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -642,7 +750,9 @@ impl ClusterShardService {
             }
             if let Ok(Reply::Prepared(prepared)) = w.call(&Call::ListPrepared).await {
                 for txn in prepared.into_iter().filter(|t| self.owns(*t)) {
-                    self.resolve(worker, txn, decisions.contains(&txn)).await;
+                    if let Some(commit) = self.decision(&decisions, txn) {
+                        self.resolve(worker, txn, commit).await;
+                    }
                 }
                 return;
             }
@@ -691,8 +801,26 @@ impl ClusterShardService {
             }
             return Err(e);
         }
-        // the commit point: once this is durable, the transaction is committed
-        self.catalog.put_commit_decision(txn)?;
+        if failpoint("crash-before-decision") {
+            tracing::error!(txn, "failpoint crash-before-decision: aborting the process");
+            std::process::abort();
+        }
+        // the commit point: once this is recorded (replicated), the transaction is committed;
+        // unless a coordinator that found it in doubt decided first
+        if !self.catalog.decide(txn, true)? {
+            for &w in participants.keys() {
+                self.resolve(w, txn, false).await;
+            }
+            return Err(DbError::new(
+                SqlState::SerializationFailure,
+                "the transaction was in doubt too long and another coordinator aborted it; \
+                 it was rolled back",
+            ));
+        }
+        if failpoint("crash-after-decision") {
+            tracing::error!(txn, "failpoint crash-after-decision: aborting the process");
+            std::process::abort();
+        }
         let applies = participants.keys().map(|&w| {
             let worker = self.workers()[w].clone();
             async move { (w, worker.call(&Call::CommitPrepared { txn }).await) }
@@ -707,8 +835,9 @@ impl ClusterShardService {
             }
         }
         if !pending {
-            // a lost removal is harmless: recovery finds nothing prepared for it
-            let _ = self.catalog.remove_commit_decision(txn);
+            // forgotten in the next batch (a lost removal is harmless: recovery finds nothing
+            // prepared for it)
+            self.applied.lock().push(txn);
         }
         Ok(())
     }

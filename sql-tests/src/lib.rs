@@ -440,6 +440,12 @@ impl Group {
 
     /// Starts coordinator `i` again, on its data directory (a new port).
     pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        self.restart_with(i, &[])
+    }
+
+    /// Starts coordinator `i` again with environment `env` (a failpoint, say).
+    pub fn restart_with(&mut self, i: usize, env: &[(&str, &str)]) -> anyhow::Result<()> {
+        self.kill(i);
         let (dir, args) = self.coordinator_args(i);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.coordinators[i] = Some(Server::start_binary(
@@ -447,7 +453,7 @@ impl Group {
             0,
             &dir,
             &args,
-            &[],
+            env,
         )?);
         Ok(())
     }

@@ -1102,3 +1102,82 @@ async fn copy_loads_columnar_segments_on_both_workers_atomically() {
         .unwrap();
     assert_eq!(got.get::<_, String>(0), "v12345");
 }
+
+/// A coordinator that dies in the middle of a two-phase commit leaves its transaction
+/// prepared on the workers, holding row locks. The decision is replicated in the Raft
+/// catalog, so the surviving coordinators finish it: abort when it died before deciding,
+/// commit when it died after — and the rows are writable again without it.
+#[tokio::test]
+async fn survivors_finish_the_transactions_a_dead_coordinator_left_in_doubt() {
+    let mut g = orochi_sql_tests::Group::start(3, 2).unwrap();
+    let c0 = g.coordinator(0).connect().await;
+    c0.batch_execute(
+        "CREATE TABLE doubt (k int PRIMARY KEY, v text);
+         INSERT INTO doubt SELECT g, 'old' FROM generate_series(1, 200) g",
+    )
+    .await
+    .unwrap();
+    let count = |v: &'static str| {
+        let c0 = &c0;
+        async move {
+            c0.query_one("SELECT count(*) FROM doubt WHERE v = $1", &[&v])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    // writable through a survivor: the in-doubt transaction's row locks are gone
+    let writable = || {
+        let c0 = &c0;
+        async move {
+            c0.batch_execute("SET lock_timeout = '200ms'; UPDATE doubt SET k = k WHERE k = 1")
+                .await
+                .is_ok()
+        }
+    };
+
+    for (failpoint, value, committed) in [
+        ("crash-before-decision", "aborted", false),
+        ("crash-after-decision", "committed", true),
+    ] {
+        g.restart_with(2, &[("OROCHI_FAILPOINT", failpoint)])
+            .unwrap();
+        let c2 = g.coordinator(2).connect().await;
+        // every row: a transaction on both workers, so a two-phase commit
+        let r = c2
+            .execute(&format!("UPDATE doubt SET v = '{value}'"), &[])
+            .await;
+        assert!(r.is_err(), "{failpoint}: the coordinator should have died");
+        assert!(
+            !writable().await,
+            "{failpoint}: the rows are locked while in doubt"
+        );
+        let start = Instant::now();
+        eventually(&format!("{failpoint}: resolved by a survivor"), writable).await;
+        assert!(
+            start.elapsed() < Duration::from_secs(40),
+            "{:?}",
+            start.elapsed()
+        );
+        let want = if committed { (200, 0) } else { (0, 200) };
+        assert_eq!(
+            (count(value).await, count("old").await),
+            want,
+            "{failpoint}"
+        );
+        if committed {
+            c0.batch_execute("UPDATE doubt SET v = 'old'")
+                .await
+                .unwrap();
+        }
+    }
+    // the dead coordinator comes back without a failpoint and serves
+    g.restart(2).unwrap();
+    let c2 = g.coordinator(2).connect().await;
+    let n: i64 = c2
+        .query_one("SELECT count(*) FROM doubt WHERE v = 'old'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 200);
+}

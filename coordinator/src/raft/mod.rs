@@ -189,6 +189,37 @@ impl RaftNode {
         run_on(self.handle(), propose(raft, peers, command))
     }
 
+    /// Whether member `node` of the group is running (answers within a second). This
+    /// member is; one the group does not know is not.
+    pub fn member_alive(&self, node: u64) -> bool {
+        if node == self.id {
+            return true;
+        }
+        let m = self.raft.metrics().borrow().clone();
+        let Some(addr) = m
+            .membership_config
+            .nodes()
+            .find(|(id, _)| **id == node)
+            .map(|(_, n)| n.addr.clone())
+        else {
+            return false;
+        };
+        let Ok(peer) = self.peers.get(&addr) else {
+            return false;
+        };
+        run_on(self.handle(), async move { peer.ping().await })
+    }
+
+    /// How many members the group has.
+    pub fn member_count(&self) -> usize {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .nodes()
+            .count()
+    }
+
     pub fn status(&self) -> RaftStatus {
         let m = self.raft.metrics().borrow().clone();
         let role = match m.state {

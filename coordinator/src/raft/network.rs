@@ -38,6 +38,8 @@ const APPEND: &str = "raft.append";
 const VOTE: &str = "raft.vote";
 const SNAPSHOT: &str = "raft.snapshot";
 const PROPOSE: &str = "raft.propose";
+/// Answered by any running member: another coordinator checks it is alive.
+const PING: &str = "raft.ping";
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a forwarded change may take at the leader.
@@ -111,6 +113,13 @@ impl Peer {
             Ok(r) => r.map_err(|e| format!("Raft peer {}: {e}", self.addr)),
             Err(_) => Err(format!("Raft peer {}: timed out", self.addr)),
         }
+    }
+
+    /// Whether the member answers (within a second).
+    pub async fn ping(&self) -> bool {
+        self.call::<(), ()>(PING, &(), Duration::from_secs(1))
+            .await
+            .is_ok()
     }
 
     /// Forwards a change to the member believed to lead: `None` if it no longer does.
@@ -258,6 +267,7 @@ impl FlightService for RaftService {
             APPEND => reply(&self.raft.append_entries(decode(&action.body)?).await),
             VOTE => reply(&self.raft.vote(decode(&action.body)?).await),
             SNAPSHOT => reply(&self.raft.install_snapshot(decode(&action.body)?).await),
+            PING => reply(&()),
             PROPOSE => {
                 let command: Command = decode(&action.body)?;
                 let forwarded = match self.raft.client_write(command).await {
