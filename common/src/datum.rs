@@ -726,7 +726,11 @@ fn parse_timestamp(s: &str, zone: Option<&Zone>) -> DbResult<i64> {
                 .map_err(|_| e)
         })
         .map_err(|e| datetime_error(ty, s, e))?;
-    let micros = parsed.and_utc().timestamp_micros();
+    let utc = parsed.and_utc();
+    // digits past microseconds round, half to even, as Postgres rounds them (rint)
+    let micros = utc.timestamp_micros();
+    let rest = utc.timestamp_subsec_nanos() % 1000;
+    let micros = micros + i64::from(rest > 500 || (rest == 500 && micros % 2 != 0));
     Ok(match (zone, offset_secs) {
         (Some(_), Some(off)) => micros - off as i64 * 1_000_000,
         (Some(zone), None) => zone.local_to_utc(micros),

@@ -613,6 +613,9 @@ pub fn stateless_functions() -> Vec<ScalarUDF> {
         }));
     }
     out.push(to_char::udf());
+    out.push(ScalarUDF::new_from_impl(PgTypeof {
+        signature: Signature::any(1, Volatility::Immutable),
+    }));
     out.push(ScalarUDF::new_from_impl(SizePretty {
         signature: Signature::any(1, Volatility::Immutable),
     }));
@@ -623,6 +626,34 @@ pub fn stateless_functions() -> Vec<ScalarUDF> {
         .into_scalar_udf(),
     );
     out
+}
+
+/// `pg_typeof(any)`: the name of the type its argument has here (as it would be described to
+/// a client). Numeric literals are `double precision` here, `numeric` in Postgres.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct PgTypeof {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for PgTypeof {
+    fn name(&self) -> &str {
+        "pg_typeof"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let field = &args.arg_fields[0];
+        let name = if field.data_type() == &DataType::Null {
+            "unknown".to_string()
+        } else {
+            crate::pgtypes::regtype_name(crate::pgwire::encode::pg_type(field).oid())
+        };
+        Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(name))))
+    }
 }
 
 /// `pg_sleep(seconds)`: waits without holding a thread (an async function), once per row as

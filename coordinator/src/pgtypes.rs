@@ -52,7 +52,8 @@ const fn ty(
     }
 }
 
-/// The types we have (our column types, plus `oid` and `name` that catalogs use).
+/// The types we have (our column types, `oid` and `name` that catalogs use, and `time` and
+/// `interval`, which expressions produce).
 pub const PG_TYPES: &[PgType] = &[
     ty(16, "bool", "boolean", 1000, 1),
     ty(17, "bytea", "bytea", 1001, -1),
@@ -68,8 +69,10 @@ pub const PG_TYPES: &[PgType] = &[
     ty(1042, "bpchar", "character", 1014, -1),
     ty(1043, "varchar", "character varying", 1015, -1),
     ty(1082, "date", "date", 1182, 4),
+    ty(1083, "time", "time without time zone", 1183, 8),
     ty(1114, "timestamp", "timestamp without time zone", 1115, 8),
     ty(1184, "timestamptz", "timestamp with time zone", 1185, 8),
+    ty(1186, "interval", "interval", 1187, 16),
     ty(1700, "numeric", "numeric", 1231, -1),
     ty(2950, "uuid", "uuid", 2951, 16),
     ty(3802, "jsonb", "jsonb", 3807, -1),
@@ -750,8 +753,52 @@ fn name_result_reg_casts(stmt: &mut ast::Statement) {
 
 /// `x::regtype` → `__orochi_regtype(x)` (an oid); `x::regtype::text` → the type's name; the
 /// same for `regclass`. `x::uuid`/`json`/`jsonb` → a checking conversion.
+/// `timestamp` and `timestamptz` without a precision hold microseconds in Postgres, as our
+/// columns do; DataFusion reads them as nanoseconds, which cannot hold a year before 1677 or
+/// after 2262. Precisions Arrow has no unit for (1, 2, 4, 5; above 6, which Postgres reduces
+/// to 6) are microseconds too.
+fn microsecond_timestamps(t: &mut ast::DataType) {
+    if let ast::DataType::Timestamp(p, _) = t
+        && !matches!(p, Some(0) | Some(3))
+    {
+        *p = Some(6);
+    }
+}
+
 pub fn rewrite_type_casts(stmt: &mut ast::Statement) {
     name_result_reg_casts(stmt);
+    let _ = ast::visit_expressions_mut(stmt, |e| {
+        match e {
+            ast::Expr::Cast { data_type, .. } => microsecond_timestamps(data_type),
+            ast::Expr::TypedString(ts) => microsecond_timestamps(&mut ts.data_type),
+            // LOCALTIMESTAMP and LOCALTIME: the session's wall clock at the transaction's
+            // start, without a zone
+            ast::Expr::Function(f)
+                if matches!(f.args, ast::FunctionArguments::None)
+                    && f.name.0.len() == 1
+                    && f.name.0[0].as_ident().is_some_and(|id| {
+                        id.value.eq_ignore_ascii_case("localtimestamp")
+                            || id.value.eq_ignore_ascii_case("localtime")
+                    }) =>
+            {
+                let time = f.name.to_string().eq_ignore_ascii_case("localtime");
+                let data_type = if time {
+                    ast::DataType::Time(None, ast::TimezoneInfo::None)
+                } else {
+                    ast::DataType::Timestamp(Some(6), ast::TimezoneInfo::None)
+                };
+                *e = ast::Expr::Cast {
+                    kind: ast::CastKind::DoubleColon,
+                    expr: Box::new(call("now", vec![])),
+                    data_type,
+                    array: false,
+                    format: None,
+                };
+            }
+            _ => {}
+        }
+        ControlFlow::<()>::Continue(())
+    });
     let _ = ast::visit_expressions_mut(stmt, |e| {
         if let ast::Expr::Cast {
             expr, data_type, ..
