@@ -15,6 +15,7 @@
 pub mod datum;
 pub mod error;
 pub mod hash;
+pub mod interval;
 pub mod keycodec;
 pub mod rowcodec;
 pub mod rpc;

@@ -414,6 +414,144 @@ impl ScalarUDFImpl for LocalTimestamp {
     }
 }
 
+/// `interval * number` and `interval / number`, as Postgres computes them: each field
+/// multiplied, fractions of months and days cascading down (DataFusion has neither: its
+/// planner refuses them, so `pgtypes::rewrite_type_casts` calls these where an operand is
+/// an interval literal).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct IntervalScale {
+    divide: bool,
+    signature: Signature,
+}
+
+/// What intervals compare by, as in Postgres: their length with a month of 30 days and a day
+/// of 24 hours, in microseconds (Arrow compares months, then days, then the time, so
+/// `'25 hours' > '1 day'` would be false, and a timestamp difference, a duration, compared
+/// with an interval literal would be cast field by field).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct IntervalKey {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for IntervalKey {
+    fn name(&self) -> &str {
+        "orochi_interval_key"
+    }
+
+    fn display_name(&self, args: &[Expr]) -> Result<String> {
+        Ok(args[0].to_string())
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Decimal128(38, 0))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        use arrow::array::Array;
+        let scalar = matches!(args.args[0], ColumnarValue::Scalar(_));
+        let array = ColumnarValue::values_to_arrays(&args.args)?.remove(0);
+        let mut out = arrow::array::Decimal128Builder::with_capacity(array.len());
+        for r in 0..array.len() {
+            if array.is_null(r) {
+                out.append_null();
+                continue;
+            }
+            let i = crate::pgwire::encode::interval_at(array.as_ref(), r).map_err(db_to_df)?;
+            let day = 86_400_000_000i128;
+            out.append_value(i.months as i128 * 30 * day + i.days as i128 * day + i.micros as i128);
+        }
+        let out = out.with_precision_and_scale(38, 0)?.finish();
+        shaped_like_input(scalar, Arc::new(out))
+    }
+}
+
+pub const INTERVAL_MUL: &str = "orochi_interval_mul";
+pub const INTERVAL_DIV: &str = "orochi_interval_div";
+
+/// The two functions.
+pub fn interval_scale_functions() -> [ScalarUDF; 2] {
+    [false, true].map(|divide| {
+        ScalarUDF::new_from_impl(IntervalScale {
+            divide,
+            signature: Signature::any(2, Volatility::Immutable),
+        })
+    })
+}
+
+impl ScalarUDFImpl for IntervalScale {
+    fn name(&self) -> &str {
+        if self.divide {
+            INTERVAL_DIV
+        } else {
+            INTERVAL_MUL
+        }
+    }
+
+    fn display_name(&self, args: &[Expr]) -> Result<String> {
+        let op = if self.divide { '/' } else { '*' };
+        Ok(format!("{} {op} {}", args[0], args[1]))
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Interval(
+            arrow::datatypes::IntervalUnit::MonthDayNano,
+        ))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        use arrow::array::{Array, AsArray};
+        use arrow::datatypes::IntervalMonthDayNano;
+        let scalar = args
+            .args
+            .iter()
+            .all(|a| matches!(a, ColumnarValue::Scalar(_)));
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let interval_type = DataType::Interval(arrow::datatypes::IntervalUnit::MonthDayNano);
+        let intervals = arrow::compute::cast(&arrays[0], &interval_type)?;
+        let intervals = intervals.as_primitive::<arrow::datatypes::IntervalMonthDayNanoType>();
+        let factors = arrow::compute::cast(&arrays[1], &DataType::Float64)?;
+        let factors = factors.as_primitive::<arrow::datatypes::Float64Type>();
+        let mut out = arrow::array::IntervalMonthDayNanoBuilder::with_capacity(intervals.len());
+        for r in 0..intervals.len() {
+            if intervals.is_null(r) || factors.is_null(r) {
+                out.append_null();
+                continue;
+            }
+            let v = intervals.value(r);
+            let mut f = factors.value(r);
+            if self.divide {
+                if f == 0.0 {
+                    return Err(db_to_df(DbError::new(
+                        SqlState::DivisionByZero,
+                        "division by zero",
+                    )));
+                }
+                f = 1.0 / f;
+            }
+            let i = orochi_common::interval::Interval {
+                months: v.months,
+                days: v.days,
+                micros: v.nanoseconds / 1_000,
+            };
+            let m = orochi_common::interval::multiply(i, f).map_err(db_to_df)?;
+            out.append_value(IntervalMonthDayNano::new(
+                m.months,
+                m.days,
+                m.micros.saturating_mul(1_000),
+            ));
+        }
+        shaped_like_input(scalar, Arc::new(out.finish()))
+    }
+}
+
 /// Replaces integer `+`/`-`/`*` in `expr` (typed against `schema`) with checked calls,
 /// numeric/float → integer casts with [`RoundingCast`], and timestamp → text casts with
 /// [`TimestampText`].
@@ -440,6 +578,47 @@ pub fn check_integer_arithmetic(
         }
     };
     expr.transform_up(|e| {
+        // comparisons of intervals (and timestamp differences): by their length
+        if let Expr::BinaryExpr(b) = &e
+            && matches!(
+                b.op,
+                Operator::Eq
+                    | Operator::NotEq
+                    | Operator::Lt
+                    | Operator::LtEq
+                    | Operator::Gt
+                    | Operator::GtEq
+            )
+        {
+            let interval = |x: &Expr| {
+                matches!(
+                    x.get_type(schema),
+                    Ok(DataType::Interval(_) | DataType::Duration(_))
+                )
+            };
+            // (a cast coercion put between an interval and a duration goes: it converts
+            // field by field)
+            let strip = |x: &Expr| match x {
+                Expr::Cast(c) if interval(&c.expr) => (*c.expr).clone(),
+                other => other.clone(),
+            };
+            if interval(&b.left) && interval(&b.right) {
+                let key = Arc::new(ScalarUDF::new_from_impl(IntervalKey {
+                    signature: Signature::any(1, Volatility::Immutable),
+                }));
+                let call = |x: Expr| {
+                    Box::new(Expr::ScalarFunction(ScalarFunction::new_udf(
+                        key.clone(),
+                        vec![x],
+                    )))
+                };
+                return Ok(Transformed::yes(Expr::BinaryExpr(BinaryExpr {
+                    left: call(strip(&b.left)),
+                    op: b.op,
+                    right: call(strip(&b.right)),
+                })));
+            }
+        }
         // to_char(date): of the timestamptz at its midnight in the session's zone (Postgres
         // has no to_char(date); the date is cast)
         if let Expr::ScalarFunction(f) = &e

@@ -753,6 +753,37 @@ fn name_result_reg_casts(stmt: &mut ast::Statement) {
 
 /// `x::regtype` → `__orochi_regtype(x)` (an oid); `x::regtype::text` → the type's name; the
 /// same for `regclass`. `x::uuid`/`json`/`jsonb` → a checking conversion.
+/// An interval literal: `INTERVAL '…'` or `'…'::interval` (in parentheses or not).
+fn is_interval_literal(e: &ast::Expr) -> bool {
+    match e {
+        ast::Expr::Interval(_) => true,
+        ast::Expr::Cast {
+            data_type: ast::DataType::Interval { .. },
+            ..
+        } => true,
+        ast::Expr::Nested(inner) => is_interval_literal(inner),
+        ast::Expr::Function(f) => f.name.0.last().and_then(|p| p.as_ident()).is_some_and(|i| {
+            i.value == crate::checked::INTERVAL_MUL || i.value == crate::checked::INTERVAL_DIV
+        }),
+        _ => false,
+    }
+}
+
+/// A string literal of an interval in Postgres' syntax, rewritten as months, days and
+/// microseconds (what it means there). One that does not parse is left for DataFusion to
+/// refuse.
+fn canonical_interval(e: &mut ast::Expr) {
+    if let ast::Expr::Value(v) = e
+        && let ast::Value::SingleQuotedString(s) = &mut v.value
+        && let Ok(i) = orochi_common::interval::parse_interval(s)
+    {
+        *s = format!(
+            "{} months {} days {} microseconds",
+            i.months, i.days, i.micros
+        );
+    }
+}
+
 /// `timestamp` and `timestamptz` without a precision hold microseconds in Postgres, as our
 /// columns do; DataFusion reads them as nanoseconds, which cannot hold a year before 1677 or
 /// after 2262. Precisions Arrow has no unit for (1, 2, 4, 5; above 6, which Postgres reduces
@@ -769,7 +800,41 @@ pub fn rewrite_type_casts(stmt: &mut ast::Statement) {
     name_result_reg_casts(stmt);
     let _ = ast::visit_expressions_mut(stmt, |e| {
         match e {
+            // interval literals in Postgres' syntax, handed on in one DataFusion reads
+            ast::Expr::Interval(iv) if iv.leading_field.is_none() && iv.last_field.is_none() => {
+                canonical_interval(&mut iv.value)
+            }
+            ast::Expr::Cast {
+                expr,
+                data_type: ast::DataType::Interval { fields: None, .. },
+                ..
+            } => canonical_interval(expr),
             ast::Expr::Cast { data_type, .. } => microsecond_timestamps(data_type),
+            // interval * number, number * interval, interval / number (an interval literal)
+            ast::Expr::BinaryOp { left, op, right }
+                if matches!(
+                    op,
+                    ast::BinaryOperator::Multiply | ast::BinaryOperator::Divide
+                ) =>
+            {
+                let divide = *op == ast::BinaryOperator::Divide;
+                let operands = if is_interval_literal(left) {
+                    Some(((**left).clone(), (**right).clone()))
+                } else if !divide && is_interval_literal(right) {
+                    Some(((**right).clone(), (**left).clone()))
+                } else {
+                    None
+                };
+                if let Some((iv, factor)) = operands {
+                    let f = if divide {
+                        crate::checked::INTERVAL_DIV
+                    } else {
+                        crate::checked::INTERVAL_MUL
+                    };
+                    let arg = |e| ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(e));
+                    *e = call(f, vec![arg(iv), arg(factor)]);
+                }
+            }
             ast::Expr::TypedString(ts) => microsecond_timestamps(&mut ts.data_type),
             // LOCALTIMESTAMP and LOCALTIME: the session's wall clock at the transaction's
             // start, without a zone

@@ -438,6 +438,10 @@ fn encode_text(
             )?;
             buf.put_slice(d.to_text_in(zone).unwrap_or_default().as_bytes())
         }
+        DataType::Interval(_) | DataType::Duration(_) => {
+            let i = interval_at(a, r)?;
+            buf.put_slice(orochi_common::interval::format_interval(i).as_bytes())
+        }
         DataType::List(_) => encode_text_array(a.as_list::<i32>().value(r).as_ref(), zone, buf)?,
         DataType::LargeList(_) => {
             encode_text_array(a.as_list::<i64>().value(r).as_ref(), zone, buf)?
@@ -495,6 +499,13 @@ fn encode_binary(a: &dyn Array, r: usize, ty: Option<SqlType>, buf: &mut BytesMu
                 buf.put_i64(us - PG_EPOCH_MICROS);
             }
         }
+        (DataType::Interval(_) | DataType::Duration(_), _) => {
+            // microseconds, days, months
+            let i = interval_at(a, r)?;
+            buf.put_i64(i.micros);
+            buf.put_i32(i.days);
+            buf.put_i32(i.months);
+        }
         (DataType::Binary, _) => buf.put_slice(a.as_binary::<i32>().value(r)),
         (DataType::LargeBinary, _) => buf.put_slice(a.as_binary::<i64>().value(r)),
         (DataType::BinaryView, _) => buf.put_slice(a.as_binary_view().value(r)),
@@ -502,6 +513,49 @@ fn encode_binary(a: &dyn Array, r: usize, ty: Option<SqlType>, buf: &mut BytesMu
         _ => encode_text(a, r, ty, &Zone::UTC, buf)?,
     }
     Ok(())
+}
+
+/// Row `r` of an Arrow interval or duration array as Postgres' interval (a duration, the
+/// difference of two timestamps, in whole days and the time, as Postgres subtracts them).
+pub fn interval_at(a: &dyn Array, r: usize) -> DbResult<orochi_common::interval::Interval> {
+    use arrow::datatypes as t;
+    use arrow::datatypes::IntervalUnit;
+    use orochi_common::interval::{Interval, interval_of_duration};
+    Ok(match a.data_type() {
+        DataType::Interval(IntervalUnit::MonthDayNano) => {
+            let v = a.as_primitive::<t::IntervalMonthDayNanoType>().value(r);
+            Interval {
+                months: v.months,
+                days: v.days,
+                micros: v.nanoseconds / 1_000,
+            }
+        }
+        DataType::Interval(IntervalUnit::DayTime) => {
+            let v = a.as_primitive::<t::IntervalDayTimeType>().value(r);
+            Interval {
+                months: 0,
+                days: v.days,
+                micros: v.milliseconds as i64 * 1_000,
+            }
+        }
+        DataType::Interval(IntervalUnit::YearMonth) => Interval {
+            months: a.as_primitive::<t::IntervalYearMonthType>().value(r),
+            ..Default::default()
+        },
+        DataType::Duration(TimeUnit::Second) => {
+            interval_of_duration(a.as_primitive::<t::DurationSecondType>().value(r) * 1_000_000)
+        }
+        DataType::Duration(TimeUnit::Millisecond) => {
+            interval_of_duration(a.as_primitive::<t::DurationMillisecondType>().value(r) * 1_000)
+        }
+        DataType::Duration(TimeUnit::Microsecond) => {
+            interval_of_duration(a.as_primitive::<t::DurationMicrosecondType>().value(r))
+        }
+        DataType::Duration(TimeUnit::Nanosecond) => {
+            interval_of_duration(a.as_primitive::<t::DurationNanosecondType>().value(r) / 1_000)
+        }
+        other => return Err(DbError::internal(format!("{other} is not an interval"))),
+    })
 }
 
 /// Postgres' binary `numeric`: ndigits, weight, sign, dscale, then base-10000 digits.
