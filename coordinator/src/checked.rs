@@ -416,8 +416,7 @@ impl ScalarUDFImpl for LocalTimestamp {
 
 /// `interval * number` and `interval / number`, as Postgres computes them: each field
 /// multiplied, fractions of months and days cascading down (DataFusion has neither: its
-/// planner refuses them, so `pgtypes::rewrite_type_casts` calls these where an operand is
-/// an interval literal).
+/// planner refuses them; [`PgOperators`] plans them as these).
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct IntervalScale {
     divide: bool,
@@ -469,11 +468,76 @@ impl ScalarUDFImpl for IntervalKey {
     }
 }
 
-pub const INTERVAL_MUL: &str = "orochi_interval_mul";
-pub const INTERVAL_DIV: &str = "orochi_interval_div";
+/// Operators whose Postgres meaning differs from DataFusion's by operand types, planned as
+/// the SQL is (so their result types are Postgres' too, which an analyzer rule could not
+/// change): `date ± interval` is a timestamp (DataFusion: a date), `interval * number`,
+/// `number * interval` and `interval / number` exist.
+#[derive(Debug)]
+pub struct PgOperators;
+
+impl datafusion::logical_expr::planner::ExprPlanner for PgOperators {
+    fn plan_binary_op(
+        &self,
+        expr: datafusion::logical_expr::planner::RawBinaryExpr,
+        schema: &DFSchema,
+    ) -> Result<
+        datafusion::logical_expr::planner::PlannerResult<
+            datafusion::logical_expr::planner::RawBinaryExpr,
+        >,
+    > {
+        use datafusion::logical_expr::planner::PlannerResult;
+        use datafusion::sql::sqlparser::ast::BinaryOperator as B;
+        let ty = |x: &Expr| x.get_type(schema).ok();
+        let (l, r) = (ty(&expr.left), ty(&expr.right));
+        let date = |t: &Option<DataType>| matches!(t, Some(DataType::Date32 | DataType::Date64));
+        let interval = |t: &Option<DataType>| matches!(t, Some(DataType::Interval(_)));
+        // (a timestamp difference is an interval in Postgres)
+        let scalable =
+            |t: &Option<DataType>| matches!(t, Some(DataType::Interval(_) | DataType::Duration(_)));
+        let number = |t: &Option<DataType>| t.as_ref().is_some_and(|t| t.is_numeric());
+        let at_midnight = |x: Expr| {
+            Box::new(Expr::Cast(datafusion::logical_expr::Cast::new(
+                Box::new(x),
+                DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, None),
+            )))
+        };
+        let scale = |divide: bool, iv: Expr, factor: Expr| {
+            let [mul, div] = interval_scale_functions();
+            let f = Arc::new(if divide { div } else { mul });
+            Expr::ScalarFunction(ScalarFunction::new_udf(f, vec![iv, factor]))
+        };
+        let planned = match expr.op {
+            B::Plus | B::Minus if date(&l) && interval(&r) => {
+                let op = if expr.op == B::Plus {
+                    Operator::Plus
+                } else {
+                    Operator::Minus
+                };
+                Expr::BinaryExpr(BinaryExpr {
+                    left: at_midnight(expr.left),
+                    op,
+                    right: Box::new(expr.right),
+                })
+            }
+            B::Plus if interval(&l) && date(&r) => Expr::BinaryExpr(BinaryExpr {
+                left: Box::new(expr.left),
+                op: Operator::Plus,
+                right: at_midnight(expr.right),
+            }),
+            B::Multiply if scalable(&l) && number(&r) => scale(false, expr.left, expr.right),
+            B::Multiply if number(&l) && scalable(&r) => scale(false, expr.right, expr.left),
+            B::Divide if scalable(&l) && number(&r) => scale(true, expr.left, expr.right),
+            _ => return Ok(PlannerResult::Original(expr)),
+        };
+        Ok(PlannerResult::Planned(planned))
+    }
+}
+
+const INTERVAL_MUL: &str = "orochi_interval_mul";
+const INTERVAL_DIV: &str = "orochi_interval_div";
 
 /// The two functions.
-pub fn interval_scale_functions() -> [ScalarUDF; 2] {
+fn interval_scale_functions() -> [ScalarUDF; 2] {
     [false, true].map(|divide| {
         ScalarUDF::new_from_impl(IntervalScale {
             divide,
@@ -514,9 +578,7 @@ impl ScalarUDFImpl for IntervalScale {
             .iter()
             .all(|a| matches!(a, ColumnarValue::Scalar(_)));
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
-        let interval_type = DataType::Interval(arrow::datatypes::IntervalUnit::MonthDayNano);
-        let intervals = arrow::compute::cast(&arrays[0], &interval_type)?;
-        let intervals = intervals.as_primitive::<arrow::datatypes::IntervalMonthDayNanoType>();
+        let intervals = &arrays[0];
         let factors = arrow::compute::cast(&arrays[1], &DataType::Float64)?;
         let factors = factors.as_primitive::<arrow::datatypes::Float64Type>();
         let mut out = arrow::array::IntervalMonthDayNanoBuilder::with_capacity(intervals.len());
@@ -525,7 +587,6 @@ impl ScalarUDFImpl for IntervalScale {
                 out.append_null();
                 continue;
             }
-            let v = intervals.value(r);
             let mut f = factors.value(r);
             if self.divide {
                 if f == 0.0 {
@@ -536,11 +597,7 @@ impl ScalarUDFImpl for IntervalScale {
                 }
                 f = 1.0 / f;
             }
-            let i = orochi_common::interval::Interval {
-                months: v.months,
-                days: v.days,
-                micros: v.nanoseconds / 1_000,
-            };
+            let i = crate::pgwire::encode::interval_at(intervals.as_ref(), r).map_err(db_to_df)?;
             let m = orochi_common::interval::multiply(i, f).map_err(db_to_df)?;
             out.append_value(IntervalMonthDayNano::new(
                 m.months,

@@ -613,7 +613,6 @@ pub fn stateless_functions() -> Vec<ScalarUDF> {
         }));
     }
     out.push(to_char::udf());
-    out.extend(crate::checked::interval_scale_functions());
     out.push(ScalarUDF::new_from_impl(PgTypeof {
         signature: Signature::any(1, Volatility::Immutable),
     }));

@@ -753,22 +753,6 @@ fn name_result_reg_casts(stmt: &mut ast::Statement) {
 
 /// `x::regtype` → `__orochi_regtype(x)` (an oid); `x::regtype::text` → the type's name; the
 /// same for `regclass`. `x::uuid`/`json`/`jsonb` → a checking conversion.
-/// An interval literal: `INTERVAL '…'` or `'…'::interval` (in parentheses or not).
-fn is_interval_literal(e: &ast::Expr) -> bool {
-    match e {
-        ast::Expr::Interval(_) => true,
-        ast::Expr::Cast {
-            data_type: ast::DataType::Interval { .. },
-            ..
-        } => true,
-        ast::Expr::Nested(inner) => is_interval_literal(inner),
-        ast::Expr::Function(f) => f.name.0.last().and_then(|p| p.as_ident()).is_some_and(|i| {
-            i.value == crate::checked::INTERVAL_MUL || i.value == crate::checked::INTERVAL_DIV
-        }),
-        _ => false,
-    }
-}
-
 /// A string literal of an interval in Postgres' syntax, rewritten as months, days and
 /// microseconds (what it means there). One that does not parse is left for DataFusion to
 /// refuse.
@@ -810,31 +794,6 @@ pub fn rewrite_type_casts(stmt: &mut ast::Statement) {
                 ..
             } => canonical_interval(expr),
             ast::Expr::Cast { data_type, .. } => microsecond_timestamps(data_type),
-            // interval * number, number * interval, interval / number (an interval literal)
-            ast::Expr::BinaryOp { left, op, right }
-                if matches!(
-                    op,
-                    ast::BinaryOperator::Multiply | ast::BinaryOperator::Divide
-                ) =>
-            {
-                let divide = *op == ast::BinaryOperator::Divide;
-                let operands = if is_interval_literal(left) {
-                    Some(((**left).clone(), (**right).clone()))
-                } else if !divide && is_interval_literal(right) {
-                    Some(((**right).clone(), (**left).clone()))
-                } else {
-                    None
-                };
-                if let Some((iv, factor)) = operands {
-                    let f = if divide {
-                        crate::checked::INTERVAL_DIV
-                    } else {
-                        crate::checked::INTERVAL_MUL
-                    };
-                    let arg = |e| ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(e));
-                    *e = call(f, vec![arg(iv), arg(factor)]);
-                }
-            }
             ast::Expr::TypedString(ts) => microsecond_timestamps(&mut ts.data_type),
             // LOCALTIMESTAMP and LOCALTIME: the session's wall clock at the transaction's
             // start, without a zone

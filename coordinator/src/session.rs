@@ -233,6 +233,11 @@ impl Session {
             .with_physical_optimizer_rule(crate::exec::pushdown::rule())
             .build();
         state.add_analyzer_rule(Arc::new(crate::checked::CheckedIntegerArithmetic));
+        datafusion::execution::FunctionRegistry::register_expr_planner(
+            &mut state,
+            Arc::new(crate::checked::PgOperators),
+        )
+        .expect("a session state takes expression planners");
         for name in ["generate_series", "range"] {
             if let Some(f) = state.table_functions().get(name).cloned() {
                 state.register_udtf(
