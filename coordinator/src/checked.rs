@@ -703,7 +703,7 @@ pub fn check_integer_arithmetic(
         if let Expr::ScalarFunction(f) = &e
             && matches!(
                 f.func.name(),
-                "date_part" | "date_trunc" | "to_char" | "extract"
+                "date_part" | "date_trunc" | "to_char" | "extract" | "age"
             )
             && f.args.iter().any(|a| relabel(a).is_some())
         {

@@ -9,6 +9,7 @@
 //! [`privileges`], the relation size functions in [`sizes`].
 
 pub mod cluster;
+mod datetime;
 mod privileges;
 pub mod sizes;
 pub mod storage;
@@ -613,6 +614,7 @@ pub fn stateless_functions() -> Vec<ScalarUDF> {
         }));
     }
     out.push(to_char::udf());
+    out.extend(datetime::udfs());
     out.push(ScalarUDF::new_from_impl(PgTypeof {
         signature: Signature::any(1, Volatility::Immutable),
     }));
