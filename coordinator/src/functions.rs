@@ -614,6 +614,20 @@ pub fn stateless_functions() -> Vec<ScalarUDF> {
         }));
     }
     out.push(to_char::udf());
+    for (name, result) in [
+        ("pg_get_function_result", true),
+        ("pg_get_function_arguments", false),
+        ("pg_get_function_identity_arguments", false),
+    ] {
+        out.push(ScalarUDF::new_from_impl(DescribeFunction {
+            name,
+            result,
+            signature: Signature::any(1, Volatility::Stable),
+        }));
+    }
+    out.push(ScalarUDF::new_from_impl(FunctionIsVisible {
+        signature: Signature::any(1, Volatility::Stable),
+    }));
     out.extend(datetime::udfs());
     out.push(ScalarUDF::new_from_impl(PgTypeof {
         signature: Signature::any(1, Volatility::Immutable),
@@ -628,6 +642,60 @@ pub fn stateless_functions() -> Vec<ScalarUDF> {
         .into_scalar_udf(),
     );
     out
+}
+
+/// `pg_get_function_result(oid)` and the like: a function of `pg_proc` described (NULL for
+/// an oid that is none).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct DescribeFunction {
+    name: &'static str,
+    /// The result type (else the arguments).
+    result: bool,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for DescribeFunction {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        map_oids(&args, |oid| {
+            ScalarValue::Utf8(if self.result {
+                crate::procs::result_of(oid)
+            } else {
+                crate::procs::arguments_of(oid)
+            })
+        })
+    }
+}
+
+/// `pg_function_is_visible(oid)`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct FunctionIsVisible {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for FunctionIsVisible {
+    fn name(&self) -> &str {
+        "pg_function_is_visible"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        map_oids(&args, |oid| {
+            ScalarValue::Boolean(Some(crate::procs::is_visible(oid)))
+        })
+    }
 }
 
 /// `pg_typeof(any)`: the name of the type its argument has here (as it would be described to

@@ -31,6 +31,7 @@ pub mod pgtypes;
 pub mod pgwire;
 pub mod planner;
 pub mod privilege;
+pub mod procs;
 pub mod provider;
 pub mod raft;
 pub mod registry;

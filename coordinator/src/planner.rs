@@ -227,6 +227,9 @@ impl ContextProvider for Planner<'_> {
                 table,
             )));
         }
+        if system && table == "pg_proc" {
+            return Ok(provider_as_source(crate::procs::pg_proc(self.state)));
+        }
         if system
             && (crate::system::TABLES.contains(&table) || crate::system::is_empty_table(table))
             && let Some(t) = crate::system::table(self.catalog, table, self.user)

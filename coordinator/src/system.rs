@@ -39,7 +39,7 @@ pub const TABLES: &[&str] = &[
 ];
 
 /// Catalogs of features OrochiDB does not have (inheritance, partitioning, row security,
-/// publications, extended statistics, triggers, rules, role membership, user-defined functions): always empty, with their Postgres
+/// publications, extended statistics, triggers, rules, role membership): always empty, with their Postgres
 /// columns (`a`: an array, typed `text[]` here).
 pub const EMPTY_TABLES: &[(&str, &[(&str, char)])] = &[
     (
@@ -123,21 +123,6 @@ pub const EMPTY_TABLES: &[(&str, &[(&str, char)])] = &[
             ("member", 'o'),
             ("grantor", 'o'),
             ("admin_option", 'b'),
-        ],
-    ),
-    (
-        // no user-defined functions; built-ins are not listed yet
-        "pg_proc",
-        &[
-            ("oid", 'o'),
-            ("proname", 't'),
-            ("pronamespace", 'o'),
-            ("proowner", 'o'),
-            ("prokind", 't'),
-            ("proretset", 'b'),
-            ("prorettype", 'o'),
-            ("pronargs", 's'),
-            ("proargtypes", 't'),
         ],
     ),
     (
