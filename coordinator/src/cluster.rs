@@ -115,22 +115,7 @@ impl RemoteWorker {
         };
         let mut client = self.client.clone();
         let response = client.do_action(action).await.map_err(|s| self.error(&s))?;
-        let boot = response
-            .metadata()
-            .get(BOOT_HEADER)
-            .and_then(|v| v.to_str().ok()?.parse().ok());
-        let mut results = response.into_inner();
-        let result = results
-            .message()
-            .await
-            .map_err(|s| self.error(&s))?
-            .ok_or_else(|| {
-                DbError::new(
-                    SqlState::ProtocolViolation,
-                    format!("worker {} sent no reply", self.address),
-                )
-            })?;
-        self.touch();
+        let (result, boot) = self.first_answer(response).await?;
         let reply = serde_json::from_slice(&result.body).map_err(|e| {
             DbError::new(
                 SqlState::ProtocolViolation,
@@ -186,22 +171,7 @@ impl RemoteWorker {
             .do_put(futures::stream::iter(data))
             .await
             .map_err(|s| self.error(&s))?;
-        let boot = response
-            .metadata()
-            .get(BOOT_HEADER)
-            .and_then(|v| v.to_str().ok()?.parse().ok());
-        let result = response
-            .into_inner()
-            .message()
-            .await
-            .map_err(|s| self.error(&s))?
-            .ok_or_else(|| {
-                DbError::new(
-                    SqlState::ProtocolViolation,
-                    format!("worker {} sent no answer to a load", self.address),
-                )
-            })?;
-        self.touch();
+        let (result, boot) = self.first_answer(response).await?;
         match serde_json::from_slice(&result.app_metadata) {
             Ok(Reply::Done) => Ok(boot),
             Ok(other) => Err(unexpected(&self.address, &other)),
@@ -213,6 +183,30 @@ impl RemoteWorker {
                 ),
             )),
         }
+    }
+
+    /// The first message of an answer, and the worker's boot id from its metadata.
+    async fn first_answer<T>(
+        &self,
+        response: tonic::Response<tonic::Streaming<T>>,
+    ) -> DbResult<(T, Option<u64>)> {
+        let boot = response
+            .metadata()
+            .get(BOOT_HEADER)
+            .and_then(|v| v.to_str().ok()?.parse().ok());
+        let first = response
+            .into_inner()
+            .message()
+            .await
+            .map_err(|s| self.error(&s))?
+            .ok_or_else(|| {
+                DbError::new(
+                    SqlState::ProtocolViolation,
+                    format!("worker {} sent no answer", self.address),
+                )
+            })?;
+        self.touch();
+        Ok((first, boot))
     }
 
     fn touch(&self) {

@@ -111,30 +111,31 @@ pub fn procs(state: &SessionState) -> Vec<Proc> {
     for name in state.table_functions().keys() {
         add(name, 'f', true, 'v', Vec::new(), RECORD);
     }
+    // each signature's argument types, and the result type for them
+    let typed =
+        |sig: &datafusion::logical_expr::Signature,
+         ret: &dyn Fn(&[DataType]) -> datafusion::common::Result<DataType>| {
+            arg_lists(&sig.type_signature)
+                .into_iter()
+                .map(|args| match args {
+                    Some(types) => (
+                        types.iter().map(type_oid).collect::<Vec<u32>>(),
+                        ret(&types).map_or(ANYELEMENT, |t| type_oid(&t)),
+                    ),
+                    None => (Vec::new(), ANYELEMENT),
+                })
+                .collect::<Vec<_>>()
+        };
     for (name, f) in state.scalar_functions() {
         let sig = f.signature();
-        for args in arg_lists(&sig.type_signature) {
-            let (arg_oids, ret) = match &args {
-                Some(types) => (
-                    types.iter().map(type_oid).collect(),
-                    f.return_type(types).map_or(ANYELEMENT, |t| type_oid(&t)),
-                ),
-                None => (Vec::new(), ANYELEMENT),
-            };
-            add(name, 'f', false, volatility(sig.volatility), arg_oids, ret);
+        for (args, ret) in typed(sig, &|t| f.return_type(t)) {
+            add(name, 'f', false, volatility(sig.volatility), args, ret);
         }
     }
     for (name, f) in state.aggregate_functions() {
         let sig = f.signature();
-        for args in arg_lists(&sig.type_signature) {
-            let (arg_oids, ret) = match &args {
-                Some(types) => (
-                    types.iter().map(type_oid).collect(),
-                    f.return_type(types).map_or(ANYELEMENT, |t| type_oid(&t)),
-                ),
-                None => (Vec::new(), ANYELEMENT),
-            };
-            add(name, 'a', false, volatility(sig.volatility), arg_oids, ret);
+        for (args, ret) in typed(sig, &|t| f.return_type(t)) {
+            add(name, 'a', false, volatility(sig.volatility), args, ret);
         }
     }
     for (name, f) in state.window_functions() {

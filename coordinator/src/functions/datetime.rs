@@ -185,68 +185,63 @@ fn local_micros(a: &ArrayRef, r: usize) -> Result<i64> {
     })
 }
 
+/// Makes the signs of days and time agree, borrowing a day.
+fn borrow_day(days: &mut i64, micros: &mut i64) {
+    if *days > 0 && *micros < 0 {
+        *micros += DAY;
+        *days -= 1;
+    } else if *days < 0 && *micros > 0 {
+        *micros -= DAY;
+        *days += 1;
+    }
+}
+
+/// Makes the sign of months agree with the days (and the time), borrowing a month of 30 days.
+fn borrow_month(months: &mut i64, days: &mut i64, micros: i64) {
+    if *months > 0 && (*days < 0 || (*days == 0 && micros < 0)) {
+        *days += 30;
+        *months -= 1;
+    } else if *months < 0 && (*days > 0 || (*days == 0 && micros > 0)) {
+        *days -= 30;
+        *months += 1;
+    }
+}
+
+/// An interval of these (clamped) fields.
+fn fields(months: i64, days: i64, micros: i64) -> Interval {
+    let clamp = |v: i64| v.clamp(i32::MIN as i64, i32::MAX as i64) as i32;
+    Interval {
+        months: clamp(months),
+        days: clamp(days),
+        micros,
+    }
+}
+
 /// Whole days of the time part move into days (the signs of the two then agree).
 fn justify_hours(i: Interval) -> Interval {
     let mut days = i.days as i64 + i.micros / DAY;
     let mut micros = i.micros % DAY;
-    if days > 0 && micros < 0 {
-        micros += DAY;
-        days -= 1;
-    } else if days < 0 && micros > 0 {
-        micros -= DAY;
-        days += 1;
-    }
-    Interval {
-        months: i.months,
-        days: days.clamp(i32::MIN as i64, i32::MAX as i64) as i32,
-        micros,
-    }
+    borrow_day(&mut days, &mut micros);
+    fields(i.months as i64, days, micros)
 }
 
 /// Whole 30-day periods of the days move into months (the signs then agree).
 fn justify_days(i: Interval) -> Interval {
     let mut months = i.months as i64 + i.days as i64 / 30;
     let mut days = i.days as i64 % 30;
-    if months > 0 && (days < 0 || (days == 0 && i.micros < 0)) {
-        days += 30;
-        months -= 1;
-    } else if months < 0 && (days > 0 || (days == 0 && i.micros > 0)) {
-        days -= 30;
-        months += 1;
-    }
-    Interval {
-        months: months.clamp(i32::MIN as i64, i32::MAX as i64) as i32,
-        days: days as i32,
-        micros: i.micros,
-    }
+    borrow_month(&mut months, &mut days, i.micros);
+    fields(months, days, i.micros)
 }
 
 /// Both, as Postgres' `justify_interval` does: the signs of months, days and time agree.
 fn justify_interval(i: Interval) -> Interval {
-    let (mut months, mut days, mut micros) = (i.months as i64, i.days as i64, i.micros);
-    days += micros / DAY;
-    micros %= DAY;
-    months += days / 30;
+    let mut days = i.days as i64 + i.micros / DAY;
+    let mut micros = i.micros % DAY;
+    let mut months = i.months as i64 + days / 30;
     days %= 30;
-    if months > 0 && (days < 0 || (days == 0 && micros < 0)) {
-        days += 30;
-        months -= 1;
-    } else if months < 0 && (days > 0 || (days == 0 && micros > 0)) {
-        days -= 30;
-        months += 1;
-    }
-    if days > 0 && micros < 0 {
-        micros += DAY;
-        days -= 1;
-    } else if days < 0 && micros > 0 {
-        micros -= DAY;
-        days += 1;
-    }
-    Interval {
-        months: months.clamp(i32::MIN as i64, i32::MAX as i64) as i32,
-        days: days as i32,
-        micros,
-    }
+    borrow_month(&mut months, &mut days, micros);
+    borrow_day(&mut days, &mut micros);
+    fields(months, days, micros)
 }
 
 fn days_in_month(year: i32, month: u32) -> i64 {
