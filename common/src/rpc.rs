@@ -17,7 +17,7 @@ use crate::schema::{TableDef, TableId};
 use crate::service::{Row, ScanRequest, TxnId, WriteRequest, WriteResponse};
 
 /// Bumped on any incompatible change; a coordinator refuses a worker that speaks another one.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The `DoAction` type every call uses.
 pub const ACTION: &str = "orochi.call";
@@ -42,6 +42,13 @@ pub enum Call {
         table: TableId,
     },
     Truncate {
+        table: TableId,
+    },
+    FreezeTable {
+        table: TableId,
+        timeout_ms: u64,
+    },
+    UnfreezeTable {
         table: TableId,
     },
     Get {

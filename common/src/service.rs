@@ -203,6 +203,14 @@ pub trait ShardService: Send + Sync + std::fmt::Debug {
     /// Removes all rows of a table (TRUNCATE). Durable on return.
     async fn truncate(&self, table: TableId) -> DbResult<()>;
 
+    /// Stops writes to a table (they fail with 55006) and waits until no open or prepared
+    /// transaction has written to it, so its committed rows are all it has and stay so: what
+    /// a table rewrite needs. Fails with 55P03, the table writable again, if one still has
+    /// after `timeout`.
+    async fn freeze_table(&self, table: TableId, timeout: std::time::Duration) -> DbResult<()>;
+    /// Makes a frozen table writable again (a rewrite that failed).
+    async fn unfreeze_table(&self, table: TableId) -> DbResult<()>;
+
     /// Reads rows by primary key under `txn` (sees the transaction's own writes).
     /// With `lock`, each key is locked for `txn` first, so the row returned is the latest
     /// committed version and no other transaction can change it until `txn` ends; a lock

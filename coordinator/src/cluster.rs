@@ -889,6 +889,23 @@ impl ShardService for ClusterShardService {
         self.broadcast(Call::Truncate { table }).await
     }
 
+    async fn freeze_table(&self, table: TableId, timeout: Duration) -> DbResult<()> {
+        let frozen = self
+            .broadcast(Call::FreezeTable {
+                table,
+                timeout_ms: timeout.as_millis() as u64,
+            })
+            .await;
+        if frozen.is_err() {
+            let _ = self.broadcast(Call::UnfreezeTable { table }).await;
+        }
+        frozen
+    }
+
+    async fn unfreeze_table(&self, table: TableId) -> DbResult<()> {
+        self.broadcast(Call::UnfreezeTable { table }).await
+    }
+
     async fn get(
         &self,
         txn: TxnId,

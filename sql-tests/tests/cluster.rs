@@ -1181,3 +1181,74 @@ async fn survivors_finish_the_transactions_a_dead_coordinator_left_in_doubt() {
         .get(0);
     assert_eq!(n, 200);
 }
+
+/// `create_distributed_table` of a table with rows rewrites it while clients insert into it:
+/// an insert either is acknowledged and in the re-placed table, or fails (55006 while the
+/// table is frozen, or 42P01 if it raced the switch), never acknowledged and lost.
+#[tokio::test]
+async fn a_table_rewrite_loses_no_acknowledged_write() {
+    let cluster = Cluster::start(2).unwrap();
+    let c = cluster.coordinator.connect().await;
+    c.batch_execute(
+        "CREATE TABLE moving (k int PRIMARY KEY, v int);
+         INSERT INTO moving SELECT g, g FROM generate_series(1, 20000) g",
+    )
+    .await
+    .unwrap();
+    let url = cluster.coordinator.url();
+    let writer = tokio::spawn(async move {
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let mut acked = Vec::new();
+        let mut refused = 0;
+        for k in 100_001..100_400 {
+            match client
+                .execute("INSERT INTO moving VALUES ($1, 0)", &[&k])
+                .await
+            {
+                Ok(_) => acked.push(k),
+                Err(e) => {
+                    let code = e.code().map(|c| c.code().to_string());
+                    assert!(
+                        matches!(code.as_deref(), Some("55006" | "42P01" | "40001")),
+                        "{e:?}"
+                    );
+                    refused += 1;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        (acked, refused)
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    c.batch_execute("SELECT create_distributed_table('moving', 'k', shard_count => 8)")
+        .await
+        .unwrap();
+    let (acked, _refused) = writer.await.unwrap();
+    let stored: BTreeSet<i32> = c
+        .query("SELECT k FROM moving WHERE k > 100000", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let lost: Vec<&i32> = acked.iter().filter(|k| !stored.contains(k)).collect();
+    assert!(lost.is_empty(), "acknowledged inserts lost: {lost:?}");
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM moving WHERE k <= 20000", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 20000);
+    let shards: i64 = c
+        .query_one(
+            "SELECT count(*) FROM orochi_shard_distribution() WHERE table_name = 'public.moving'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(shards, 8);
+}

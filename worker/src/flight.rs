@@ -87,6 +87,15 @@ impl WorkerFlight {
                 s.truncate(table).await?;
                 Reply::Done
             }
+            Call::FreezeTable { table, timeout_ms } => {
+                s.freeze_table(table, std::time::Duration::from_millis(timeout_ms))
+                    .await?;
+                Reply::Done
+            }
+            Call::UnfreezeTable { table } => {
+                s.unfreeze_table(table).await?;
+                Reply::Done
+            }
             Call::Get {
                 txn,
                 table,

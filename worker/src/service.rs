@@ -61,6 +61,8 @@ pub struct LocalShardService {
     write_set_limit: u64,
     /// Where plan fragments run.
     fragment_ctx: Arc<datafusion::execution::TaskContext>,
+    /// Tables being rewritten: writes to them fail (see `ShardService::freeze_table`).
+    frozen: Mutex<std::collections::HashSet<TableId>>,
 }
 
 /// Bytes one written row holds beyond its key and encoded row until commit: the write-set map
@@ -129,6 +131,7 @@ impl LocalShardService {
             write_set_bytes: Default::default(),
             write_set_limit: options.write_set_limit_bytes,
             fragment_ctx: crate::fragment::task_context(runtime),
+            frozen: Default::default(),
         })
     }
 
@@ -401,6 +404,31 @@ impl LocalShardService {
     }
 }
 
+impl LocalShardService {
+    /// 55006 for a write to a table being rewritten.
+    fn writable(&self, table: TableId) -> DbResult<()> {
+        if self.frozen.lock().contains(&table) {
+            return Err(DbError::new(
+                SqlState::ObjectInUse,
+                "the table is being rewritten (a change of its key or placement); retry",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether an open or prepared transaction has written to `table`.
+    fn written_by_open_transactions(&self, table: TableId) -> bool {
+        let open: Vec<Arc<Mutex<TxnState>>> = self.txns.lock().values().cloned().collect();
+        open.iter().any(|s| {
+            let st = s.lock();
+            st.writes.keys().any(|(t, _)| *t == table) || st.loads.touches(table)
+        }) || self.prepared.lock().values().any(|p| {
+            p.changes.iter().any(|c| c.table == table)
+                || p.runs.iter().any(|r| r.meta.table == table)
+        })
+    }
+}
+
 /// The row under `key` in a transaction's own runs (not registered yet) of its shard.
 fn in_runs(
     store: &RowStore,
@@ -591,6 +619,7 @@ impl ShardService for LocalShardService {
     }
 
     async fn drop_table(&self, table: TableId) -> DbResult<()> {
+        self.frozen.lock().remove(&table);
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
             store.drop_table(table)?;
@@ -682,7 +711,30 @@ impl ShardService for LocalShardService {
         crate::fragment::execute(&bytes, streams, self.fragment_ctx.clone())
     }
 
+    async fn freeze_table(&self, table: TableId, timeout: std::time::Duration) -> DbResult<()> {
+        self.store.table(table)?;
+        self.frozen.lock().insert(table);
+        let deadline = std::time::Instant::now() + timeout;
+        while self.written_by_open_transactions(table) {
+            if std::time::Instant::now() >= deadline {
+                self.frozen.lock().remove(&table);
+                return Err(DbError::new(
+                    SqlState::LockNotAvailable,
+                    "could not obtain lock on the table: open transactions have written to it",
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
+    async fn unfreeze_table(&self, table: TableId) -> DbResult<()> {
+        self.frozen.lock().remove(&table);
+        Ok(())
+    }
+
     async fn write(&self, txn: TxnId, req: WriteRequest) -> DbResult<WriteResponse> {
+        self.writable(req.table)?;
         let entry = self.store.table(req.table)?;
         let state = self.txn_state(txn);
         self.spill_table(&state, req.table).await?;
@@ -690,6 +742,7 @@ impl ShardService for LocalShardService {
     }
 
     async fn load(&self, txn: TxnId, table: TableId, rows: Vec<Row>) -> DbResult<()> {
+        self.writable(table)?;
         let entry = self.store.table(table)?;
         let def = &entry.def;
         if let Some(bad) = rows.iter().find(|r| r.len() != def.columns.len()) {
@@ -1466,6 +1519,48 @@ mod tests {
         let s = LocalShardService::open(dir.path(), &StoreOptions::default()).unwrap();
         assert!(s.prepared().await.unwrap().is_empty());
         assert_eq!(count(&s, 14).await, 8);
+    }
+
+    /// A frozen table (being rewritten) waits for the transactions that wrote to it, then
+    /// refuses writes until it is unfrozen.
+    #[tokio::test]
+    async fn a_frozen_table_waits_for_its_writers_then_refuses_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(LocalShardService::open(dir.path(), &StoreOptions::default()).unwrap());
+        s.create_table(&table()).await.unwrap();
+        let wait = std::time::Duration::from_millis(200);
+        s.write(1, insert(1)).await.unwrap();
+        let err = s.freeze_table(16384, wait).await.unwrap_err();
+        assert_eq!(err.state, SqlState::LockNotAvailable);
+        // not frozen after the failure
+        s.write(2, insert(2)).await.unwrap();
+        s.commit(2).await.unwrap();
+        // the writer commits while the freeze waits: then it is frozen
+        let waiting = {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.freeze_table(16384, std::time::Duration::from_secs(5))
+                    .await
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        s.commit(1).await.unwrap();
+        waiting.await.unwrap().unwrap();
+        assert_eq!(
+            s.write(3, insert(3)).await.unwrap_err().state,
+            SqlState::ObjectInUse
+        );
+        let row = vec![vec![Datum::Int8(4), Datum::Int8(40)]];
+        assert_eq!(
+            s.load(3, 16384, row.clone()).await.unwrap_err().state,
+            SqlState::ObjectInUse
+        );
+        s.abort(3).await;
+        assert_eq!(count(&s, 4).await, 2, "reads go on");
+        s.unfreeze_table(16384).await.unwrap();
+        s.write(5, insert(3)).await.unwrap();
+        s.commit(5).await.unwrap();
+        assert_eq!(count(&s, 6).await, 3);
     }
 
     /// Segments are ordered by when they registered, not when their files were written: a

@@ -718,9 +718,31 @@ async fn add_primary_key(
 /// Moves a table's rows into `new` (a definition of the same columns under a new table id,
 /// keyed or placed differently), then switches the catalog to it and drops the old shards.
 /// The rows go in as one bulk load that commits before the switch, so a failure (a row
-/// `check` refuses, a duplicate key) leaves the old table as it was. Writers of the table
-/// are not held off meanwhile: what they commit during the copy may not reach `new`.
+/// `check` refuses, a duplicate key) leaves the old table as it was. The old table is frozen
+/// first: once no open transaction has written to it, writes to it fail (55006) until it is
+/// gone, so nothing committed to it is left behind (a writer still open after
+/// [`REWRITE_WAIT`] fails the rewrite with 55P03 instead).
 pub async fn rewrite_table(
+    s: &Session,
+    old: &TableDef,
+    new: &TableDef,
+    check: impl Fn(&[Datum]) -> DbResult<()>,
+) -> DbResult<()> {
+    s.instance
+        .service
+        .freeze_table(old.id, REWRITE_WAIT)
+        .await?;
+    let rewritten = copy_rows(s, old, new, check).await;
+    if rewritten.is_err() {
+        let _ = s.instance.service.unfreeze_table(old.id).await;
+    }
+    rewritten
+}
+
+/// How long a table rewrite waits for the open transactions that wrote to the table.
+pub const REWRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn copy_rows(
     s: &Session,
     old: &TableDef,
     new: &TableDef,
