@@ -286,7 +286,10 @@ impl ScalarUDFImpl for TimestampText {
 }
 
 /// A UDF's result as a scalar when its input was one.
-fn shaped_like_input(scalar: bool, out: arrow::array::ArrayRef) -> Result<ColumnarValue> {
+pub(crate) fn shaped_like_input(
+    scalar: bool,
+    out: arrow::array::ArrayRef,
+) -> Result<ColumnarValue> {
     Ok(if scalar {
         ColumnarValue::Scalar(datafusion::common::ScalarValue::try_from_array(&out, 0)?)
     } else {

@@ -6,9 +6,9 @@
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, IntervalMonthDayNanoBuilder};
-use arrow::datatypes::{DataType, IntervalMonthDayNano, IntervalUnit, TimeUnit};
+use arrow::datatypes::{DataType, IntervalMonthDayNano, IntervalUnit};
 use chrono::{DateTime, Datelike, Timelike};
-use datafusion::common::{Result, ScalarValue};
+use datafusion::common::Result;
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
@@ -146,32 +146,17 @@ impl ScalarUDFImpl for IntervalFunction {
                 i.micros.saturating_mul(1_000),
             ));
         }
-        let out: ArrayRef = Arc::new(out.finish());
-        Ok(if scalar {
-            ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?)
-        } else {
-            ColumnarValue::Array(out)
-        })
+        crate::checked::shaped_like_input(scalar, Arc::new(out.finish()))
     }
 }
 
 /// A timestamp (or date) value as µs of its wall clock: a timestamptz in the zone it is
 /// labelled with.
 fn local_micros(a: &ArrayRef, r: usize) -> Result<i64> {
-    use arrow::datatypes as t;
     Ok(match a.data_type() {
-        DataType::Date32 => a.as_primitive::<t::Date32Type>().value(r) as i64 * DAY,
-        DataType::Timestamp(unit, tz) => {
-            let v = match unit {
-                TimeUnit::Second => a.as_primitive::<t::TimestampSecondType>().value(r) * 1_000_000,
-                TimeUnit::Millisecond => {
-                    a.as_primitive::<t::TimestampMillisecondType>().value(r) * 1_000
-                }
-                TimeUnit::Microsecond => a.as_primitive::<t::TimestampMicrosecondType>().value(r),
-                TimeUnit::Nanosecond => {
-                    a.as_primitive::<t::TimestampNanosecondType>().value(r) / 1_000
-                }
-            };
+        DataType::Date32 => a.as_primitive::<arrow::datatypes::Date32Type>().value(r) as i64 * DAY,
+        DataType::Timestamp(_, tz) => {
+            let v = timestamp_micros(a, r)?;
             match tz {
                 Some(label) => v + Zone::from_arrow(label).offset_at(v) as i64 * 1_000_000,
                 None => v,
@@ -183,6 +168,20 @@ fn local_micros(a: &ArrayRef, r: usize) -> Result<i64> {
             ))));
         }
     })
+}
+
+/// Row `r` of a timestamp array of any unit, in µs since the epoch (UTC for a timestamptz).
+pub(super) fn timestamp_micros(a: &dyn Array, r: usize) -> Result<i64> {
+    match orochi_common::datum::Datum::from_arrow(a, r, orochi_common::types::SqlType::Timestamp)
+        .map_err(db_to_df)?
+    {
+        orochi_common::datum::Datum::Timestamp(v) | orochi_common::datum::Datum::Timestamptz(v) => {
+            Ok(v)
+        }
+        other => Err(db_to_df(DbError::internal(format!(
+            "{other:?} is not a timestamp"
+        )))),
+    }
 }
 
 /// Makes the signs of days and time agree, borrowing a day.

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, StringBuilder};
-use arrow::datatypes::{DataType, IntervalUnit, TimeUnit};
+use arrow::datatypes::{DataType, IntervalUnit};
 use chrono::{DateTime, Datelike, Timelike};
 use datafusion::common::Result;
 use datafusion::logical_expr::{
@@ -97,14 +97,7 @@ impl ScalarUDFImpl for ToChar {
             }
             out.append_value(format_value(&values, row, formats.value(row))?);
         }
-        let out: ArrayRef = Arc::new(out.finish());
-        if scalar {
-            Ok(ColumnarValue::Scalar(
-                datafusion::common::ScalarValue::try_from_array(&out, 0)?,
-            ))
-        } else {
-            Ok(ColumnarValue::Array(out))
-        }
+        crate::checked::shaped_like_input(scalar, Arc::new(out.finish()))
     }
 }
 
@@ -122,25 +115,8 @@ fn format_value(values: &ArrayRef, row: usize, template: &str) -> Result<String>
     use arrow::datatypes as t;
     let num = |n: Num| Ok(format_number(n, template));
     match values.data_type() {
-        DataType::Timestamp(unit, tz) => {
-            let v = match unit {
-                TimeUnit::Second => values.as_primitive::<t::TimestampSecondType>().value(row),
-                TimeUnit::Millisecond => values
-                    .as_primitive::<t::TimestampMillisecondType>()
-                    .value(row),
-                TimeUnit::Microsecond => values
-                    .as_primitive::<t::TimestampMicrosecondType>()
-                    .value(row),
-                TimeUnit::Nanosecond => values
-                    .as_primitive::<t::TimestampNanosecondType>()
-                    .value(row),
-            };
-            let micros = match unit {
-                TimeUnit::Second => v.saturating_mul(1_000_000),
-                TimeUnit::Millisecond => v.saturating_mul(1_000),
-                TimeUnit::Microsecond => v,
-                TimeUnit::Nanosecond => v.div_euclid(1_000),
-            };
+        DataType::Timestamp(_, tz) => {
+            let micros = super::datetime::timestamp_micros(values.as_ref(), row)?;
             Ok(format_time(
                 &Tm::of_timestamp(micros, tz.as_deref())?,
                 template,
