@@ -90,12 +90,20 @@ impl ScalarUDFImpl for ToChar {
         let formats = arrow::compute::cast(&args.args[1].to_array(n)?, &DataType::Utf8)?;
         let formats = formats.as_string::<i32>();
         let mut out = StringBuilder::with_capacity(n, n * 16);
+        // the template, parsed again only when it changes from row to row
+        let mut parsed: Option<Template> = None;
         for row in 0..n {
             if values.is_null(row) || formats.is_null(row) {
                 out.append_null();
                 continue;
             }
-            out.append_value(format_value(&values, row, formats.value(row))?);
+            let text = formats.value(row);
+            let template = match parsed.take() {
+                Some(t) if t.text == text => t,
+                _ => Template::parse(text),
+            };
+            out.append_value(format_value(&values, row, &template)?);
+            parsed = Some(template);
         }
         crate::checked::shaped_like_input(scalar, Arc::new(out.finish()))
     }
@@ -111,27 +119,30 @@ fn type_name(t: &DataType) -> String {
     }
 }
 
-fn format_value(values: &ArrayRef, row: usize, template: &str) -> Result<String> {
+fn format_value(values: &ArrayRef, row: usize, template: &Template) -> Result<String> {
     use arrow::datatypes as t;
-    let num = |n: Num| Ok(format_number(n, template));
+    let num = |n: Num| Ok(format_number(n, &template.num.0, template.num.1));
     match values.data_type() {
         DataType::Timestamp(_, tz) => {
             let micros = super::datetime::timestamp_micros(values.as_ref(), row)?;
             Ok(format_time(
                 &Tm::of_timestamp(micros, tz.as_deref())?,
-                template,
+                &template.time,
             ))
         }
         DataType::Date32 => {
             let days = values.as_primitive::<t::Date32Type>().value(row) as i64;
             Ok(format_time(
                 &Tm::of_timestamp(days * 86_400_000_000, None)?,
-                template,
+                &template.time,
             ))
         }
         DataType::Date64 => {
             let ms = values.as_primitive::<t::Date64Type>().value(row);
-            Ok(format_time(&Tm::of_timestamp(ms * 1_000, None)?, template))
+            Ok(format_time(
+                &Tm::of_timestamp(ms * 1_000, None)?,
+                &template.time,
+            ))
         }
         DataType::Interval(IntervalUnit::MonthDayNano) => {
             let v = values
@@ -139,7 +150,7 @@ fn format_value(values: &ArrayRef, row: usize, template: &str) -> Result<String>
                 .value(row);
             Ok(format_time(
                 &Tm::of_interval(v.months, v.days, v.nanoseconds / 1_000),
-                template,
+                &template.time,
             ))
         }
         DataType::Int8 => num(Num::Int(
@@ -401,8 +412,40 @@ fn cased(name: &str, keyword: &str) -> String {
     }
 }
 
-fn format_time(tm: &Tm, template: &str) -> String {
-    let mut out = String::with_capacity(template.len() + 16);
+/// A date/time template, parsed: literal text and patterns.
+enum Piece {
+    Text(String),
+    Field {
+        kw: &'static str,
+        /// `kw` in upper case (what the pattern is, whatever its spelling).
+        upper: String,
+        fm: bool,
+        /// An ordinal suffix, upper-case or not.
+        th: Option<bool>,
+    },
+}
+
+/// A template parsed both ways (which one applies depends on the value's type), once per
+/// distinct template rather than once per row.
+struct Template {
+    text: String,
+    time: Vec<Piece>,
+    num: (Vec<NumTok>, bool),
+}
+
+impl Template {
+    fn parse(text: &str) -> Template {
+        Template {
+            text: text.to_string(),
+            time: time_pieces(text),
+            num: num_tokens(text),
+        }
+    }
+}
+
+fn time_pieces(template: &str) -> Vec<Piece> {
+    let mut pieces = Vec::new();
+    let mut out = String::new();
     let mut i = 0;
     while i < template.len() {
         let rest = &template[i..];
@@ -450,6 +493,32 @@ fn format_time(tm: &Tm, template: &str) -> String {
             }
             None
         };
+        if !out.is_empty() {
+            pieces.push(Piece::Text(std::mem::take(&mut out)));
+        }
+        pieces.push(Piece::Field {
+            kw,
+            upper: kw.to_ascii_uppercase(),
+            fm,
+            th,
+        });
+    }
+    if !out.is_empty() {
+        pieces.push(Piece::Text(out));
+    }
+    pieces
+}
+
+fn format_time(tm: &Tm, pieces: &[Piece]) -> String {
+    let mut out = String::with_capacity(32);
+    for piece in pieces {
+        let (kw, upper, fm, th) = match piece {
+            Piece::Text(t) => {
+                out.push_str(t);
+                continue;
+            }
+            Piece::Field { kw, upper, fm, th } => (*kw, upper.as_str(), *fm, *th),
+        };
         let mut number = |v: i64, width: usize| {
             if fm {
                 out.push_str(&v.to_string());
@@ -460,8 +529,7 @@ fn format_time(tm: &Tm, template: &str) -> String {
                 out.push_str(ordinal(v, upper));
             }
         };
-        let upper = kw.to_ascii_uppercase();
-        match upper.as_str() {
+        match upper {
             "A.D." | "B.C." | "AD" | "BC" => {
                 let bc = tm.year <= 0 && !tm.interval;
                 let text = match (kw.len() == 4, bc) {
@@ -786,8 +854,7 @@ fn num_tokens(template: &str) -> (Vec<NumTok>, bool) {
     (toks, fm)
 }
 
-fn format_number(n: Num, template: &str) -> String {
-    let (toks, fm) = num_tokens(template);
+fn format_number(n: Num, toks: &[NumTok], fm: bool) -> String {
     if let Some(lower) = toks.iter().find_map(|t| match t {
         NumTok::Rn(lower) => Some(*lower),
         _ => None,
@@ -805,7 +872,7 @@ fn format_number(n: Num, template: &str) -> String {
     let (mut pre, mut post, mut multi) = (0usize, 0usize, 0u32);
     let mut zero_start = None;
     let (mut point, mut v) = (false, false);
-    for t in &toks {
+    for t in toks {
         match t {
             NumTok::Nine | NumTok::Zero if v => multi += 1,
             NumTok::Nine | NumTok::Zero if point => post += 1,
@@ -1015,7 +1082,8 @@ mod tests {
             (Num::Int(1994), "RN", "        MCMXCIV"),
         ];
         for (n, f, want) in cases {
-            assert_eq!(format_number(n, f), want, "{f}");
+            let (toks, fm) = num_tokens(f);
+            assert_eq!(format_number(n, &toks, fm), want, "{f}");
         }
     }
 }
