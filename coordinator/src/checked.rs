@@ -474,7 +474,8 @@ impl ScalarUDFImpl for IntervalKey {
 /// Operators whose Postgres meaning differs from DataFusion's by operand types, planned as
 /// the SQL is (so their result types are Postgres' too, which an analyzer rule could not
 /// change): `date ± interval` is a timestamp (DataFusion: a date), `interval * number`,
-/// `number * interval` and `interval / number` exist.
+/// `number * interval` and `interval / number` exist, and a `numeric` quotient has Postgres'
+/// scale and rounding (`functions::numeric`).
 #[derive(Debug)]
 pub struct PgOperators;
 
@@ -530,6 +531,13 @@ impl datafusion::logical_expr::planner::ExprPlanner for PgOperators {
             B::Multiply if scalable(&l) && number(&r) => scale(false, expr.left, expr.right),
             B::Multiply if number(&l) && scalable(&r) => scale(false, expr.right, expr.left),
             B::Divide if scalable(&l) && number(&r) => scale(true, expr.left, expr.right),
+            B::Divide
+                if l.as_ref()
+                    .zip(r.as_ref())
+                    .is_some_and(|(l, r)| crate::functions::numeric::is_numeric_division(l, r)) =>
+            {
+                crate::functions::numeric::divide(expr.left, expr.right)
+            }
             _ => return Ok(PlannerResult::Original(expr)),
         };
         Ok(PlannerResult::Planned(planned))

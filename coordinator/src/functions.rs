@@ -10,6 +10,7 @@
 
 pub mod cluster;
 mod datetime;
+pub mod numeric;
 mod privileges;
 pub mod sizes;
 pub mod storage;

@@ -780,10 +780,98 @@ fn microsecond_timestamps(t: &mut ast::DataType) {
     }
 }
 
+/// How a numeric literal with a fraction or an exponent is handed to DataFusion, which reads it
+/// as a `numeric` (Decimal128) when it is written without an exponent.
+#[derive(Debug, PartialEq)]
+pub enum NumericLiteral {
+    /// The same value without an exponent, with the scale Postgres gives it (`1.50e1` is
+    /// `15.0`, `1e3` is `1000`).
+    Plain(String),
+    /// More than 38 digits: beyond what a column or an operator here holds exactly, so read
+    /// as `float8` (Postgres keeps it `numeric`).
+    TooWide,
+}
+
+/// The numeric literal `n` (digits, at most one `.`, an optional exponent) in the form
+/// DataFusion reads as the `numeric` Postgres means; `None` when it already is one.
+pub fn numeric_literal(n: &str) -> Option<NumericLiteral> {
+    let n: String = n.chars().filter(|&c| c != '_').collect();
+    let (mantissa, exp) = match n.find(['e', 'E']) {
+        Some(i) => (&n[..i], n[i + 1..].parse::<i64>().ok()?),
+        None => (n.as_str(), 0),
+    };
+    let (int_part, frac_part) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits = format!("{int_part}{frac_part}");
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let scale = frac_part.len() as i64 - exp;
+    let significant = digits.trim_start_matches('0');
+    // digits the value needs left of the point, and in all
+    let integer_digits = (significant.len() as i64 - scale).max(1);
+    if integer_digits + scale.max(0) > 38 {
+        return Some(NumericLiteral::TooWide);
+    }
+    if exp == 0 {
+        return None;
+    }
+    let significant = if significant.is_empty() {
+        "0"
+    } else {
+        significant
+    };
+    let text = if scale <= 0 {
+        if significant == "0" {
+            "0".to_string()
+        } else {
+            format!("{significant}{}", "0".repeat((-scale) as usize))
+        }
+    } else {
+        let scale = scale as usize;
+        let padded = format!("{significant:0>width$}", width = scale + 1);
+        let (i, f) = padded.split_at(padded.len() - scale);
+        format!("{i}.{f}")
+    };
+    Some(NumericLiteral::Plain(text))
+}
+
 pub fn rewrite_type_casts(stmt: &mut ast::Statement) {
     name_result_reg_casts(stmt);
     let _ = ast::visit_expressions_mut(stmt, |e| {
         match e {
+            // numeric literals: `numeric` as in Postgres (see `numeric_literal`)
+            ast::Expr::Value(v) if matches!(&v.value, ast::Value::Number(..)) => {
+                if let ast::Value::Number(n, _) = &v.value {
+                    match numeric_literal(n) {
+                        // without a point DataFusion would read an integer
+                        Some(NumericLiteral::Plain(p)) if !p.contains('.') => {
+                            let digits = p.len() as u64;
+                            *e = ast::Expr::Cast {
+                                kind: ast::CastKind::DoubleColon,
+                                expr: Box::new(ast::Expr::value(ast::Value::Number(p, false))),
+                                data_type: ast::DataType::Numeric(
+                                    ast::ExactNumberInfo::PrecisionAndScale(digits, 0),
+                                ),
+                                array: false,
+                                format: None,
+                            }
+                        }
+                        Some(NumericLiteral::Plain(p)) => v.value = ast::Value::Number(p, false),
+                        Some(NumericLiteral::TooWide) => {
+                            *e = ast::Expr::Cast {
+                                kind: ast::CastKind::DoubleColon,
+                                expr: Box::new(ast::Expr::value(ast::Value::SingleQuotedString(
+                                    n.clone(),
+                                ))),
+                                data_type: ast::DataType::DoublePrecision,
+                                array: false,
+                                format: None,
+                            }
+                        }
+                        None => {}
+                    }
+                }
+            }
             // interval literals in Postgres' syntax, handed on in one DataFusion reads
             ast::Expr::Interval(iv) if iv.leading_field.is_none() && iv.last_field.is_none() => {
                 canonical_interval(&mut iv.value)
@@ -859,6 +947,31 @@ pub fn rewrite_type_casts(stmt: &mut ast::Statement) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numeric_literals_take_postgres_scale_without_an_exponent() {
+        use NumericLiteral::*;
+        let plain = |s: &str| Some(Plain(s.to_string()));
+        assert_eq!(numeric_literal("1e3"), plain("1000"));
+        assert_eq!(numeric_literal("1.50e1"), plain("15.0"));
+        assert_eq!(numeric_literal("1.5e-3"), plain("0.0015"));
+        assert_eq!(numeric_literal("1E+2"), plain("100"));
+        assert_eq!(numeric_literal("0e5"), plain("0"));
+        assert_eq!(numeric_literal("1e-20"), plain("0.00000000000000000001"));
+        assert_eq!(numeric_literal("1_000.5e1"), plain("10005"));
+        // already what DataFusion reads as numeric
+        assert_eq!(numeric_literal("1.50"), None);
+        assert_eq!(numeric_literal("42"), None);
+        // past 38 digits
+        assert_eq!(numeric_literal("1e300"), Some(TooWide));
+        assert_eq!(numeric_literal("1e-40"), Some(TooWide));
+        assert_eq!(
+            numeric_literal("3.14159265358979323846264338327950288419716939937510"),
+            Some(TooWide)
+        );
+        assert_eq!(numeric_literal(&"9".repeat(38)), None);
+        assert_eq!(numeric_literal(&"9".repeat(39)), Some(TooWide));
+    }
 
     /// Every column type is in the table, under the oid and name the wire layer uses.
     #[test]

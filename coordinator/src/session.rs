@@ -224,6 +224,8 @@ impl Session {
             opts.sql_parser.dialect = datafusion::config::Dialect::PostgreSQL;
             opts.sql_parser.enable_ident_normalization = true;
             opts.sql_parser.map_string_types_to_utf8view = false;
+            // numeric literals (`1.5`, `1e3`) are `numeric`, as in Postgres, not float8
+            opts.sql_parser.parse_float_as_decimal = true;
             opts.execution.time_zone = Some("+00:00".to_string());
         }
         let mut state = datafusion::execution::SessionStateBuilder::new()

@@ -238,7 +238,7 @@ pub fn const_datum(
     use ast::{Expr as E, Value as V};
     match e {
         E::Value(v) => match &v.value {
-            V::Number(n, _) => Some(Datum::parse(ty, n)),
+            V::Number(n, _) => Some(number_datum(ty, n)),
             V::SingleQuotedString(s) => Some(Datum::parse_in(ty, s, zone)),
             V::Boolean(b) => Some(Datum::Bool(*b).coerce_to(ty)),
             V::Null => Some(Ok(Datum::Null)),
@@ -257,13 +257,23 @@ pub fn const_datum(
             expr,
         } => match expr.as_ref() {
             E::Value(v) => match &v.value {
-                V::Number(n, _) => Some(Datum::parse(ty, &format!("-{n}"))),
+                V::Number(n, _) => Some(number_datum(ty, &format!("-{n}"))),
                 _ => None,
             },
             _ => None,
         },
         _ => None,
     }
+}
+
+/// A numeric literal as a value of `ty`. Into an integer a fraction rounds half away from
+/// zero, as Postgres' numeric → integer assignment does (`2.5` → 3).
+fn number_datum(ty: orochi_common::types::SqlType, n: &str) -> DbResult<Datum> {
+    if ty.is_integer() && !n.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
+        let whole = orochi_common::datum::parse_numeric(n, 38, 0)?;
+        return Datum::parse(ty, &whole.to_string());
+    }
+    Datum::parse(ty, n)
 }
 
 /// A bound parameter value as a column value.
