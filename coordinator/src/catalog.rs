@@ -20,7 +20,7 @@ use orochi_common::schema::{TableDef, TableId};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
-use crate::privilege::{Acl, RoleDef};
+use crate::privilege::{Acl, Membership, RoleDef};
 use crate::raft::{RaftNode, RaftOptions, RaftStatus};
 
 /// Each coordinator reserves sequence values in blocks of this many through the log (Postgres
@@ -96,6 +96,13 @@ struct Inner {
     acls: BTreeMap<String, Acl>,
     /// `seq/{schema}.{name}` → definition.
     sequences: BTreeMap<String, SequenceDef>,
+    /// Role memberships (`GRANT role TO member`), by (role, member); stored under
+    /// `member/["role","member"]`.
+    members: BTreeMap<(String, String), Membership>,
+}
+
+fn member_key(role: &str, member: &str) -> String {
+    format!("member/{}", serde_json::json!([role, member]))
 }
 
 /// Keys of the `catalog` tree and their new values (`None`: removed).
@@ -301,6 +308,18 @@ fn reflect(inner: &mut Inner, key: &str, value: Option<&[u8]>) -> DbResult<()> {
                 inner.sequences.remove(key);
             }
         }
+    } else if let Some(pair) = key.strip_prefix("member/") {
+        let (role, member): (String, String) =
+            serde_json::from_str(pair).map_err(|e| corrupt(key, e))?;
+        match value {
+            Some(v) => {
+                let m: Membership = serde_json::from_slice(v).map_err(|e| corrupt(key, e))?;
+                inner.members.insert((role, member), m);
+            }
+            None => {
+                inner.members.remove(&(role, member));
+            }
+        }
     } else if let Some(name) = key.strip_prefix("role/") {
         match value {
             Some(v) => {
@@ -492,9 +511,78 @@ impl Catalog {
         Ok(())
     }
 
+    /// Drops a role and its memberships, both ways.
     pub fn remove_role(&self, name: &str) -> DbResult<()> {
-        self.write(vec![(format!("role/{name}"), None)], vec![])?;
+        let mut writes = vec![(format!("role/{name}"), None)];
+        writes.extend(
+            self.state
+                .inner
+                .read()
+                .members
+                .keys()
+                .filter(|(r, m)| r == name || m == name)
+                .map(|(r, m)| (member_key(r, m), None)),
+        );
+        self.write(writes, vec![])?;
         Ok(())
+    }
+
+    /// Every membership, in the order granted (or last changed).
+    pub fn memberships(&self) -> Vec<Membership> {
+        let mut all: Vec<Membership> = self.state.inner.read().members.values().cloned().collect();
+        all.sort_by_key(|m| m.seq);
+        all
+    }
+
+    pub fn membership(&self, role: &str, member: &str) -> Option<Membership> {
+        let key = (role.to_string(), member.to_string());
+        self.state.inner.read().members.get(&key).cloned()
+    }
+
+    /// Adds or replaces a membership, durable on return.
+    pub fn put_membership(&self, m: &Membership) -> DbResult<()> {
+        let seq = 1 + self
+            .state
+            .inner
+            .read()
+            .members
+            .values()
+            .map(|m| m.seq)
+            .max()
+            .unwrap_or(0);
+        let m = Membership { seq, ..m.clone() };
+        self.write(
+            vec![(member_key(&m.role, &m.member), Some(json(&m)))],
+            vec![],
+        )?;
+        Ok(())
+    }
+
+    pub fn remove_membership(&self, role: &str, member: &str) -> DbResult<()> {
+        self.write(vec![(member_key(role, member), None)], vec![])?;
+        Ok(())
+    }
+
+    /// `role` and the roles it is a member of, directly or through others. With `inheriting`,
+    /// only those whose privileges it has: membership is not followed out of a role without
+    /// INHERIT (Postgres 15's `roles_is_member_of` with ROLERECURSE_PRIVS).
+    pub fn roles_of(&self, role: &str, inheriting: bool) -> Vec<String> {
+        let inner = self.state.inner.read();
+        let mut out = vec![role.to_string()];
+        let mut i = 0;
+        while i < out.len() {
+            let current = out[i].clone();
+            i += 1;
+            if inheriting && !inner.roles.get(&current).is_some_and(|r| r.inherit) {
+                continue;
+            }
+            for (r, _) in inner.members.keys().filter(|(_, m)| *m == current) {
+                if !out.contains(r) {
+                    out.push(r.clone());
+                }
+            }
+        }
+        out
     }
 
     /// `ALTER ROLE from RENAME TO to`: the role, and every owner and ACL entry naming it.
@@ -510,6 +598,22 @@ impl Catalog {
                 (format!("role/{from}"), None),
                 (format!("role/{to}"), Some(json(&def))),
             ];
+            for ((r, m), membership) in &inner.members {
+                if r == from || m == from || membership.grantor == from {
+                    let rename = |n: &String| if n == from { to.to_string() } else { n.clone() };
+                    let renamed = Membership {
+                        role: rename(r),
+                        member: rename(m),
+                        grantor: rename(&membership.grantor),
+                        ..membership.clone()
+                    };
+                    writes.push((member_key(r, m), None));
+                    writes.push((
+                        member_key(&renamed.role, &renamed.member),
+                        Some(json(&renamed)),
+                    ));
+                }
+            }
             for (object, acl) in &inner.acls {
                 if acl.owner == from || acl.mentions(from) {
                     let mut acl = acl.clone();
@@ -894,6 +998,50 @@ mod tests {
             owned_by: None,
         })
         .unwrap();
+    }
+
+    /// Memberships: followed transitively, not out of a NOINHERIT role for privileges; kept
+    /// across a restart, renamed with their roles, dropped with either side.
+    #[test]
+    fn role_memberships_inherit_rename_and_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let member = |role: &str, member: &str| Membership {
+            role: role.into(),
+            member: member.into(),
+            grantor: "postgres".into(),
+            admin_option: false,
+            seq: 0,
+        };
+        {
+            let cat = Catalog::open(dir.path()).unwrap();
+            for (oid, name) in [(20_000, "a"), (20_001, "b"), (20_002, "c")] {
+                cat.put_role(RoleDef::new(oid, name)).unwrap();
+            }
+            let mut noinherit = RoleDef::new(20_003, "n");
+            noinherit.inherit = false;
+            cat.put_role(noinherit).unwrap();
+            // a ∈ b ∈ c; n ∈ b
+            cat.put_membership(&member("b", "a")).unwrap();
+            cat.put_membership(&member("c", "b")).unwrap();
+            cat.put_membership(&member("b", "n")).unwrap();
+            assert_eq!(cat.roles_of("a", true), ["a", "b", "c"]);
+            assert_eq!(cat.roles_of("n", true), ["n"]);
+            assert_eq!(cat.roles_of("n", false), ["n", "b", "c"]);
+            assert_eq!(cat.roles_of("c", false), ["c"]);
+        }
+        let cat = Catalog::open(dir.path()).unwrap();
+        assert_eq!(cat.roles_of("a", true), ["a", "b", "c"]);
+        cat.rename_role("b", "bee").unwrap();
+        assert_eq!(cat.roles_of("a", true), ["a", "bee", "c"]);
+        let order: Vec<(String, String)> = cat
+            .memberships()
+            .into_iter()
+            .map(|m| (m.role, m.member))
+            .collect();
+        assert_eq!(order.len(), 3);
+        cat.remove_role("bee").unwrap();
+        assert!(cat.memberships().is_empty());
+        assert_eq!(cat.roles_of("a", true), ["a"]);
     }
 
     /// A sequence used in bulk reserves ever larger blocks, so numbering many rows writes the

@@ -34,9 +34,7 @@ pub fn table(
         .into_iter()
         .filter(|d| {
             let acl = catalog.table_acl(d.id);
-            who.superuser
-                || acl.owner == who.role
-                || !acl.privileges_of(ObjectKind::Table, &who.role).is_empty()
+            who.superuser || who.owns(&acl) || !who.held(&acl, ObjectKind::Table).0.is_empty()
         })
         .collect();
     Some(match name {
@@ -53,9 +51,7 @@ pub fn table(
             let mut schemas = vec!["pg_catalog".to_string(), "information_schema".to_string()];
             schemas.extend(catalog.schemas().into_iter().filter(|s| {
                 let acl = catalog.schema_acl(s);
-                who.superuser
-                    || acl.owner == who.role
-                    || !acl.privileges_of(ObjectKind::Schema, &who.role).is_empty()
+                who.superuser || who.owns(&acl) || !who.held(&acl, ObjectKind::Schema).0.is_empty()
             }));
             for s in &schemas {
                 let owner = if s == "public" {

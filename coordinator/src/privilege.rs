@@ -72,6 +72,20 @@ impl RoleDef {
     }
 }
 
+/// `GRANT role TO member`: the member has the role's privileges (when it inherits) and may
+/// `SET ROLE` to it; with the admin option it may grant the role on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    pub role: String,
+    pub member: String,
+    pub grantor: String,
+    pub admin_option: bool,
+    /// Order of the grant (or of its last change): `pg_auth_members` lists memberships in
+    /// it, as Postgres' heap does.
+    #[serde(default)]
+    pub seq: u64,
+}
+
 /// One privilege, with its letter in Postgres' ACL text (`arwdDxt`, `UC`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Privilege {
@@ -376,11 +390,13 @@ impl Acl {
     }
 }
 
-/// Who is asking: the current role and whether it is a superuser.
+/// Who is asking: the current role, whether it is a superuser, and the roles whose
+/// privileges it has (itself and the roles it inherits from).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Access {
     pub role: String,
     pub superuser: bool,
+    pub roles: Vec<String>,
 }
 
 impl Access {
@@ -388,12 +404,36 @@ impl Access {
         Access {
             role: BOOTSTRAP_SUPERUSER.to_string(),
             superuser: true,
+            roles: vec![BOOTSTRAP_SUPERUSER.to_string()],
         }
+    }
+
+    /// `role` as the catalog has it now.
+    pub fn of(catalog: &Catalog, role: &str) -> Access {
+        Access {
+            role: role.to_string(),
+            superuser: catalog.is_superuser(role),
+            roles: catalog.roles_of(role, true),
+        }
+    }
+
+    /// What the role holds on the object, its own grants, PUBLIC's and those of the roles it
+    /// inherits from, and which of them it may grant on.
+    pub fn held(&self, acl: &Acl, kind: ObjectKind) -> (PrivSet, PrivSet) {
+        self.roles.iter().map(|r| acl.held_by(kind, r)).fold(
+            (PrivSet::default(), PrivSet::default()),
+            |(h, g), (h2, g2)| (h.union(h2), g.union(g2)),
+        )
+    }
+
+    /// Whether the role owns the object, itself or through a role it inherits from.
+    pub fn owns(&self, acl: &Acl) -> bool {
+        self.roles.contains(&acl.owner)
     }
 
     /// Ok when the role holds `p` on the object; else `permission denied for <kind> <name>`.
     pub fn check(&self, acl: &Acl, kind: ObjectKind, name: &str, p: Privilege) -> DbResult<()> {
-        if self.superuser || acl.privileges_of(kind, &self.role).contains(p) {
+        if self.superuser || self.held(acl, kind).0.contains(p) {
             return Ok(());
         }
         Err(permission_denied(kind, name))
@@ -401,7 +441,7 @@ impl Access {
 
     /// Ok for the owner (or a superuser); else `must be owner of <kind> <name>`.
     pub fn check_owner(&self, acl: &Acl, kind: ObjectKind, name: &str) -> DbResult<()> {
-        if self.superuser || acl.owner == self.role {
+        if self.superuser || self.owns(acl) {
             return Ok(());
         }
         Err(DbError::new(

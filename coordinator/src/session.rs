@@ -300,10 +300,7 @@ impl Session {
 
     /// Who statements run as: the current role, and whether it is a superuser.
     pub fn access(&self) -> crate::privilege::Access {
-        crate::privilege::Access {
-            role: self.role.clone(),
-            superuser: self.instance.catalog.is_superuser(&self.role),
-        }
+        crate::privilege::Access::of(&self.instance.catalog, &self.role)
     }
 
     pub fn check_table(

@@ -31,6 +31,7 @@ pub const TABLES: &[&str] = &[
     "pg_roles",
     "pg_user",
     "pg_authid",
+    "pg_auth_members",
     "pg_tablespace",
     "pg_extension",
     "pg_tables",
@@ -39,7 +40,7 @@ pub const TABLES: &[&str] = &[
 ];
 
 /// Catalogs of features OrochiDB does not have (inheritance, partitioning, row security,
-/// publications, extended statistics, triggers, rules, role membership): always empty, with their Postgres
+/// publications, extended statistics, triggers, rules): always empty, with their Postgres
 /// columns (`a`: an array, typed `text[]` here).
 pub const EMPTY_TABLES: &[(&str, &[(&str, char)])] = &[
     (
@@ -113,16 +114,6 @@ pub const EMPTY_TABLES: &[(&str, &[(&str, char)])] = &[
             ("prrelid", 'o'),
             ("prqual", 't'),
             ("prattrs", 't'),
-        ],
-    ),
-    (
-        "pg_auth_members",
-        &[
-            ("oid", 'o'),
-            ("roleid", 'o'),
-            ("member", 'o'),
-            ("grantor", 'o'),
-            ("admin_option", 'b'),
         ],
     ),
     (
@@ -1018,6 +1009,27 @@ pub fn table(catalog: &Catalog, name: &str, _user: &str) -> Option<Arc<dyn Table
                 row.push(r.password.as_deref().map_or(V::Null, t));
                 row.push(valid);
                 tb.row(row);
+            }
+            tb.provider()
+        }
+        "pg_auth_members" => {
+            // Postgres 15's columns
+            let mut tb = Table::new(&[
+                ("roleid", 'o'),
+                ("member", 'o'),
+                ("grantor", 'o'),
+                ("admin_option", 'b'),
+            ]);
+            let oid = |name: &str| catalog.role(name).map(|r| r.oid);
+            for m in catalog.memberships() {
+                if let (Some(role), Some(member)) = (oid(&m.role), oid(&m.member)) {
+                    tb.row(vec![
+                        V::O(role),
+                        V::O(member),
+                        V::O(oid(&m.grantor).unwrap_or(SUPERUSER_OID)),
+                        V::B(m.admin_option),
+                    ]);
+                }
             }
             tb.provider()
         }

@@ -23,6 +23,7 @@ CREATE ROLE psql_reader;
 CREATE USER psql_writer CREATEDB CONNECTION LIMIT 3 PASSWORD 'pw';
 GRANT SELECT ON items TO psql_reader;
 GRANT INSERT, UPDATE ON items TO psql_writer;
+GRANT psql_reader TO psql_writer;
 "#;
 
 /// The meta-commands compared (each one psql invocation; several lines run in order).

@@ -1,4 +1,4 @@
-//! `has_table_privilege` and `has_schema_privilege`, answered from the same ACLs the
+//! `has_table_privilege`, `has_schema_privilege` and `pg_has_role`, answered from the same ACLs the
 //! statements are checked against ([`crate::privilege`]).
 //!
 //! Forms: `(object, privileges)` for the current role, `(role, object, privileges)` with the
@@ -105,9 +105,16 @@ fn parse_privileges(text: &str, kind: ObjectKind) -> DbResult<(PrivSet, PrivSet)
 
 impl HasPrivilege {
     fn role_name(&self, arg: Arg) -> DbResult<String> {
+        role_name(&self.catalog, arg)
+    }
+}
+
+/// A role argument, by name (`public` included) or oid, as the name of an existing role.
+fn role_name(catalog: &Catalog, arg: Arg) -> DbResult<String> {
+    {
         match arg {
             Arg::Name(n) => {
-                if n == "public" || self.catalog.role(&n).is_some() {
+                if n == "public" || catalog.role(&n).is_some() {
                     Ok(n)
                 } else {
                     Err(DbError::new(
@@ -116,8 +123,7 @@ impl HasPrivilege {
                     ))
                 }
             }
-            Arg::Oid(oid) => self
-                .catalog
+            Arg::Oid(oid) => catalog
                 .roles()
                 .into_iter()
                 .find(|r| r.oid == oid)
@@ -130,7 +136,9 @@ impl HasPrivilege {
                 }),
         }
     }
+}
 
+impl HasPrivilege {
     /// The object's ACL.
     fn object(&self, arg: Arg) -> DbResult<Acl> {
         match self.kind {
@@ -189,8 +197,9 @@ impl HasPrivilege {
         if self.catalog.is_superuser(&role) {
             return Ok(true);
         }
-        let (held, grantable) = acl.held_by(self.kind, &role);
-        let owner = acl.owner == role;
+        let access = crate::privilege::Access::of(&self.catalog, &role);
+        let (held, grantable) = access.held(&acl, self.kind);
+        let owner = access.owns(&acl);
         // any one of the listed privileges suffices, as in Postgres
         let ok = self.kind.privileges().iter().any(|&p| {
             PrivSet::of(&[p]).intersect(wanted) != PrivSet::default()
@@ -278,6 +287,99 @@ impl ScalarUDFImpl for HasPrivilege {
     }
 }
 
+/// `pg_has_role([role,] role, privileges)`: MEMBER (a member, directly or through others),
+/// USAGE (has its privileges: membership through roles that inherit), each optionally
+/// `WITH ADMIN OPTION` (or `WITH GRANT OPTION`); a superuser has them all.
+struct PgHasRole {
+    catalog: Arc<Catalog>,
+    role: String,
+    signature: Signature,
+}
+
+impl std::fmt::Debug for PgHasRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgHasRole")
+            .field("role", &self.role)
+            .finish()
+    }
+}
+
+impl PartialEq for PgHasRole {
+    fn eq(&self, o: &Self) -> bool {
+        self.role == o.role
+    }
+}
+impl Eq for PgHasRole {}
+impl std::hash::Hash for PgHasRole {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.role.hash(state);
+    }
+}
+
+impl PgHasRole {
+    fn answer(&self, role: &str, target: &str, privs: &str) -> DbResult<bool> {
+        let catalog = &self.catalog;
+        let mut any = false;
+        for p in privs.split(',') {
+            let p = p.trim().to_ascii_lowercase();
+            let (base, admin) = match p
+                .strip_suffix("with admin option")
+                .or_else(|| p.strip_suffix("with grant option"))
+            {
+                Some(b) => (b.trim_end().to_string(), true),
+                None => (p.clone(), false),
+            };
+            let inheriting = match base.as_str() {
+                "member" => false,
+                "usage" => true,
+                _ => {
+                    return Err(DbError::new(
+                        SqlState::InvalidParameterValue,
+                        format!("unrecognized privilege type: \"{}\"", p),
+                    ));
+                }
+            };
+            let ok = catalog.is_superuser(role)
+                || if admin {
+                    catalog.roles_of(role, false).iter().any(|r| {
+                        catalog
+                            .membership(target, r)
+                            .is_some_and(|m| m.admin_option)
+                    })
+                } else {
+                    catalog
+                        .roles_of(role, inheriting)
+                        .iter()
+                        .any(|r| r == target)
+                };
+            any |= ok;
+        }
+        Ok(any)
+    }
+}
+
+impl ScalarUDFImpl for PgHasRole {
+    fn name(&self) -> &str {
+        "pg_has_role"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        inquire("pg_has_role", args, |role, target, privs| {
+            let role = match role {
+                None => self.role.clone(),
+                Some(arg) => role_name(&self.catalog, arg)?,
+            };
+            let target = role_name(&self.catalog, target)?;
+            self.answer(&role, &target, privs)
+        })
+    }
+}
+
 /// The functions for a session whose current role is `role`.
 pub fn functions(catalog: &Arc<Catalog>, role: &str, search_path: &[String]) -> Vec<ScalarUDF> {
     [
@@ -295,6 +397,11 @@ pub fn functions(catalog: &Arc<Catalog>, role: &str, search_path: &[String]) -> 
             signature: Signature::variadic_any(Volatility::Stable),
         })
     })
+    .chain(std::iter::once(ScalarUDF::new_from_impl(PgHasRole {
+        catalog: catalog.clone(),
+        role: role.to_string(),
+        signature: Signature::variadic_any(Volatility::Stable),
+    })))
     .collect()
 }
 

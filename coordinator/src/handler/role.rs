@@ -466,10 +466,10 @@ fn change_acls(
         // A superuser acts as the owner. Anyone else grants (and revokes) what they hold
         // with grant option, as themselves; holding a privilege without it grants nothing
         // (Postgres warns), holding none is an error.
-        let (grantor, privs) = if access.superuser || acl.owner == access.role {
+        let (grantor, privs) = if access.superuser || access.owns(&acl) {
             (acl.owner.clone(), privs)
         } else {
-            let (held, grantable) = acl.held_by(kind, &access.role);
+            let (held, grantable) = access.held(&acl, kind);
             if held.is_empty() {
                 return Err(permission_denied(kind, &name));
             }
@@ -489,7 +489,145 @@ fn change_acls(
     Ok(())
 }
 
+/// The roles of `GRANT r1, r2 TO …` / `REVOKE r1, r2 FROM …` (parsed as `ROLE r1, ROLE r2`,
+/// see `pgwire::parse`); `None` for a grant of privileges.
+fn granted_roles(
+    privileges: &ast::Privileges,
+    objects: Option<&ast::GrantObjects>,
+) -> Option<Vec<String>> {
+    let ast::Privileges::Actions(actions) = privileges else {
+        return None;
+    };
+    if objects.is_some() || actions.is_empty() {
+        return None;
+    }
+    actions
+        .iter()
+        .map(|a| match a {
+            ast::Action::Role { role } => role
+                .0
+                .last()
+                .and_then(|p| p.as_ident())
+                .map(normalize_ident),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Who may grant or revoke membership in `role`: a superuser; for a role that is not a
+/// superuser, a role with CREATEROLE or a member with the admin option (Postgres 15).
+fn check_membership_admin(s: &Session, role: &RoleDef) -> DbResult<()> {
+    let catalog = &s.instance.catalog;
+    let me = catalog.role(&s.role);
+    if me.as_ref().is_some_and(|r| r.superuser) {
+        return Ok(());
+    }
+    if role.superuser {
+        return Err(DbError::new(
+            SqlState::InsufficientPrivilege,
+            "must be superuser to alter superusers",
+        ));
+    }
+    if me.as_ref().is_some_and(|r| r.create_role) {
+        return Ok(());
+    }
+    let admin = catalog.roles_of(&s.role, false).iter().any(|r| {
+        catalog
+            .membership(&role.name, r)
+            .is_some_and(|m| m.admin_option)
+    });
+    if !admin {
+        return Err(DbError::new(
+            SqlState::InsufficientPrivilege,
+            format!("must have admin option on role \"{}\"", role.name),
+        ));
+    }
+    Ok(())
+}
+
+/// `GRANT role, … TO member, … [WITH ADMIN OPTION]`.
+fn grant_roles(s: &Session, roles: &[String], g: &ast::Grant) -> DbResult<StatementResult> {
+    let catalog = &s.instance.catalog;
+    let members = grantees(s, &g.grantees)?;
+    if g.granted_by.is_some() || g.as_grantor.is_some() {
+        return Err(DbError::new(
+            SqlState::FeatureNotSupported,
+            "GRANTED BY is not supported",
+        ));
+    }
+    for name in roles {
+        let role = catalog.role(name).ok_or_else(|| role_missing(name))?;
+        check_membership_admin(s, &role)?;
+        for member in &members {
+            if member.is_empty() {
+                return Err(DbError::new(
+                    SqlState::InvalidGrantOperation,
+                    "role \"public\" cannot be granted to other roles",
+                ));
+            }
+            // no cycles: the role must not already be (through others) a member of the member
+            if catalog.roles_of(name, false).contains(member) {
+                return Err(DbError::new(
+                    SqlState::InvalidGrantOperation,
+                    format!("role \"{name}\" is a member of role \"{member}\""),
+                ));
+            }
+            let existing = catalog.membership(name, member);
+            // already a member (with the admin option, if asked): nothing to do, as Postgres
+            // (which says so in a NOTICE)
+            if existing
+                .as_ref()
+                .is_some_and(|m| m.admin_option || !g.with_grant_option)
+            {
+                continue;
+            }
+            catalog.put_membership(&crate::privilege::Membership {
+                role: name.clone(),
+                member: member.clone(),
+                grantor: s.role.clone(),
+                admin_option: g.with_grant_option,
+                seq: 0,
+            })?;
+        }
+    }
+    Ok(StatementResult::Command("GRANT ROLE".into()))
+}
+
+/// `REVOKE [ADMIN OPTION FOR] role, … FROM member, …`.
+fn revoke_roles(s: &Session, roles: &[String], r: &ast::Revoke) -> DbResult<StatementResult> {
+    let catalog = &s.instance.catalog;
+    let admin_option_for =
+        r.granted_by.as_ref() == Some(&crate::pgwire::parse::admin_option_marker());
+    if r.granted_by.is_some() && !admin_option_for {
+        return Err(DbError::new(
+            SqlState::FeatureNotSupported,
+            "GRANTED BY is not supported",
+        ));
+    }
+    let members = grantees(s, &r.grantees)?;
+    for name in roles {
+        let role = catalog.role(name).ok_or_else(|| role_missing(name))?;
+        check_membership_admin(s, &role)?;
+        for member in &members {
+            // not a member: Postgres warns and goes on
+            let Some(mut m) = catalog.membership(name, member) else {
+                continue;
+            };
+            if admin_option_for {
+                m.admin_option = false;
+                catalog.put_membership(&m)?;
+            } else {
+                catalog.remove_membership(name, member)?;
+            }
+        }
+    }
+    Ok(StatementResult::Command("REVOKE ROLE".into()))
+}
+
 pub fn handle_grant(s: &Session, g: &ast::Grant) -> DbResult<StatementResult> {
+    if let Some(roles) = granted_roles(&g.privileges, g.objects.as_ref()) {
+        return grant_roles(s, &roles, g);
+    }
     let option = g.with_grant_option;
     change_acls(
         s,
@@ -502,6 +640,9 @@ pub fn handle_grant(s: &Session, g: &ast::Grant) -> DbResult<StatementResult> {
 }
 
 pub fn handle_revoke(s: &Session, r: &ast::Revoke) -> DbResult<StatementResult> {
+    if let Some(roles) = granted_roles(&r.privileges, r.objects.as_ref()) {
+        return revoke_roles(s, &roles, r);
+    }
     change_acls(
         s,
         r.objects.as_ref(),
@@ -523,8 +664,8 @@ fn existing_role_for_set(s: &Session, name: &str) -> DbResult<RoleDef> {
     })
 }
 
-/// `SET ROLE name | NONE`, `RESET ROLE`: without role membership, only a superuser session
-/// may become another role (and any session its own).
+/// `SET ROLE name | NONE`, `RESET ROLE`: to the session user, a role it is a member of
+/// (directly or through others, inheriting or not), or, for a superuser, any role.
 pub fn handle_set_role(s: &mut Session, role: Option<&ast::Ident>) -> DbResult<StatementResult> {
     let target = match role {
         None => s.user.clone(),
@@ -537,7 +678,12 @@ pub fn handle_set_role(s: &mut Session, role: Option<&ast::Ident>) -> DbResult<S
     };
     let def = existing_role_for_set(s, &target)?;
     let session_superuser = s.instance.catalog.is_superuser(&s.user);
-    if target != s.user && !session_superuser {
+    let member = s
+        .instance
+        .catalog
+        .roles_of(&s.user, false)
+        .contains(&target);
+    if !member && !session_superuser {
         return Err(DbError::new(
             SqlState::InsufficientPrivilege,
             format!("permission denied to set role \"{target}\""),

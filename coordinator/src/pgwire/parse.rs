@@ -50,6 +50,17 @@ fn parse_postgres(sql: &str) -> Result<Vec<Statement>, SyntaxError> {
             {
                 return Ok(stmts);
             }
+            if let Some((rewritten, admin_option_for)) = rewrite_role_grants(sql)
+                && let Ok(mut stmts) = Parser::parse_sql(&PostgreSqlDialect {}, &rewritten)
+            {
+                if admin_option_for
+                    && let [Statement::Revoke(r)] = stmts.as_mut_slice()
+                    && r.granted_by.is_none()
+                {
+                    r.granted_by = Some(admin_option_marker());
+                }
+                return Ok(stmts);
+            }
             // Postgres spellings sqlparser does not know: `on`/`off`/`1`/`0` for COPY's
             // boolean options (pgbench sends `with (freeze on)`) and VACUUM's options
             // (`vacuum analyze t`). Retry with them normalized, and report the original error
@@ -62,6 +73,94 @@ fn parse_postgres(sql: &str) -> Result<Vec<Statement>, SyntaxError> {
             Err(syntax_error(sql, e))
         }
     }
+}
+
+/// What `REVOKE ADMIN OPTION FOR role FROM member` leaves in the parsed REVOKE's `granted_by`:
+/// an identifier no SQL text produces (it starts with NUL, which the protocol's strings cannot
+/// hold).
+pub fn admin_option_marker() -> datafusion::sql::sqlparser::ast::Ident {
+    datafusion::sql::sqlparser::ast::Ident::new("\0ADMIN OPTION FOR")
+}
+
+/// Role grants, which sqlparser's grammar lacks: `GRANT r1, r2 TO m [WITH ADMIN OPTION]` →
+/// `GRANT ROLE r1, ROLE r2 TO m [WITH GRANT OPTION]`, `REVOKE [ADMIN OPTION FOR] r FROM m` →
+/// `REVOKE ROLE r FROM m`, and whether ADMIN OPTION FOR was there. `None` for anything else,
+/// a GRANT/REVOKE with `ON` included (one statement only).
+fn rewrite_role_grants(sql: &str) -> Option<(String, bool)> {
+    let head = sql.trim_start().as_bytes();
+    if !["grant", "revoke"].iter().any(|k| {
+        head.get(..k.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(k.as_bytes()))
+    }) {
+        return None;
+    }
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize().ok()?;
+    let mut words: Vec<&Token> = tokens
+        .iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_)))
+        .collect();
+    while matches!(words.last(), Some(Token::SemiColon)) {
+        words.pop();
+    }
+    let kw = |t: &Token, k: Keyword| matches!(t, Token::Word(w) if w.keyword == k && w.quote_style.is_none());
+    if words
+        .iter()
+        .any(|t| kw(t, Keyword::ON) || matches!(t, Token::SemiColon))
+    {
+        return None;
+    }
+    let grant = kw(words.first()?, Keyword::GRANT);
+    let mut i = 1;
+    let mut admin_option_for = false;
+    if !grant
+        && words.len() > 4
+        && kw(words[1], Keyword::ADMIN)
+        && kw(words[2], Keyword::OPTION)
+        && kw(words[3], Keyword::FOR)
+    {
+        admin_option_for = true;
+        i = 4;
+    }
+    let mut out = String::from(if grant { "GRANT" } else { "REVOKE" });
+    let to = if grant { Keyword::TO } else { Keyword::FROM };
+    // the role list: names separated by commas
+    let mut expect_name = true;
+    while i < words.len() && !kw(words[i], to) {
+        match words[i] {
+            Token::Word(w) if expect_name => {
+                out.push_str(" ROLE ");
+                out.push_str(&w.to_string());
+                expect_name = false;
+            }
+            Token::Comma if !expect_name => {
+                out.push(',');
+                expect_name = true;
+            }
+            _ => return None,
+        }
+        i += 1;
+    }
+    if expect_name || i == words.len() {
+        return None;
+    }
+    let rest = &words[i..];
+    let mut j = 0;
+    while j < rest.len() {
+        if grant
+            && j + 2 < rest.len()
+            && kw(rest[j], Keyword::WITH)
+            && kw(rest[j + 1], Keyword::ADMIN)
+            && kw(rest[j + 2], Keyword::OPTION)
+        {
+            out.push_str(" WITH GRANT OPTION");
+            j += 3;
+            continue;
+        }
+        out.push(' ');
+        out.push_str(&rest[j].to_string());
+        j += 1;
+    }
+    Some((out, admin_option_for))
 }
 
 /// `SET GLOBAL name = …`: our spelling of `ALTER SYSTEM SET` (see [`rewrite_alter_system`]).
