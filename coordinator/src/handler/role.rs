@@ -128,18 +128,20 @@ fn is_superuser(s: &Session) -> bool {
 
 pub fn handle_create_role(s: &Session, cr: &ast::CreateRole) -> DbResult<StatementResult> {
     check_role_admin(s, None, "create")?;
-    if !cr.in_role.is_empty()
-        || !cr.in_group.is_empty()
-        || !cr.role.is_empty()
-        || !cr.user.is_empty()
-        || !cr.admin.is_empty()
-    {
-        return Err(DbError::new(
-            SqlState::FeatureNotSupported,
-            "role membership (IN ROLE, ROLE, ADMIN) is not supported yet",
-        ));
-    }
     let catalog = &s.instance.catalog;
+    // IN ROLE/IN GROUP: roles the new one joins; ROLE/USER: members it gets; ADMIN: members
+    // with the admin option. All must exist before anything is created.
+    let names = |list: &[ast::Ident]| -> DbResult<Vec<RoleDef>> {
+        list.iter()
+            .map(|i| {
+                let n = normalize_ident(i);
+                catalog.role(&n).ok_or_else(|| role_missing(&n))
+            })
+            .collect()
+    };
+    let joins = names(&[cr.in_role.clone(), cr.in_group.clone()].concat())?;
+    let members = names(&[cr.role.clone(), cr.user.clone()].concat())?;
+    let admins = names(&cr.admin)?;
     for name in &cr.names {
         let name = name
             .0
@@ -183,7 +185,17 @@ pub fn handle_create_role(s: &Session, cr: &ast::CreateRole) -> DbResult<Stateme
                 ));
             }
         }
-        catalog.put_role(role)?;
+        catalog.put_role(role.clone())?;
+        for joined in &joins {
+            add_member(s, joined, &role.name, false)?;
+        }
+        for (m, admin) in members
+            .iter()
+            .map(|m| (m, false))
+            .chain(admins.iter().map(|m| (m, true)))
+        {
+            add_member(s, &role, &m.name, admin)?;
+        }
     }
     Ok(StatementResult::Command("CREATE ROLE".into()))
 }
@@ -545,6 +557,40 @@ fn check_membership_admin(s: &Session, role: &RoleDef) -> DbResult<()> {
     Ok(())
 }
 
+/// Makes `member` a member of `role` (with the admin option: adds it), as the session's role
+/// may: the admin rules, no cycles, nothing to do if it already is one.
+fn add_member(s: &Session, role: &RoleDef, member: &str, admin_option: bool) -> DbResult<()> {
+    let catalog = &s.instance.catalog;
+    let name = &role.name;
+    check_membership_admin(s, role)?;
+    if member.is_empty() {
+        return Err(DbError::new(
+            SqlState::InvalidGrantOperation,
+            "role \"public\" cannot be granted to other roles",
+        ));
+    }
+    // no cycles: the role must not already be (through others) a member of the member
+    if catalog.roles_of(name, false).iter().any(|r| r == member) {
+        return Err(DbError::new(
+            SqlState::InvalidGrantOperation,
+            format!("role \"{name}\" is a member of role \"{member}\""),
+        ));
+    }
+    let existing = catalog.membership(name, member);
+    // already a member (with the admin option, if asked): nothing to do, as Postgres (which
+    // says so in a NOTICE)
+    if existing.is_some_and(|m| m.admin_option || !admin_option) {
+        return Ok(());
+    }
+    catalog.put_membership(&crate::privilege::Membership {
+        role: name.clone(),
+        member: member.to_string(),
+        grantor: s.role.clone(),
+        admin_option,
+        seq: 0,
+    })
+}
+
 /// `GRANT role, … TO member, … [WITH ADMIN OPTION]`.
 fn grant_roles(s: &Session, roles: &[String], g: &ast::Grant) -> DbResult<StatementResult> {
     let catalog = &s.instance.catalog;
@@ -557,37 +603,8 @@ fn grant_roles(s: &Session, roles: &[String], g: &ast::Grant) -> DbResult<Statem
     }
     for name in roles {
         let role = catalog.role(name).ok_or_else(|| role_missing(name))?;
-        check_membership_admin(s, &role)?;
         for member in &members {
-            if member.is_empty() {
-                return Err(DbError::new(
-                    SqlState::InvalidGrantOperation,
-                    "role \"public\" cannot be granted to other roles",
-                ));
-            }
-            // no cycles: the role must not already be (through others) a member of the member
-            if catalog.roles_of(name, false).contains(member) {
-                return Err(DbError::new(
-                    SqlState::InvalidGrantOperation,
-                    format!("role \"{name}\" is a member of role \"{member}\""),
-                ));
-            }
-            let existing = catalog.membership(name, member);
-            // already a member (with the admin option, if asked): nothing to do, as Postgres
-            // (which says so in a NOTICE)
-            if existing
-                .as_ref()
-                .is_some_and(|m| m.admin_option || !g.with_grant_option)
-            {
-                continue;
-            }
-            catalog.put_membership(&crate::privilege::Membership {
-                role: name.clone(),
-                member: member.clone(),
-                grantor: s.role.clone(),
-                admin_option: g.with_grant_option,
-                seq: 0,
-            })?;
+            add_member(s, &role, member, g.with_grant_option)?;
         }
     }
     Ok(StatementResult::Command("GRANT ROLE".into()))
