@@ -371,6 +371,61 @@ impl ScalarUDFImpl for TextTimestamp {
     }
 }
 
+/// `text::interval` of a column or expression: Postgres' interval input syntax
+/// (`orochi_common::interval`), not DataFusion's (which has no `@ … ago`, `-1 day +02:00`, …).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct TextInterval {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for TextInterval {
+    fn name(&self) -> &str {
+        "orochi_text_interval"
+    }
+
+    fn display_name(&self, args: &[Expr]) -> Result<String> {
+        Ok(format!("CAST({} AS Interval(MonthDayNano))", args[0]))
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Interval(
+            arrow::datatypes::IntervalUnit::MonthDayNano,
+        ))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        use arrow::datatypes::IntervalMonthDayNano;
+        let scalar = matches!(args.args[0], ColumnarValue::Scalar(_));
+        let array = ColumnarValue::values_to_arrays(&args.args)?.remove(0);
+        let text = arrow::compute::cast(&array, &DataType::Utf8)?;
+        let text = text
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .expect("cast to Utf8");
+        let mut out = arrow::array::IntervalMonthDayNanoBuilder::with_capacity(
+            arrow::array::Array::len(text),
+        );
+        for v in text.iter() {
+            match v {
+                None => out.append_null(),
+                Some(s) => {
+                    let i = orochi_common::interval::parse_interval(s).map_err(db_to_df)?;
+                    out.append_value(IntervalMonthDayNano::new(
+                        i.months,
+                        i.days,
+                        i.micros.saturating_mul(1_000),
+                    ));
+                }
+            }
+        }
+        shaped_like_input(scalar, Arc::new(out.finish()))
+    }
+}
+
 /// `timestamptz::timestamp`: the wall-clock time of each instant in the session's zone.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct LocalTimestamp {
@@ -754,6 +809,20 @@ pub fn check_integer_arithmetic(
             return Ok(Transformed::yes(cast_unless(call, c.field.data_type(), {
                 *unit == arrow::datatypes::TimeUnit::Microsecond
             })));
+        }
+        // text → interval: Postgres' input syntax
+        if let Expr::Cast(c) = &e
+            && let DataType::Interval(arrow::datatypes::IntervalUnit::MonthDayNano) =
+                c.field.data_type()
+            && let Ok(DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8) =
+                c.expr.get_type(schema)
+        {
+            let udf = Arc::new(ScalarUDF::new_from_impl(TextInterval {
+                signature: Signature::any(1, Volatility::Immutable),
+            }));
+            return Ok(Transformed::yes(Expr::ScalarFunction(
+                ScalarFunction::new_udf(udf, vec![(*c.expr).clone()]),
+            )));
         }
         // timestamptz → timestamp: the wall-clock time in the session's zone (Arrow keeps
         // the UTC one)

@@ -232,7 +232,7 @@ impl RegFunction {
             .collect();
         match parts.as_slice() {
             [rel] => relation_oid(&self.catalog, &self.search_path, rel),
-            [schema, rel] => relation_oid(&self.catalog, std::slice::from_ref(schema), rel),
+            [schema, rel] => crate::system::relation_oid_in(&self.catalog, schema, rel),
             _ => None,
         }
     }
@@ -835,6 +835,24 @@ pub fn numeric_literal(n: &str) -> Option<NumericLiteral> {
     Some(NumericLiteral::Plain(text))
 }
 
+/// `x::oid`: a 32-bit unsigned integer, as `oid` columns are here (UInt32, sent as `oid`).
+fn oid_as_uint32(t: &mut ast::DataType) {
+    if let ast::DataType::Custom(name, modifiers) = t
+        && modifiers.is_empty()
+        && name
+            .0
+            .last()
+            .and_then(|p| p.as_ident())
+            .is_some_and(|i| i.value.eq_ignore_ascii_case("oid"))
+        && (name.0.len() == 1
+            || name.0[0]
+                .as_ident()
+                .is_some_and(|i| i.value.eq_ignore_ascii_case("pg_catalog")))
+    {
+        *t = ast::DataType::IntUnsigned(None);
+    }
+}
+
 pub fn rewrite_type_casts(stmt: &mut ast::Statement) {
     name_result_reg_casts(stmt);
     let _ = ast::visit_expressions_mut(stmt, |e| {
@@ -881,7 +899,10 @@ pub fn rewrite_type_casts(stmt: &mut ast::Statement) {
                 data_type: ast::DataType::Interval { fields: None, .. },
                 ..
             } => canonical_interval(expr),
-            ast::Expr::Cast { data_type, .. } => microsecond_timestamps(data_type),
+            ast::Expr::Cast { data_type, .. } => {
+                microsecond_timestamps(data_type);
+                oid_as_uint32(data_type);
+            }
             ast::Expr::TypedString(ts) => microsecond_timestamps(&mut ts.data_type),
             // LOCALTIMESTAMP and LOCALTIME: the session's wall clock at the transaction's
             // start, without a zone

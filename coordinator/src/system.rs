@@ -398,20 +398,64 @@ pub fn tables_by_id(catalog: &Catalog) -> TablesById {
         .collect()
 }
 
+/// The system catalogs with the fixed oids Postgres gives them (`pg_class.oid`), for
+/// `'pg_class'::regclass` and `1259::regclass`.
+pub const SYSTEM_RELATIONS: &[(&str, u32)] = &[
+    ("pg_tablespace", 1213),
+    ("pg_type", 1247),
+    ("pg_attribute", 1249),
+    ("pg_proc", 1255),
+    ("pg_class", 1259),
+    ("pg_authid", 1260),
+    ("pg_auth_members", 1261),
+    ("pg_database", 1262),
+    ("pg_am", 2601),
+    ("pg_attrdef", 2604),
+    ("pg_constraint", 2606),
+    ("pg_depend", 2608),
+    ("pg_description", 2609),
+    ("pg_index", 2610),
+    ("pg_inherits", 2611),
+    ("pg_namespace", 2615),
+    ("pg_trigger", 2620),
+    ("pg_extension", 3079),
+    ("pg_collation", 3456),
+];
+
 /// The relation an unqualified `name` means through `search_path`, as Postgres resolves it:
-/// the first schema holding a table of that name, or the primary-key index `<table>_pkey`.
+/// a system catalog (`pg_catalog` is searched first unless the path places it), else the
+/// first schema holding a table of that name, or the primary-key index `<table>_pkey`.
 pub fn relation_oid(catalog: &Catalog, search_path: &[String], name: &str) -> Option<u32> {
-    search_path.iter().find_map(|schema| {
-        if let Some(t) = catalog.table(schema, name) {
-            return Some(t.id as u32);
-        }
-        let table = catalog.table(schema, name.strip_suffix("_pkey")?)?;
-        (!table.hidden_rowid).then_some(table.id as u32 + INDEX_OID_OFFSET)
-    })
+    if !search_path.iter().any(|s| s == "pg_catalog")
+        && let Some(oid) = relation_oid_in(catalog, "pg_catalog", name)
+    {
+        return Some(oid);
+    }
+    search_path
+        .iter()
+        .find_map(|schema| relation_oid_in(catalog, schema, name))
+}
+
+/// The relation `schema.name` (a system catalog in `pg_catalog`).
+pub fn relation_oid_in(catalog: &Catalog, schema: &str, name: &str) -> Option<u32> {
+    if schema == "pg_catalog" {
+        return SYSTEM_RELATIONS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|&(_, oid)| oid);
+    }
+    if let Some(t) = catalog.table(schema, name) {
+        return Some(t.id as u32);
+    }
+    let table = catalog.table(schema, name.strip_suffix("_pkey")?)?;
+    (!table.hidden_rowid).then_some(table.id as u32 + INDEX_OID_OFFSET)
 }
 
 /// Schema and name of relation `oid` (a table, or its primary-key index).
 pub fn relation_name(tables: &TablesById, oid: u32) -> Option<(&str, String)> {
+    if let Some((name, _)) = SYSTEM_RELATIONS.iter().find(|(_, o)| *o == oid) {
+        return Some(("pg_catalog", name.to_string()));
+    }
     let def = tables.get(&((oid % INDEX_OID_OFFSET) as u64))?;
     let name = if oid >= INDEX_OID_OFFSET {
         format!("{}_pkey", def.name)

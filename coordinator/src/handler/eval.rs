@@ -156,6 +156,10 @@ fn named(e: &ast::Expr) -> (String, u8) {
             }
             match crate::handler::ddl::sql_type(data_type) {
                 Ok((t, _)) => (t.typname().to_string(), 1),
+                // `x::oid`, rewritten to a 32-bit unsigned integer (pgtypes)
+                Err(_) if matches!(data_type, ast::DataType::IntUnsigned(None)) => {
+                    ("oid".to_string(), 1)
+                }
                 Err(_) => inner,
             }
         }
