@@ -42,6 +42,12 @@ pub enum Datum {
     Timestamptz(i64),
     Uuid([u8; 16]),
     Json(String),
+    /// Months, days and microseconds.
+    Interval {
+        months: i32,
+        days: i32,
+        micros: i64,
+    },
 }
 
 fn invalid(ty: &str, s: &str) -> DbError {
@@ -109,6 +115,7 @@ impl Datum {
             SqlType::Char(n) => Ok(Datum::Text(pad_char(s, n)?)),
             SqlType::Bytea => parse_bytea(s).map(Datum::Bytea),
             SqlType::Date => parse_date(s).map(Datum::Date),
+            SqlType::Interval => crate::interval::parse_interval(s).map(Datum::from_interval),
             SqlType::Timestamp => parse_timestamp(s, None).map(Datum::Timestamp),
             SqlType::Timestamptz => parse_timestamp(s, Some(zone)).map(Datum::Timestamptz),
             SqlType::Uuid => parse_uuid(s).map(Datum::Uuid),
@@ -158,6 +165,9 @@ impl Datum {
             Datum::Timestamp(us) => format_timestamp(*us),
             Datum::Timestamptz(us) => format_timestamptz(*us),
             Datum::Uuid(u) => format_uuid(u),
+            Datum::Interval { .. } => {
+                crate::interval::format_interval(self.as_interval().expect("an interval"))
+            }
         })
     }
 
@@ -244,6 +254,7 @@ impl Datum {
             }
             (Datum::Bytea(b), SqlType::Bytea) => Datum::Bytea(b),
             (Datum::Uuid(u), SqlType::Uuid) => Datum::Uuid(u),
+            (i @ Datum::Interval { .. }, SqlType::Interval) => i,
             (d, SqlType::Text | SqlType::Varchar(_) | SqlType::Char(_)) => {
                 let s = d.to_text().expect("non-null");
                 Datum::parse(ty, &s)?
@@ -298,6 +309,7 @@ impl Datum {
             Datum::Date(_) => "date",
             Datum::Timestamp(_) => "timestamp without time zone",
             Datum::Timestamptz(_) => "timestamp with time zone",
+            Datum::Interval { .. } => "interval",
             Datum::Uuid(_) => "uuid",
             Datum::Json(_) => "json",
         }
@@ -410,6 +422,16 @@ impl Datum {
                     Datum::Timestamp(v)
                 }
             }
+            DataType::Interval(arrow::datatypes::IntervalUnit::MonthDayNano) => {
+                let v = array
+                    .as_primitive::<arrow::datatypes::IntervalMonthDayNanoType>()
+                    .value(row);
+                Datum::Interval {
+                    months: v.months,
+                    days: v.days,
+                    micros: v.nanoseconds.div_euclid(1_000),
+                }
+            }
             other => {
                 return Err(DbError::new(
                     SqlState::FeatureNotSupported,
@@ -421,6 +443,31 @@ impl Datum {
             (Datum::Text(s), SqlType::Uuid) => Datum::parse(SqlType::Uuid, s),
             (Datum::Text(s), SqlType::Json | SqlType::Jsonb) => Datum::parse(ty, s),
             _ => raw.coerce_to(ty),
+        }
+    }
+}
+
+impl Datum {
+    pub fn from_interval(i: crate::interval::Interval) -> Datum {
+        Datum::Interval {
+            months: i.months,
+            days: i.days,
+            micros: i.micros,
+        }
+    }
+
+    pub fn as_interval(&self) -> Option<crate::interval::Interval> {
+        match *self {
+            Datum::Interval {
+                months,
+                days,
+                micros,
+            } => Some(crate::interval::Interval {
+                months,
+                days,
+                micros,
+            }),
+            _ => None,
         }
     }
 }

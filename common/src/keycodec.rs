@@ -43,6 +43,20 @@ pub fn encode_datum(d: &Datum, out: &mut Vec<u8>) {
         }
         Datum::Text(s) | Datum::Json(s) => encode_bytes(s.as_bytes(), out),
         Datum::Bytea(b) => encode_bytes(b, out),
+        // ordered by length (a month is 30 days, as Postgres compares intervals), then by
+        // the fields themselves, which decoding needs
+        Datum::Interval {
+            months,
+            days,
+            micros,
+        } => {
+            out.push(1);
+            let span = (*months as i128 * 30 + *days as i128) * 86_400_000_000 + *micros as i128;
+            out.extend_from_slice(&((span as u128) ^ (1 << 127)).to_be_bytes());
+            out.extend_from_slice(&((*months as u32) ^ (1 << 31)).to_be_bytes());
+            out.extend_from_slice(&((*days as u32) ^ (1 << 31)).to_be_bytes());
+            out.extend_from_slice(&((*micros as u64) ^ (1 << 63)).to_be_bytes());
+        }
     }
 }
 
@@ -132,6 +146,21 @@ pub fn decode_datum<'a>(ty: SqlType, buf: &'a [u8]) -> DbResult<(Datum, &'a [u8]
         SqlType::Timestamptz => {
             let (v, r) = int()?;
             (Datum::Timestamptz(v), r)
+        }
+        SqlType::Interval => {
+            // the span (16 bytes) orders; the fields follow
+            let (b, r) = take(32)?;
+            let field = |at: usize, n: usize| -> u64 {
+                b[at..at + n].iter().fold(0, |v, &x| v << 8 | x as u64)
+            };
+            (
+                Datum::Interval {
+                    months: (field(16, 4) as u32 ^ (1 << 31)) as i32,
+                    days: (field(20, 4) as u32 ^ (1 << 31)) as i32,
+                    micros: (field(24, 8) ^ (1 << 63)) as i64,
+                },
+                r,
+            )
         }
         SqlType::Float4 | SqlType::Float8 => {
             let (b, r) = take(8)?;
@@ -238,6 +267,22 @@ mod tests {
                 "{w:?}"
             );
         }
+        // intervals by length, a month being 30 days: -1 day < 2 hours < 1 day < 1 mon 1 day
+        let iv = |months, days, micros| Datum::Interval {
+            months,
+            days,
+            micros,
+        };
+        let intervals = [
+            iv(0, -1, 0),
+            iv(0, 0, 7_200_000_000),
+            iv(0, 1, 0),
+            iv(0, 29, 86_400_000_001),
+            iv(1, 1, 0),
+        ];
+        for w in intervals.windows(2) {
+            assert!(enc(w[0].clone()) < enc(w[1].clone()), "{w:?}");
+        }
         // composite keys: first column dominates, prefix-free text encoding keeps it so
         let k1 = encode_key(&[&Datum::Text("a".into()), &Datum::Int4(9)]);
         let k2 = encode_key(&[&Datum::Text("ab".into()), &Datum::Int4(1)]);
@@ -251,6 +296,7 @@ mod tests {
             SqlType::Text,
             SqlType::Numeric(Some((10, 2))),
             SqlType::Uuid,
+            SqlType::Interval,
         ];
         let vals = vec![
             Datum::Int4(-3),
@@ -260,6 +306,11 @@ mod tests {
                 scale: 2,
             },
             Datum::Uuid([7; 16]),
+            Datum::Interval {
+                months: -14,
+                days: 3,
+                micros: -5_000_001,
+            },
         ];
         let refs: Vec<&Datum> = vals.iter().collect();
         let key = encode_key(&refs);

@@ -42,6 +42,15 @@ pub fn encode_row(values: &[Datum], out: &mut Vec<u8>) {
                 out.extend_from_slice(&(b.len() as u32).to_le_bytes());
                 out.extend_from_slice(b);
             }
+            Datum::Interval {
+                months,
+                days,
+                micros,
+            } => {
+                out.extend_from_slice(&months.to_le_bytes());
+                out.extend_from_slice(&days.to_le_bytes());
+                out.extend_from_slice(&micros.to_le_bytes());
+            }
         }
     }
 }
@@ -93,6 +102,11 @@ pub fn decode_row(
                 Datum::Timestamptz(i64::from_le_bytes(take(8)?.try_into().expect("8")))
             }
             SqlType::Uuid => Datum::Uuid(take(16)?.try_into().expect("16")),
+            SqlType::Interval => Datum::Interval {
+                months: i32::from_le_bytes(take(4)?.try_into().expect("4")),
+                days: i32::from_le_bytes(take(4)?.try_into().expect("4")),
+                micros: i64::from_le_bytes(take(8)?.try_into().expect("8")),
+            },
             SqlType::Bytea => {
                 let len = u32::from_le_bytes(take(4)?.try_into().expect("4")) as usize;
                 Datum::Bytea(take(len)?.to_vec())
@@ -122,8 +136,24 @@ mod tests {
 
     #[test]
     fn round_trip_and_added_columns() {
-        let types = [SqlType::Int4, SqlType::Text, SqlType::Float8, SqlType::Bool];
-        let vals = vec![Datum::Int4(5), Datum::Null, Datum::Float8(2.5)];
+        let types = [
+            SqlType::Int4,
+            SqlType::Text,
+            SqlType::Float8,
+            SqlType::Interval,
+            SqlType::Bool,
+        ];
+        let interval = Datum::Interval {
+            months: 14,
+            days: -3,
+            micros: 5_000_001,
+        };
+        let vals = vec![
+            Datum::Int4(5),
+            Datum::Null,
+            Datum::Float8(2.5),
+            interval.clone(),
+        ];
         let mut buf = Vec::new();
         encode_row(&vals, &mut buf);
         let back = decode_row(&types, |_| Datum::Bool(true), &buf).unwrap();
@@ -133,6 +163,7 @@ mod tests {
                 Datum::Int4(5),
                 Datum::Null,
                 Datum::Float8(2.5),
+                interval,
                 Datum::Bool(true)
             ]
         );

@@ -38,6 +38,8 @@ pub enum SqlType {
     Uuid,
     Json,
     Jsonb,
+    /// Months, days and microseconds, as Postgres keeps an interval.
+    Interval,
 }
 
 impl SqlType {
@@ -66,6 +68,7 @@ impl SqlType {
             SqlType::Timestamptz => {
                 DataType::Timestamp(TimeUnit::Microsecond, Some(Arc::from("+00:00")))
             }
+            SqlType::Interval => DataType::Interval(arrow::datatypes::IntervalUnit::MonthDayNano),
         }
     }
 
@@ -97,6 +100,7 @@ impl SqlType {
             SqlType::Uuid => "uuid",
             SqlType::Json => "json",
             SqlType::Jsonb => "jsonb",
+            SqlType::Interval => "interval",
         }
     }
 
@@ -120,6 +124,7 @@ impl SqlType {
             SqlType::Numeric(_) => 1700,
             SqlType::Uuid => 2950,
             SqlType::Jsonb => 3802,
+            SqlType::Interval => 1186,
         }
     }
 
@@ -142,6 +147,7 @@ impl SqlType {
             "uuid" => SqlType::Uuid,
             "json" => SqlType::Json,
             "jsonb" => SqlType::Jsonb,
+            "interval" => SqlType::Interval,
             other => {
                 if let Some(rest) = other.strip_prefix("numeric(") {
                     let rest = rest.strip_suffix(')')?;
@@ -186,6 +192,7 @@ impl fmt::Display for SqlType {
             SqlType::Uuid => f.write_str("uuid"),
             SqlType::Json => f.write_str("json"),
             SqlType::Jsonb => f.write_str("jsonb"),
+            SqlType::Interval => f.write_str("interval"),
         }
     }
 }
@@ -216,6 +223,7 @@ mod tests {
             SqlType::Uuid,
             SqlType::Json,
             SqlType::Jsonb,
+            SqlType::Interval,
         ] {
             assert_eq!(SqlType::from_metadata_name(&t.to_string()), Some(t), "{t}");
         }

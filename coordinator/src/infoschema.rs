@@ -300,7 +300,7 @@ impl TypeFacts {
                 datetime_precision: Some(0),
                 ..Default::default()
             },
-            SqlType::Timestamp | SqlType::Timestamptz => TypeFacts {
+            SqlType::Timestamp | SqlType::Timestamptz | SqlType::Interval => TypeFacts {
                 datetime_precision: Some(6),
                 ..Default::default()
             },

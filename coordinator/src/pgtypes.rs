@@ -1016,6 +1016,7 @@ mod tests {
             Uuid,
             Json,
             Jsonb,
+            Interval,
         ] {
             let listed = by_oid(t.pg_oid()).unwrap_or_else(|| panic!("{t} not listed"));
             assert_eq!(listed.typname, t.typname(), "{t}");

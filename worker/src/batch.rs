@@ -106,6 +106,9 @@ fn new_builder(ty: SqlType, cap: usize) -> Box<dyn ArrayBuilder> {
         SqlType::Timestamptz => {
             Box::new(TimestampMicrosecondBuilder::with_capacity(cap).with_timezone("+00:00"))
         }
+        SqlType::Interval => Box::new(arrow::array::IntervalMonthDayNanoBuilder::with_capacity(
+            cap,
+        )),
     }
 }
 
@@ -150,6 +153,14 @@ fn append(b: &mut dyn ArrayBuilder, ty: SqlType, v: &Datum) -> DbResult<()> {
         SqlType::Date => put!(Date32Builder, Datum::Date(x) => *x),
         SqlType::Timestamp => put!(TimestampMicrosecondBuilder, Datum::Timestamp(x) => *x),
         SqlType::Timestamptz => put!(TimestampMicrosecondBuilder, Datum::Timestamptz(x) => *x),
+        SqlType::Interval => put!(
+            arrow::array::IntervalMonthDayNanoBuilder,
+            Datum::Interval { months, days, micros } => arrow::datatypes::IntervalMonthDayNano::new(
+                *months,
+                *days,
+                micros.saturating_mul(1_000),
+            )
+        ),
     }
     Ok(())
 }

@@ -57,6 +57,10 @@ pub fn sql_type(dt: &ast::DataType) -> DbResult<(SqlType, bool)> {
         D::Uuid => SqlType::Uuid,
         D::JSON => SqlType::Json,
         D::JSONB => SqlType::Jsonb,
+        D::Interval {
+            fields: None,
+            precision: None,
+        } => SqlType::Interval,
         D::Custom(name, _) => {
             let n = name.to_string().to_lowercase();
             return match n.trim_matches('"') {

@@ -154,6 +154,7 @@ pub fn sql_type_for_pg(t: &Type) -> Option<SqlType> {
         1082 => SqlType::Date,
         1114 => SqlType::Timestamp,
         1184 => SqlType::Timestamptz,
+        1186 => SqlType::Interval,
         1700 => SqlType::Numeric(None),
         2950 => SqlType::Uuid,
         3802 => SqlType::Jsonb,
@@ -623,6 +624,15 @@ pub fn datum_to_scalar(d: &Datum, ty: SqlType) -> ScalarValue {
             ScalarValue::TimestampMicrosecond(Some(*v), Some(Arc::from("+00:00")))
         }
         Datum::Uuid(u) => ScalarValue::Utf8(Some(datum::format_uuid(u))),
+        Datum::Interval {
+            months,
+            days,
+            micros,
+        } => ScalarValue::IntervalMonthDayNano(Some(arrow::datatypes::IntervalMonthDayNano::new(
+            *months,
+            *days,
+            micros.saturating_mul(1_000),
+        ))),
     }
 }
 
@@ -662,6 +672,15 @@ pub fn decode_binary(b: &[u8], ty: SqlType) -> DbResult<Datum> {
             Datum::parse(ty, std::str::from_utf8(&b[1..]).map_err(|_| bad())?)?
         }
         SqlType::Numeric(_) => Datum::parse(ty, &decode_numeric_binary(b).ok_or_else(bad)?)?,
+        // microseconds, days, months (Postgres' interval_send)
+        SqlType::Interval => {
+            let b = arr(16)?;
+            Datum::Interval {
+                micros: i64::from_be_bytes(b[0..8].try_into().expect("8")),
+                days: i32::from_be_bytes(b[8..12].try_into().expect("4")),
+                months: i32::from_be_bytes(b[12..16].try_into().expect("4")),
+            }
+        }
         _ => Datum::parse(ty, std::str::from_utf8(b).map_err(|_| bad())?)?,
     })
 }

@@ -201,6 +201,44 @@ def test_sqlalchemy():
         engine.dispose()
 
 
+def test_intervals():
+    """An interval column, bound and read back as datetime.timedelta: psycopg 3 in text and
+    binary, psycopg2 in text, asyncpg in binary."""
+    import asyncpg
+    import psycopg
+    import psycopg2
+
+    values = [datetime.timedelta(days=1, hours=2, minutes=3, seconds=4, microseconds=5),
+              datetime.timedelta(hours=-3), datetime.timedelta(0)]
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS py_interval")
+        conn.execute("CREATE TABLE py_interval (id int PRIMARY KEY, d interval)")
+        for i, v in enumerate(values):
+            conn.execute("INSERT INTO py_interval VALUES (%s, %s)", (i, v))
+        for binary in (False, True):
+            got = [r[0] for r in conn.cursor(binary=binary).execute(
+                "SELECT d FROM py_interval ORDER BY id")]
+            assert got == values, f"psycopg binary={binary}: {got}"
+        assert conn.execute(
+            "SELECT id FROM py_interval WHERE d > %s ORDER BY id", (datetime.timedelta(hours=1),)
+        ).fetchall() == [(0,)]
+    conn2 = psycopg2.connect(DSN)
+    cur = conn2.cursor()
+    cur.execute("SELECT d FROM py_interval ORDER BY id")
+    assert [r[0] for r in cur.fetchall()] == values
+    conn2.close()
+
+    async def run():
+        conn = await asyncpg.connect(host=HOST, port=PORT, user=USER, database=DB)
+        await conn.execute("INSERT INTO py_interval VALUES ($1, $2)", 9, datetime.timedelta(days=-2))
+        rows = await conn.fetch("SELECT d FROM py_interval ORDER BY id")
+        assert [r["d"] for r in rows] == values + [datetime.timedelta(days=-2)], rows
+        await conn.execute("DROP TABLE py_interval")
+        await conn.close()
+
+    asyncio.run(run())
+
+
 def main():
     failed = 0
     for name, fn in list(globals().items()):
