@@ -701,6 +701,24 @@ pub fn check_integer_arithmetic(
         }
     };
     expr.transform_up(|e| {
+        // ceil/floor/trunc of a numeric: Postgres' result has scale 0 (`ceil(1.5)` is 2);
+        // DataFusion keeps the argument's, and overflows its precision (`ceil(99.5)`), so
+        // the argument goes in at full precision. (`trunc(x, n)` is left as DataFusion has it.)
+        if let Expr::ScalarFunction(f) = &e
+            && matches!(f.func.name(), "ceil" | "floor" | "trunc")
+            && let [arg] = f.args.as_slice()
+            && let Ok(DataType::Decimal128(_, s)) = arg.get_type(schema)
+            && s > 0
+        {
+            let wide = Expr::Cast(datafusion::logical_expr::Cast::new(
+                Box::new(arg.clone()),
+                DataType::Decimal128(38, s),
+            ));
+            let call = Expr::ScalarFunction(ScalarFunction::new_udf(f.func.clone(), vec![wide]));
+            return Ok(Transformed::yes(Expr::Cast(
+                datafusion::logical_expr::Cast::new(Box::new(call), DataType::Decimal128(38, 0)),
+            )));
+        }
         // comparisons of intervals (and timestamp differences): by their length
         if let Expr::BinaryExpr(b) = &e
             && matches!(

@@ -904,6 +904,16 @@ pub fn rewrite_type_casts(stmt: &mut ast::Statement) {
                 oid_as_uint32(data_type);
             }
             ast::Expr::TypedString(ts) => microsecond_timestamps(&mut ts.data_type),
+            // sign(x) is DataFusion's signum (the column is still named `sign`: handler::eval)
+            ast::Expr::Function(f)
+                if f.name.0.len() == 1
+                    && f.name.0[0].as_ident().is_some_and(|id| {
+                        id.quote_style.is_none() && id.value.eq_ignore_ascii_case("sign")
+                    })
+                    && matches!(&f.args, ast::FunctionArguments::List(l) if l.args.len() == 1) =>
+            {
+                f.name = ast::ObjectName::from(vec![ast::Ident::new("signum")]);
+            }
             // LOCALTIMESTAMP and LOCALTIME: the session's wall clock at the transaction's
             // start, without a zone
             ast::Expr::Function(f)

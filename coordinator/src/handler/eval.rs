@@ -144,6 +144,8 @@ fn named(e: &ast::Expr) -> (String, u8) {
                         (cast.to_string(), 1)
                     }
                 }
+                // sign(x), planned as DataFusion's signum (pgtypes)
+                _ if name == "signum" => ("sign".to_string(), 2),
                 _ => (name, 2),
             }
         }
