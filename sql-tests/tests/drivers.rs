@@ -81,7 +81,8 @@ fn python_drivers_and_orms() {
                 against,
             )
         },
-        4,
+        // psycopg 3, psycopg2, asyncpg, SQLAlchemy, intervals
+        5,
     );
 }
 
