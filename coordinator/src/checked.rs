@@ -343,13 +343,8 @@ impl ScalarUDFImpl for TextTimestamp {
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         use orochi_common::datum::Datum;
         use orochi_common::types::SqlType;
-        let scalar = matches!(args.args[0], ColumnarValue::Scalar(_));
-        let array = ColumnarValue::values_to_arrays(&args.args)?.remove(0);
-        let text = arrow::compute::cast(&array, &DataType::Utf8)?;
-        let text = text
-            .as_any()
-            .downcast_ref::<arrow::array::StringArray>()
-            .expect("cast to Utf8");
+        let (scalar, text) = text_argument(&args)?;
+        let text = &text;
         let out = text
             .iter()
             .map(|v| {
@@ -369,6 +364,24 @@ impl ScalarUDFImpl for TextTimestamp {
             .with_timezone_opt(self.label.clone());
         shaped_like_input(scalar, Arc::new(out))
     }
+}
+
+/// A function's one argument as text (any string type, or anything castable), and whether
+/// it was a scalar.
+pub(crate) fn text_argument(
+    args: &ScalarFunctionArgs,
+) -> Result<(bool, arrow::array::StringArray)> {
+    use arrow::array::Array;
+    let scalar = matches!(args.args[0], ColumnarValue::Scalar(_));
+    let array = ColumnarValue::values_to_arrays(&args.args[..1])?.remove(0);
+    let text = arrow::compute::cast(&array, &DataType::Utf8)?;
+    let text = text
+        .as_any()
+        .downcast_ref::<arrow::array::StringArray>()
+        .expect("cast to Utf8")
+        .clone();
+    debug_assert_eq!(text.len(), array.len());
+    Ok((scalar, text))
 }
 
 /// `text::interval` of a column or expression: Postgres' interval input syntax
@@ -399,13 +412,8 @@ impl ScalarUDFImpl for TextInterval {
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         use arrow::datatypes::IntervalMonthDayNano;
-        let scalar = matches!(args.args[0], ColumnarValue::Scalar(_));
-        let array = ColumnarValue::values_to_arrays(&args.args)?.remove(0);
-        let text = arrow::compute::cast(&array, &DataType::Utf8)?;
-        let text = text
-            .as_any()
-            .downcast_ref::<arrow::array::StringArray>()
-            .expect("cast to Utf8");
+        let (scalar, text) = text_argument(&args)?;
+        let text = &text;
         let mut out = arrow::array::IntervalMonthDayNanoBuilder::with_capacity(
             arrow::array::Array::len(text),
         );

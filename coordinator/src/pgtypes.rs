@@ -440,13 +440,8 @@ impl ScalarUDFImpl for TextTypeCast {
         Ok(Arc::new(self.ty.arrow_field(self.name, true)))
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let scalar = matches!(args.args[0], ColumnarValue::Scalar(_));
-        let array = ColumnarValue::values_to_arrays(&args.args)?.remove(0);
-        let text = arrow::compute::cast(&array, &DataType::Utf8)?;
-        let text = text
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .expect("cast to Utf8");
+        let (scalar, text) = crate::checked::text_argument(&args)?;
+        let text = &text;
         let parse = |i: usize| {
             (!text.is_null(i))
                 .then(|| {
