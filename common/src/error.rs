@@ -24,6 +24,8 @@ pub enum SqlState {
     InvalidTextRepresentation,
     InvalidBinaryRepresentation,
     NumericValueOutOfRange,
+    /// A value for a GENERATED ALWAYS column.
+    GeneratedAlways,
     DivisionByZero,
     StringDataRightTruncation,
     InvalidDatetimeFormat,
@@ -99,6 +101,7 @@ impl SqlState {
             InvalidTextRepresentation => "22P02",
             InvalidBinaryRepresentation => "22P03",
             NumericValueOutOfRange => "22003",
+            GeneratedAlways => "428C9",
             DivisionByZero => "22012",
             StringDataRightTruncation => "22001",
             InvalidDatetimeFormat => "22007",
@@ -185,6 +188,7 @@ impl SqlState {
         SqlState::InvalidTextRepresentation,
         SqlState::InvalidBinaryRepresentation,
         SqlState::NumericValueOutOfRange,
+        SqlState::GeneratedAlways,
         SqlState::DivisionByZero,
         SqlState::StringDataRightTruncation,
         SqlState::InvalidDatetimeFormat,
@@ -317,6 +321,7 @@ mod tests {
             | SqlState::InvalidTextRepresentation
             | SqlState::InvalidBinaryRepresentation
             | SqlState::NumericValueOutOfRange
+            | SqlState::GeneratedAlways
             | SqlState::DivisionByZero
             | SqlState::StringDataRightTruncation
             | SqlState::InvalidDatetimeFormat

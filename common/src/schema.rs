@@ -39,6 +39,35 @@ pub struct ColumnDef {
     pub hidden: bool,
     /// Value of this column in rows written before it was added (`attmissingval`).
     pub missing: Datum,
+    /// `GENERATED { ALWAYS | BY DEFAULT } AS IDENTITY` (its values come from the column's
+    /// sequence, as a serial's do).
+    #[serde(default)]
+    pub identity: Option<Identity>,
+}
+
+/// An identity column's kind (`pg_attribute.attidentity` 'a' or 'd').
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Identity {
+    /// An INSERT may not give it a value, nor an UPDATE change it.
+    Always,
+    ByDefault,
+}
+
+impl Identity {
+    pub fn attidentity(self) -> &'static str {
+        match self {
+            Identity::Always => "a",
+            Identity::ByDefault => "d",
+        }
+    }
+
+    /// As `\d` and `information_schema` spell it.
+    pub fn generation(self) -> &'static str {
+        match self {
+            Identity::Always => "ALWAYS",
+            Identity::ByDefault => "BY DEFAULT",
+        }
+    }
 }
 
 impl ColumnDef {
@@ -52,6 +81,7 @@ impl ColumnDef {
             dropped: false,
             hidden: false,
             missing: Datum::Null,
+            identity: None,
         }
     }
 

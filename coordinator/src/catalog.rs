@@ -926,6 +926,17 @@ impl Catalog {
             .contains_key(&sequence_key(schema, name))
     }
 
+    /// Every sequence (serial and identity columns' included).
+    pub fn sequences(&self) -> Vec<SequenceDef> {
+        self.state
+            .inner
+            .read()
+            .sequences
+            .values()
+            .cloned()
+            .collect()
+    }
+
     /// `nextval`: the next value of a sequence, from this coordinator's block of it; a new
     /// block is reserved through the log when that one is used up.
     pub fn nextval(&self, schema: &str, name: &str) -> DbResult<i64> {

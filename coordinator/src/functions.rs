@@ -218,7 +218,10 @@ impl ScalarUDFImpl for TableIsVisible {
         use crate::system::{relation_name, relation_oid, tables_by_id};
         let tables = tables_by_id(&self.catalog);
         map_oids(&args, |oid| {
-            let visible = relation_name(&tables, oid).is_some_and(|(_, name)| {
+            let name = relation_name(&tables, oid)
+                .map(|(_, name)| name)
+                .or_else(|| crate::system::sequence_by_oid(&self.catalog, oid).map(|(_, n)| n));
+            let visible = name.is_some_and(|name| {
                 relation_oid(&self.catalog, &self.search_path, &name) == Some(oid)
             });
             ScalarValue::Boolean(Some(visible))

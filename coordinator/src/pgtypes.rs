@@ -240,7 +240,11 @@ impl RegFunction {
     /// Relation oid → name, schema-qualified unless the search path finds it first; a number
     /// with no relation prints as the number.
     fn class_name(&self, tables: &TablesById, oid: u32) -> String {
-        match relation_name(tables, oid) {
+        let sequence = || crate::system::sequence_by_oid(&self.catalog, oid);
+        let found = relation_name(tables, oid)
+            .map(|(schema, name)| (schema.to_string(), name))
+            .or_else(sequence);
+        match found {
             Some((schema, name)) => {
                 if relation_oid(&self.catalog, &self.search_path, &name) == Some(oid) {
                     name

@@ -447,6 +447,9 @@ pub fn relation_oid_in(catalog: &Catalog, schema: &str, name: &str) -> Option<u3
     if let Some(t) = catalog.table(schema, name) {
         return Some(t.id as u32);
     }
+    if catalog.sequence_exists(schema, name) {
+        return Some(sequence_oid(schema, name));
+    }
     let table = catalog.table(schema, name.strip_suffix("_pkey")?)?;
     (!table.hidden_rowid).then_some(table.id as u32 + INDEX_OID_OFFSET)
 }
@@ -471,6 +474,29 @@ const DATABASE_OID: u32 = 5;
 /// `pg_default`, as in Postgres (`pg_global` is the next).
 const DEFAULT_TABLESPACE_OID: u32 = 1663;
 const EXTENSION_OID: u32 = 16_000;
+
+/// Schema and name of the sequence with oid `oid`.
+pub fn sequence_by_oid(catalog: &Catalog, oid: u32) -> Option<(String, String)> {
+    if oid >> 29 != 3 {
+        return None;
+    }
+    catalog
+        .sequences()
+        .into_iter()
+        .find(|s| sequence_oid(&s.schema, &s.name) == oid)
+        .map(|s| (s.schema, s.name))
+}
+
+/// A sequence's oid: stable across restarts (FNV-1a of `schema.name`), in [3·2^29, 2^31),
+/// apart from tables, their indexes and schemas.
+pub fn sequence_oid(schema: &str, name: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in schema.bytes().chain([b'.']).chain(name.bytes()) {
+        h ^= b as u32;
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    (3 << 29) | (h & ((1 << 29) - 1))
+}
 
 pub fn namespace_oid(name: &str) -> u32 {
     match name {
@@ -762,6 +788,21 @@ pub fn table(catalog: &Catalog, name: &str, _user: &str) -> Option<Arc<dyn Table
                     tb.row(row);
                 }
             }
+            // sequences (a serial's, an identity column's), owned by their table's owner
+            for seq in catalog.sequences() {
+                if seq.schema == "pg_catalog" {
+                    continue; // the hidden row-id sequence
+                }
+                let owner = seq.owned_by.as_ref().map_or(SUPERUSER_OID, |(table, _)| {
+                    role_oid(catalog, &catalog.table_acl(*table).owner)
+                });
+                let oid = sequence_oid(&seq.schema, &seq.name);
+                let mut row =
+                    class_row(oid, &seq.name, namespace_oid(&seq.schema), 0, false, "S", 3);
+                row[4] = V::O(owner);
+                row.push(V::Null);
+                tb.row(row);
+            }
             tb.provider()
         }
         "pg_attribute" => {
@@ -793,10 +834,11 @@ pub fn table(catalog: &Catalog, name: &str, _user: &str) -> Option<Arc<dyn Table
                         V::S(n as i16 + 1),
                         V::I(crate::pgtypes::typmod(c.ty)),
                         V::B(!c.nullable),
-                        V::B(c.default.is_some()),
+                        // an identity column's sequence is no default in Postgres' catalogs
+                        V::B(c.default.is_some() && c.identity.is_none()),
                         V::B(false),
                         V::O(crate::pgtypes::collation_of(c.ty.pg_oid())),
-                        t(""),
+                        t(c.identity.map_or("", |i| i.attidentity())),
                         t(""),
                         t(storage_of(c.ty)),
                         t(""),

@@ -13,6 +13,7 @@ const SCHEMA: &str = r#"
 CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL, price numeric(10,2) DEFAULT 0,
                     created timestamp DEFAULT now(), tags varchar(20));
 CREATE TABLE two (a int, b text, PRIMARY KEY (b, a));
+CREATE TABLE ident (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v text);
 CREATE TABLE nopk (x bigint, "Mixed Case" boolean DEFAULT true, s varchar, c char(3));
 CREATE SCHEMA app;
 CREATE TABLE app.events (id bigserial PRIMARY KEY, payload jsonb, at timestamptz NOT NULL DEFAULT now());
@@ -41,6 +42,7 @@ const COMMANDS: &[&str] = &[
 \di+",
     r"\d two",
     r"\d nopk",
+    r"\d ident",
     r"\d app.events",
     r"\d",
     r"\dt",

@@ -192,7 +192,49 @@ pub async fn handle_create_table(
         }
         let (ty, serial) = sql_type(&c.data_type)?;
         let mut col = ColumnDef::new(cname.clone(), ty);
-        if serial {
+        // GENERATED { ALWAYS | BY DEFAULT } AS IDENTITY: a sequence, as a serial has
+        let identity = c.options.iter().find_map(|o| match &o.option {
+            ast::ColumnOption::Generated {
+                generated_as,
+                sequence_options,
+                generation_expr: None,
+                ..
+            } => Some((generated_as, sequence_options)),
+            _ => None,
+        });
+        if let Some((generated_as, options)) = identity {
+            col.identity = Some(match generated_as {
+                ast::GeneratedAs::Always => orochi_common::schema::Identity::Always,
+                ast::GeneratedAs::ByDefault => orochi_common::schema::Identity::ByDefault,
+                ast::GeneratedAs::ExpStored => {
+                    return Err(not_supported("generated columns are not supported yet"));
+                }
+            });
+            if !ty.is_integer() {
+                return Err(DbError::new(
+                    SqlState::InvalidParameterValue,
+                    "identity column type must be smallint, integer, or bigint",
+                ));
+            }
+            if serial
+                || c.options
+                    .iter()
+                    .any(|o| matches!(o.option, ast::ColumnOption::Default(_)))
+            {
+                return Err(DbError::new(
+                    SqlState::SyntaxError,
+                    format!(
+                        "both default and identity specified for column \"{cname}\" of table \"{name}\""
+                    ),
+                ));
+            }
+            if options.as_ref().is_some_and(|o| !o.is_empty()) {
+                return Err(not_supported(
+                    "identity sequence options are not supported yet",
+                ));
+            }
+        }
+        if serial || identity.is_some() {
             let seq = format!("{name}_{cname}_seq");
             col.default = Some(ColumnDefault::Sequence(format!("{schema}.{seq}")));
             // as Postgres prints it under the default search path: qualified outside `public`
@@ -201,7 +243,10 @@ pub async fn handle_create_table(
             } else {
                 format!("{schema}.{seq}")
             };
-            col.default_sql = Some(format!("nextval('{shown}'::regclass)"));
+            // an identity column has no default expression in Postgres' catalogs
+            if col.identity.is_none() {
+                col.default_sql = Some(format!("nextval('{shown}'::regclass)"));
+            }
             col.nullable = false;
             let max = match ty {
                 SqlType::Int2 => i16::MAX as i64,
@@ -221,6 +266,10 @@ pub async fn handle_create_table(
             match &opt.option {
                 ast::ColumnOption::NotNull => col.nullable = false,
                 ast::ColumnOption::Null => {}
+                ast::ColumnOption::Generated {
+                    generation_expr: None,
+                    ..
+                } if col.identity.is_some() => {}
                 ast::ColumnOption::Default(e) => {
                     col.default = Some(column_default(s, e, ty)?);
                     col.default_sql = Some(default_as_postgres_prints_it(e, ty));

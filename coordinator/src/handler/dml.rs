@@ -286,6 +286,7 @@ pub async fn handle_insert(
         let mut given = vec![false; def.columns.len()];
         for (&col, val) in targets.iter().zip(v) {
             if let Some(val) = val {
+                check_identity_assignment(&def, col, false)?;
                 row[col] = val;
                 given[col] = true;
             }
@@ -478,6 +479,37 @@ async fn on_conflict_do_update(
     Ok((affected.len(), affected))
 }
 
+/// A value given for a `GENERATED ALWAYS AS IDENTITY` column: refused (428C9), on INSERT
+/// as on UPDATE (`update`), as Postgres does.
+fn check_identity_assignment(def: &TableDef, col: usize, update: bool) -> DbResult<()> {
+    let c = &def.columns[col];
+    if c.identity != Some(orochi_common::schema::Identity::Always) {
+        return Ok(());
+    }
+    Err(if update {
+        DbError::new(
+            SqlState::GeneratedAlways,
+            format!("column \"{}\" can only be updated to DEFAULT", c.name),
+        )
+        .with_detail(format!(
+            "Column \"{}\" is an identity column defined as GENERATED ALWAYS.",
+            c.name
+        ))
+    } else {
+        DbError::new(
+            SqlState::GeneratedAlways,
+            format!(
+                "cannot insert a non-DEFAULT value into column \"{}\"",
+                c.name
+            ),
+        )
+        .with_detail(format!(
+            "Column \"{}\" is an identity column defined as GENERATED ALWAYS.",
+            c.name
+        ))
+    })
+}
+
 /// Target column indexes and value expressions of SET assignments.
 fn assignments(def: &TableDef, list: &[ast::Assignment]) -> DbResult<(Vec<usize>, Vec<ast::Expr>)> {
     let mut targets = Vec::new();
@@ -491,7 +523,11 @@ fn assignments(def: &TableDef, list: &[ast::Assignment]) -> DbResult<(Vec<usize>
                     .and_then(|p| p.as_ident())
                     .map(normalize_ident)
                     .unwrap_or_default();
-                targets.push(column_index(def, &col)?);
+                let index = column_index(def, &col)?;
+                if !is_default_keyword(&a.value) {
+                    check_identity_assignment(def, index, true)?;
+                }
+                targets.push(index);
                 exprs.push(a.value.clone());
             }
             ast::AssignmentTarget::Tuple(_) => {
