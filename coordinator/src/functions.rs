@@ -257,6 +257,11 @@ fn map_ints(args: &ScalarFunctionArgs, f: impl Fn(i64) -> ScalarValue) -> Result
         Ok(ColumnarValue::Scalar(
             values.into_iter().next().unwrap_or(ScalarValue::Null),
         ))
+    } else if values.is_empty() {
+        // no rows (an empty catalog): an empty array of the result type
+        Ok(ColumnarValue::Array(arrow::array::new_empty_array(
+            &f(0).data_type(),
+        )))
     } else {
         Ok(ColumnarValue::Array(ScalarValue::iter_to_array(values)?))
     }
