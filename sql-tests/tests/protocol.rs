@@ -706,3 +706,55 @@ async fn parameters_reach_table_function_arguments() {
         .unwrap();
     assert!(!plan.is_empty());
 }
+
+/// COPY … TO STDOUT through the extended protocol (tokio-postgres prepares it): the rows, the
+/// CSV header alone for no rows, the binary signature and trailer, and the session usable after.
+#[tokio::test]
+async fn copy_out_through_the_extended_protocol() {
+    use futures::TryStreamExt;
+    let server = Server::start().expect("server");
+    let client = server.connect().await;
+    client
+        .batch_execute(
+            "CREATE TABLE copy_ext (id int PRIMARY KEY, v text);
+             INSERT INTO copy_ext VALUES (1, 'a'), (2, NULL)",
+        )
+        .await
+        .unwrap();
+    let read = |sql: &'static str| {
+        let client = &client;
+        async move {
+            let chunks: Vec<bytes::Bytes> = client
+                .copy_out(sql)
+                .await
+                .unwrap()
+                .try_collect()
+                .await
+                .unwrap();
+            chunks.concat()
+        }
+    };
+    assert_eq!(
+        read("COPY (SELECT * FROM copy_ext ORDER BY id) TO STDOUT").await,
+        b"1\ta\n2\t\\N\n"
+    );
+    assert_eq!(
+        read("COPY (SELECT * FROM copy_ext WHERE false) TO STDOUT (FORMAT csv, HEADER)").await,
+        b"id,v\n"
+    );
+    let empty_binary =
+        read("COPY (SELECT * FROM copy_ext WHERE false) TO STDOUT (FORMAT binary)").await;
+    assert_eq!(&empty_binary[..11], b"PGCOPY\n\xff\r\n\0");
+    assert_eq!(
+        empty_binary.len(),
+        19 + 2,
+        "signature, flags, extension, trailer"
+    );
+    assert_eq!(&empty_binary[19..], b"\xff\xff");
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM copy_ext", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+}

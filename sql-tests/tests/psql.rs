@@ -228,6 +228,9 @@ CREATE TABLE cp3 (id int PRIMARY KEY, t text, n numeric(8,2), b boolean, d date,
                   ts timestamp, j jsonb, by bytea, f float8);
 \copy cp3 FROM '{path}.bin' WITH (FORMAT binary)
 SELECT * FROM cp3 ORDER BY id;
+\copy (SELECT * FROM cp WHERE false) TO '{path}.empty' WITH (FORMAT csv, HEADER)
+\copy (SELECT * FROM cp WHERE false) TO '{path}.empty.bin' WITH (FORMAT binary)
+\copy (SELECT id FROM cp WHERE id < 3) TO '{path}.two.bin' WITH (FORMAT binary)
 "#;
 
 /// `\l` lists our one database as Postgres lists its own (PostgreSQL also has templates).

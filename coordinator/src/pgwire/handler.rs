@@ -740,27 +740,24 @@ async fn to_response(
     })
 }
 
-/// `COPY … TO STDOUT`: one CopyData per row (pgwire's row count is the number of messages), the
-/// preamble (binary signature, CSV header) riding on the first one. pgwire adds the binary
-/// trailer.
-fn copy_out_response(
+/// The CopyData messages of a `COPY … TO STDOUT`: one per row, the preamble (binary signature,
+/// CSV header) riding on the first one (or alone, for no rows); no binary trailer. `rows`
+/// counts the rows encoded.
+fn copy_out_data(
     schema: SchemaRef,
     batches: datafusion::execution::SendableRecordBatchStream,
     options: crate::handler::copy::CopyOptions,
     stop: StopSignal,
     failed: Arc<AtomicBool>,
     zone: Zone,
-) -> Response {
-    use crate::handler::copy::CopyFormat;
-    use pgwire::messages::copy::CopyData;
-    let binary = options.format == CopyFormat::Binary;
-    let columns = schema.fields().len();
+    rows: Arc<std::sync::atomic::AtomicUsize>,
+) -> impl futures::Stream<Item = PgWireResult<CopyData>> + Send + 'static {
     let pending = crate::pgwire::encode::copy_preamble(&schema, &options);
     let preamble = Arc::new(std::sync::Mutex::new(
         (!pending.is_empty()).then_some(pending),
     ));
     let unsent = preamble.clone();
-    let rows = batches.map(move |batch| -> Vec<PgWireResult<CopyData>> {
+    let encoded = batches.map(move |batch| -> Vec<PgWireResult<CopyData>> {
         let batch = match batch {
             Ok(b) => b,
             Err(e) => return vec![Err(to_pgwire(&df_to_db(e), None))],
@@ -771,6 +768,7 @@ fn copy_out_response(
         {
             return vec![Err(to_pgwire(&e, None))];
         }
+        rows.fetch_add(out.len(), Ordering::Relaxed);
         if let Some(first) = out.first_mut()
             && let Some(pre) = preamble.lock().expect("preamble lock").take()
         {
@@ -783,11 +781,10 @@ fn copy_out_response(
             .collect()
     });
     let peek = stop.clone();
-    // No rows at all: the preamble still goes out (counted as a row by pgwire: `COPY 1` for an
-    // empty binary or CSV-with-HEADER copy, where Postgres says `COPY 0`).
-    let data = rows
+    encoded
         .flat_map(stream::iter)
         .take_until(stop)
+        // no rows at all: the preamble still goes out
         .chain(
             stream::once(async move {
                 let pre = unsent.lock().expect("preamble lock").take();
@@ -804,8 +801,74 @@ fn copy_out_response(
             if r.is_err() {
                 failed.store(true, Ordering::Relaxed);
             }
-        });
+        })
+}
+
+/// `COPY … TO STDOUT` as a pgwire response, which pgwire sends (and to which it adds the binary
+/// trailer). Its row count is the number of CopyData messages, so an empty copy with a
+/// preamble says `COPY 1`: used only where [`send_copy_out`] cannot be (a COPY after other
+/// results of the same simple query, which go out after it).
+fn copy_out_response(
+    schema: SchemaRef,
+    batches: datafusion::execution::SendableRecordBatchStream,
+    options: crate::handler::copy::CopyOptions,
+    stop: StopSignal,
+    failed: Arc<AtomicBool>,
+    zone: Zone,
+) -> Response {
+    let binary = options.format == crate::handler::copy::CopyFormat::Binary;
+    let columns = schema.fields().len();
+    let rows = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let data = copy_out_data(schema, batches, options, stop, failed, zone, rows);
     Response::CopyOut(CopyResponse::new(i8::from(binary), columns, data))
+}
+
+/// `COPY … TO STDOUT` sent here, as Postgres sends it: CopyOutResponse, the data, the binary
+/// trailer, CopyDone; then the `COPY n` the caller's response completes it with counts the
+/// rows, not the messages. An error in the rows ends it with that error.
+async fn send_copy_out<C>(
+    client: &mut C,
+    schema: SchemaRef,
+    batches: datafusion::execution::SendableRecordBatchStream,
+    options: crate::handler::copy::CopyOptions,
+    stop: StopSignal,
+    failed: Arc<AtomicBool>,
+    zone: Zone,
+) -> PgWireResult<Response>
+where
+    C: Sink<PgWireBackendMessage> + Unpin + Send,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    use pgwire::messages::copy::CopyOutResponse;
+    let binary = options.format == crate::handler::copy::CopyFormat::Binary;
+    let columns = schema.fields().len();
+    let rows = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let data = copy_out_data(schema, batches, options, stop, failed, zone, rows.clone());
+    futures::pin_mut!(data);
+    let format = i8::from(binary);
+    client
+        .feed(PgWireBackendMessage::CopyOutResponse(CopyOutResponse::new(
+            format,
+            columns as i16,
+            vec![format as i16; columns],
+        )))
+        .await?;
+    while let Some(d) = data.next().await {
+        client.feed(PgWireBackendMessage::CopyData(d?)).await?;
+    }
+    if binary {
+        client
+            .feed(PgWireBackendMessage::CopyData(CopyData::new(
+                bytes::Bytes::from_static(&[0xFF, 0xFF]),
+            )))
+            .await?;
+    }
+    client
+        .feed(PgWireBackendMessage::CopyDone(CopyDone::new()))
+        .await?;
+    Ok(Response::Execution(
+        Tag::new("COPY").with_rows(rows.load(Ordering::Relaxed)),
+    ))
 }
 
 #[async_trait]
@@ -842,6 +905,25 @@ impl SimpleQueryHandler for Handler {
             let timeout = session.settings.lock().statement_timeout();
             let stop = stop_signal(_client, timeout).await;
             match execute_stoppable(&mut session, stmt, &vec![], &stop).await {
+                Ok(StatementResult::CopyOut {
+                    schema,
+                    stream,
+                    options,
+                }) if out.is_empty() => {
+                    // nothing is waiting to go out before it: sent from here
+                    let failed = session.stream_failed.clone();
+                    session.sync_settings();
+                    let zone = session.zone;
+                    match send_copy_out(_client, schema, stream, options, stop, failed, zone).await
+                    {
+                        Ok(resp) => out.push(resp),
+                        Err(PgWireError::UserError(info)) => {
+                            out.push(Response::Error(info));
+                            break;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
                 Ok(r) => {
                     let copy = matches!(r, StatementResult::CopyIn { .. });
                     let failed = session.stream_failed.clone();
@@ -976,6 +1058,14 @@ impl ExtendedQueryHandler for Handler {
         let failed = session.stream_failed.clone();
         session.sync_settings();
         let zone = session.zone;
+        if let StatementResult::CopyOut {
+            schema,
+            stream,
+            options,
+        } = result
+        {
+            return send_copy_out(_client, schema, stream, options, stop, failed, zone).await;
+        }
         to_response(
             result,
             move |i| fmt.format_for(i),
