@@ -111,6 +111,9 @@ pub const TABLE_PRIVILEGES: &[Privilege] = &[
     Privilege::Trigger,
 ];
 pub const SCHEMA_PRIVILEGES: &[Privilege] = &[Privilege::Usage, Privilege::Create];
+/// Sequence privileges in the order Postgres prints them (`rwU`).
+pub const SEQUENCE_PRIVILEGES: &[Privilege] =
+    &[Privilege::Select, Privilege::Update, Privilege::Usage];
 
 impl Privilege {
     fn bit(self) -> u16 {
@@ -183,6 +186,8 @@ impl PrivSet {
 pub enum ObjectKind {
     Table,
     Schema,
+    /// Only its owner's default ACL so far (no GRANT on sequences yet).
+    Sequence,
 }
 
 impl ObjectKind {
@@ -190,12 +195,14 @@ impl ObjectKind {
         match self {
             ObjectKind::Table => TABLE_PRIVILEGES,
             ObjectKind::Schema => SCHEMA_PRIVILEGES,
+            ObjectKind::Sequence => SEQUENCE_PRIVILEGES,
         }
     }
     pub fn noun(self) -> &'static str {
         match self {
             ObjectKind::Table => "table",
             ObjectKind::Schema => "schema",
+            ObjectKind::Sequence => "sequence",
         }
     }
 }

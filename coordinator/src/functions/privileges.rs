@@ -139,6 +139,40 @@ fn role_name(catalog: &Catalog, arg: Arg) -> DbResult<String> {
 }
 
 impl HasPrivilege {
+    /// 42703 unless `table` has a column `column`.
+    fn check_column(&self, table: Arg, column: &str) -> DbResult<()> {
+        let def = match &table {
+            Arg::Name(n) => match n.split_once('.') {
+                Some((schema, t)) => self.catalog.table(schema, t),
+                None => self
+                    .search_path
+                    .iter()
+                    .find_map(|s| self.catalog.table(s, n)),
+            },
+            Arg::Oid(oid) => self
+                .catalog
+                .all_tables()
+                .into_iter()
+                .find(|t| t.id == u64::from(*oid)),
+        };
+        // a missing table is reported by the privilege check itself
+        let Some(def) = def else { return Ok(()) };
+        if def
+            .columns
+            .iter()
+            .any(|c| c.is_visible() && c.name == column)
+        {
+            return Ok(());
+        }
+        Err(DbError::new(
+            SqlState::UndefinedColumn,
+            format!(
+                "column \"{column}\" of relation \"{}\" does not exist",
+                def.name
+            ),
+        ))
+    }
+
     /// The object's ACL.
     fn object(&self, arg: Arg) -> DbResult<Acl> {
         match self.kind {
@@ -168,6 +202,43 @@ impl HasPrivilege {
                 })?;
                 Ok(self.catalog.table_acl(def.id))
             }
+            ObjectKind::Sequence => {
+                let found = match &arg {
+                    Arg::Name(n) => match n.split_once('.') {
+                        Some((schema, seq)) => self
+                            .catalog
+                            .sequence_exists(schema, seq)
+                            .then(|| (schema.to_string(), seq.to_string())),
+                        None => self
+                            .search_path
+                            .iter()
+                            .find(|s| self.catalog.sequence_exists(s, n))
+                            .map(|s| (s.clone(), n.clone())),
+                    },
+                    Arg::Oid(oid) => crate::system::sequence_by_oid(&self.catalog, *oid),
+                };
+                let (schema, name) = found.ok_or_else(|| {
+                    DbError::new(
+                        SqlState::UndefinedTable,
+                        match &arg {
+                            Arg::Name(n) => format!("relation \"{n}\" does not exist"),
+                            Arg::Oid(o) => format!("relation with OID {o} does not exist"),
+                        },
+                    )
+                })?;
+                // a serial's or identity column's sequence is its table's owner's
+                let owner = self
+                    .catalog
+                    .sequences()
+                    .into_iter()
+                    .find(|s| s.schema == schema && s.name == name)
+                    .and_then(|s| s.owned_by)
+                    .map_or(
+                        crate::privilege::BOOTSTRAP_SUPERUSER.to_string(),
+                        |(t, _)| self.catalog.table_acl(t).owner,
+                    );
+                Ok(Acl::owned_by(&owner))
+            }
             ObjectKind::Schema => {
                 let name = match &arg {
                     Arg::Name(n) => self.catalog.schema_exists(n).then(|| n.clone()),
@@ -193,6 +264,21 @@ impl HasPrivilege {
 
     fn answer(&self, role: String, object: Arg, privs: &str) -> DbResult<bool> {
         let (wanted, wanted_grant) = parse_privileges(privs, self.kind)?;
+        if self.name.contains("column")
+            && !wanted
+                .minus(PrivSet::of(&[
+                    Privilege::Select,
+                    Privilege::Insert,
+                    Privilege::Update,
+                    Privilege::References,
+                ]))
+                .is_empty()
+        {
+            return Err(DbError::new(
+                SqlState::InvalidParameterValue,
+                format!("unrecognized privilege type: \"{privs}\""),
+            ));
+        }
         let acl = self.object(object)?;
         if self.catalog.is_superuser(&role) {
             return Ok(true);
@@ -276,7 +362,27 @@ impl ScalarUDFImpl for HasPrivilege {
     fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
         Ok(DataType::Boolean)
     }
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+    fn invoke_with_args(&self, mut args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        if self.name == "has_column_privilege" {
+            // ([role,] table, column, privileges): the column must exist; without column
+            // privileges the answer is the table's
+            let n = args.args.len();
+            if !(3..=4).contains(&n) {
+                return Err(db_to_df(DbError::new(
+                    SqlState::UndefinedFunction,
+                    format!("function has_column_privilege() does not take {n} arguments"),
+                )));
+            }
+            let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+            let (tables, columns) = (&arrays[n - 3], &arrays[n - 2]);
+            for i in 0..tables.len().max(columns.len()) {
+                let at = |a: &ArrayRef| arg_at(a, if a.len() == 1 { 0 } else { i });
+                if let (Some(table), Some(Arg::Name(column))) = (at(tables)?, at(columns)?) {
+                    self.check_column(table, &column).map_err(db_to_df)?;
+                }
+            }
+            args.args.remove(n - 2);
+        }
         inquire(self.name, args, |role, object, privs| {
             let role = match role {
                 None => self.role.clone(),
@@ -384,7 +490,11 @@ impl ScalarUDFImpl for PgHasRole {
 pub fn functions(catalog: &Arc<Catalog>, role: &str, search_path: &[String]) -> Vec<ScalarUDF> {
     [
         ("has_table_privilege", ObjectKind::Table),
+        // no column privileges exist: a table's privileges are every column's
+        ("has_any_column_privilege", ObjectKind::Table),
+        ("has_column_privilege", ObjectKind::Table),
         ("has_schema_privilege", ObjectKind::Schema),
+        ("has_sequence_privilege", ObjectKind::Sequence),
     ]
     .into_iter()
     .map(|(name, kind)| {
