@@ -351,6 +351,22 @@ pub struct Group {
 
 impl Group {
     pub fn start(coordinators: usize, workers: usize) -> anyhow::Result<Group> {
+        // The Raft and cluster ports are picked free and then bound by the coordinators; a
+        // test running alongside can take one in between ("Address already in use"). Such a
+        // start is tried again with new ports.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Group::try_start(coordinators, workers) {
+                Err(e) if attempt < 3 && format!("{e:#}").contains("exited during start-up") => {
+                    eprintln!("group start failed ({e:#}); trying again with new ports");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn try_start(coordinators: usize, workers: usize) -> anyhow::Result<Group> {
         let tmp = tempfile::tempdir()?;
         let mut started = Vec::new();
         for i in 0..workers {
@@ -380,11 +396,16 @@ impl Group {
                 })
             })
             .collect();
-        for h in handles {
-            let s = h
-                .join()
-                .map_err(|_| anyhow::anyhow!("start thread panicked"))??;
-            group.coordinators.push(Some(s));
+        // every start is waited for (and a failed group's servers stopped) before an error
+        let results: Vec<anyhow::Result<Server>> = handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("start thread panicked"))?
+            })
+            .collect();
+        for r in results {
+            group.coordinators.push(Some(r?));
         }
         Ok(group)
     }
