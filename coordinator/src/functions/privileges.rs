@@ -486,6 +486,71 @@ impl ScalarUDFImpl for PgHasRole {
     }
 }
 
+/// `has_function_privilege([role,] function, 'EXECUTE')`: PUBLIC may execute every function
+/// (Postgres' default; functions have no ACLs here), and only their owner (the bootstrap
+/// superuser, or any superuser) grant that on.
+struct HasFunctionPrivilege {
+    catalog: Arc<Catalog>,
+    role: String,
+    signature: Signature,
+}
+
+impl std::fmt::Debug for HasFunctionPrivilege {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HasFunctionPrivilege")
+            .field("role", &self.role)
+            .finish()
+    }
+}
+
+impl PartialEq for HasFunctionPrivilege {
+    fn eq(&self, o: &Self) -> bool {
+        self.role == o.role
+    }
+}
+impl Eq for HasFunctionPrivilege {}
+impl std::hash::Hash for HasFunctionPrivilege {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.role.hash(state);
+    }
+}
+
+impl ScalarUDFImpl for HasFunctionPrivilege {
+    fn name(&self) -> &str {
+        "has_function_privilege"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        inquire("has_function_privilege", args, |role, _function, privs| {
+            let role = match role {
+                None => self.role.clone(),
+                Some(arg) => role_name(&self.catalog, arg)?,
+            };
+            let mut ok = false;
+            for item in privs.split(',') {
+                let upper = item.trim().to_ascii_uppercase();
+                let (word, with_grant) = match upper.strip_suffix("WITH GRANT OPTION") {
+                    Some(w) => (w.trim().to_string(), true),
+                    None => (upper.clone(), false),
+                };
+                if word != "EXECUTE" {
+                    return Err(DbError::new(
+                        SqlState::InvalidParameterValue,
+                        format!("unrecognized privilege type: \"{}\"", item.trim()),
+                    ));
+                }
+                ok |= !with_grant || self.catalog.is_superuser(&role);
+            }
+            Ok(ok)
+        })
+    }
+}
+
 /// The functions for a session whose current role is `role`.
 pub fn functions(catalog: &Arc<Catalog>, role: &str, search_path: &[String]) -> Vec<ScalarUDF> {
     [
@@ -512,6 +577,13 @@ pub fn functions(catalog: &Arc<Catalog>, role: &str, search_path: &[String]) -> 
         role: role.to_string(),
         signature: Signature::variadic_any(Volatility::Stable),
     })))
+    .chain(std::iter::once(ScalarUDF::new_from_impl(
+        HasFunctionPrivilege {
+            catalog: catalog.clone(),
+            role: role.to_string(),
+            signature: Signature::variadic_any(Volatility::Stable),
+        },
+    )))
     .collect()
 }
 
