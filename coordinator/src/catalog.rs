@@ -41,6 +41,10 @@ pub struct SequenceDef {
     pub max_value: i64,
     /// Table/column that owns it (SERIAL), dropped with the table.
     pub owned_by: Option<(TableId, String)>,
+    /// The role that created it (CREATE SEQUENCE); `None`: its table's owner, or the
+    /// bootstrap superuser.
+    #[serde(default)]
+    pub owner: Option<String>,
 }
 
 /// A change to the catalog, as the Raft log carries it. Applying one is deterministic: it
@@ -918,6 +922,23 @@ impl Catalog {
         }
     }
 
+    pub fn sequence(&self, schema: &str, name: &str) -> Option<SequenceDef> {
+        self.state
+            .inner
+            .read()
+            .sequences
+            .get(&sequence_key(schema, name))
+            .cloned()
+    }
+
+    /// Drops a sequence (DROP SEQUENCE), durable on return.
+    pub fn remove_sequence(&self, schema: &str, name: &str) -> DbResult<()> {
+        let key = sequence_key(schema, name);
+        self.sequences.lock().remove(&key);
+        self.write(vec![(key, None)], vec![])?;
+        Ok(())
+    }
+
     pub fn sequence_exists(&self, schema: &str, name: &str) -> bool {
         self.state
             .inner
@@ -1007,6 +1028,7 @@ mod tests {
             increment: 1,
             max_value: i64::MAX,
             owned_by: None,
+            owner: None,
         })
         .unwrap();
     }

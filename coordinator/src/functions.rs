@@ -176,6 +176,134 @@ fn encoding_name(code: u32) -> String {
     if code == 6 { "UTF8" } else { "" }.to_string()
 }
 
+/// `nextval('name')` (or a regclass): the sequence's next value, one per row. Only its owner
+/// (or a superuser) may: there are no GRANTs on sequences yet.
+struct NextVal {
+    catalog: Arc<Catalog>,
+    role: String,
+    search_path: Vec<String>,
+    signature: Signature,
+}
+
+impl std::fmt::Debug for NextVal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NextVal").field("role", &self.role).finish()
+    }
+}
+
+impl PartialEq for NextVal {
+    fn eq(&self, o: &Self) -> bool {
+        self.role == o.role && self.search_path == o.search_path
+    }
+}
+impl Eq for NextVal {}
+impl std::hash::Hash for NextVal {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.role.hash(state);
+    }
+}
+
+impl NextVal {
+    fn next(&self, arg: &ScalarValue) -> orochi_common::error::DbResult<i64> {
+        use orochi_common::error::{DbError, SqlState};
+        let missing = |n: &str| {
+            DbError::new(
+                SqlState::UndefinedTable,
+                format!("relation \"{n}\" does not exist"),
+            )
+        };
+        let (schema, name) = match arg {
+            ScalarValue::Utf8(Some(n))
+            | ScalarValue::LargeUtf8(Some(n))
+            | ScalarValue::Utf8View(Some(n)) => {
+                let parts: Vec<String> = n
+                    .split('.')
+                    .map(|p| {
+                        if p.len() >= 2 && p.starts_with('"') && p.ends_with('"') {
+                            p[1..p.len() - 1].to_string()
+                        } else {
+                            p.trim().to_ascii_lowercase()
+                        }
+                    })
+                    .collect();
+                match parts.as_slice() {
+                    [schema, seq] => (schema.clone(), seq.clone()),
+                    [seq] => self
+                        .search_path
+                        .iter()
+                        .find(|s| self.catalog.sequence_exists(s, seq))
+                        .map(|s| (s.clone(), seq.clone()))
+                        .ok_or_else(|| missing(n))?,
+                    _ => return Err(missing(n)),
+                }
+            }
+            other => {
+                let oid = match other.cast_to(&DataType::Int64) {
+                    Ok(ScalarValue::Int64(Some(o))) => o as u32,
+                    _ => return Err(missing(&other.to_string())),
+                };
+                crate::system::sequence_by_oid(&self.catalog, oid)
+                    .ok_or_else(|| missing(&oid.to_string()))?
+            }
+        };
+        let def = self
+            .catalog
+            .sequence(&schema, &name)
+            .ok_or_else(|| missing(&name))?;
+        let owner = match (&def.owner, &def.owned_by) {
+            (Some(o), _) => o.clone(),
+            (None, Some((table, _))) => self.catalog.table_acl(*table).owner,
+            (None, None) => crate::privilege::BOOTSTRAP_SUPERUSER.to_string(),
+        };
+        let access = crate::privilege::Access::of(&self.catalog, &self.role);
+        if !access.superuser && !access.owns(&crate::privilege::Acl::owned_by(&owner)) {
+            return Err(DbError::new(
+                SqlState::InsufficientPrivilege,
+                format!("permission denied for sequence {name}"),
+            ));
+        }
+        self.catalog.nextval(&schema, &name)
+    }
+}
+
+impl ScalarUDFImpl for NextVal {
+    fn name(&self) -> &str {
+        "nextval"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Int64)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let rows = args.number_rows.max(1);
+        let mut out = arrow::array::Int64Builder::with_capacity(rows);
+        for i in 0..rows {
+            let a = &arrays[0];
+            let v = ScalarValue::try_from_array(a, if a.len() == 1 { 0 } else { i })?;
+            if v.is_null() {
+                out.append_null();
+            } else {
+                out.append_value(self.next(&v).map_err(crate::error::db_to_df)?);
+            }
+        }
+        let array: arrow::array::ArrayRef = Arc::new(out.finish());
+        if args
+            .args
+            .iter()
+            .all(|a| matches!(a, ColumnarValue::Scalar(_)))
+            && rows == 1
+        {
+            return Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(
+                &array, 0,
+            )?));
+        }
+        Ok(ColumnarValue::Array(array))
+    }
+}
+
 /// `pg_table_is_visible(oid)`: whether the relation is found first by its bare name through
 /// the search path (`pg_catalog` first), as Postgres defines it.
 struct TableIsVisible {
@@ -332,6 +460,12 @@ pub fn session_functions(info: &SessionInfo<'_>) -> Vec<ScalarUDF> {
             catalog: info.catalog.clone(),
             search_path: relation_search_path.clone(),
             signature: Signature::any(1, Volatility::Stable),
+        }),
+        ScalarUDF::new_from_impl(NextVal {
+            catalog: info.catalog.clone(),
+            role: info.role.to_string(),
+            search_path: relation_search_path.clone(),
+            signature: Signature::any(1, Volatility::Volatile),
         }),
     ];
     functions.extend(privileges::functions(

@@ -522,6 +522,20 @@ impl Session {
             Statement::Update(upd) => dml::handle_update(self, upd, params, txn).await,
             Statement::Delete(del) => dml::handle_delete(self, del, params, txn).await,
             Statement::CreateTable(ct) => ddl::handle_create_table(self, ct).await,
+            Statement::CreateSequence {
+                temporary: false,
+                if_not_exists,
+                name,
+                data_type,
+                sequence_options,
+                owned_by: None,
+            } => ddl::handle_create_sequence(
+                self,
+                *if_not_exists,
+                name,
+                data_type.as_ref(),
+                sequence_options,
+            ),
             Statement::Drop {
                 object_type,
                 if_exists,

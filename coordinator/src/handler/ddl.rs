@@ -260,6 +260,7 @@ pub async fn handle_create_table(
                 increment: 1,
                 max_value: max,
                 owned_by: Some((id, cname.clone())),
+                owner: None,
             });
         }
         for opt in &c.options {
@@ -425,9 +426,117 @@ fn ensure_rowid_sequence(s: &Session) -> DbResult<()> {
             increment: 1,
             max_value: i64::MAX,
             owned_by: None,
+            owner: None,
         })?;
     }
     Ok(())
+}
+
+/// `CREATE SEQUENCE [IF NOT EXISTS] name [AS type] [INCREMENT [BY] n] [START [WITH] n]
+/// [MAXVALUE n | NO MAXVALUE] [CACHE n] [NO CYCLE]`: ascending sequences from 1 (or START).
+pub fn handle_create_sequence(
+    s: &Session,
+    if_not_exists: bool,
+    name: &ast::ObjectName,
+    data_type: Option<&ast::DataType>,
+    options: &[ast::SequenceOptions],
+) -> DbResult<StatementResult> {
+    let (schema, seq) = object_name_parts(name)?;
+    let schema = schema.unwrap_or_else(|| {
+        s.search_path
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "public".into())
+    });
+    if !s.instance.catalog.schema_exists(&schema) {
+        return Err(DbError::new(
+            SqlState::InvalidSchemaName,
+            format!("schema \"{schema}\" does not exist"),
+        ));
+    }
+    crate::privilege::check_schema(
+        &s.instance.catalog,
+        &s.access(),
+        &schema,
+        crate::privilege::Privilege::Create,
+    )?;
+    let exists = s.instance.catalog.sequence_exists(&schema, &seq)
+        || s.instance.catalog.table(&schema, &seq).is_some();
+    if exists {
+        if if_not_exists {
+            return Ok(StatementResult::Command("CREATE SEQUENCE".into()));
+        }
+        return Err(DbError::new(
+            SqlState::DuplicateTable,
+            format!("relation \"{seq}\" already exists"),
+        ));
+    }
+    let mut max_value = match data_type.map(sql_type).transpose()?.map(|(t, _)| t) {
+        None | Some(SqlType::Int8) => i64::MAX,
+        Some(SqlType::Int4) => i32::MAX as i64,
+        Some(SqlType::Int2) => i16::MAX as i64,
+        Some(_) => {
+            return Err(DbError::new(
+                SqlState::InvalidParameterValue,
+                "sequence type must be smallint, integer, or bigint",
+            ));
+        }
+    };
+    let number = |e: &ast::Expr, what: &str| -> DbResult<i64> {
+        let text = match e {
+            ast::Expr::Value(v) => v.value.to_string(),
+            ast::Expr::UnaryOp {
+                op: ast::UnaryOperator::Minus,
+                expr,
+            } => format!("-{expr}"),
+            other => other.to_string(),
+        };
+        text.parse().map_err(|_| {
+            DbError::new(
+                SqlState::InvalidParameterValue,
+                format!("{what} must be an integer"),
+            )
+        })
+    };
+    let (mut increment, mut start) = (1i64, None);
+    for o in options {
+        match o {
+            ast::SequenceOptions::IncrementBy(e, _) => increment = number(e, "INCREMENT")?,
+            ast::SequenceOptions::StartWith(e, _) => start = Some(number(e, "START")?),
+            ast::SequenceOptions::MaxValue(Some(e)) => max_value = number(e, "MAXVALUE")?,
+            ast::SequenceOptions::MaxValue(None)
+            | ast::SequenceOptions::Cache(_)
+            | ast::SequenceOptions::Cycle(false) => {}
+            ast::SequenceOptions::MinValue(None) => {}
+            ast::SequenceOptions::MinValue(Some(e)) if number(e, "MINVALUE")? <= 1 => {}
+            other => {
+                return Err(not_supported(format!(
+                    "sequence option{other} is not supported yet"
+                )));
+            }
+        }
+    }
+    if increment <= 0 {
+        return Err(not_supported("descending sequences are not supported yet"));
+    }
+    let start = start.unwrap_or(1);
+    if start < 1 || start > max_value {
+        return Err(DbError::new(
+            SqlState::InvalidParameterValue,
+            format!("START value ({start}) cannot be less than MINVALUE (1)"),
+        ));
+    }
+    s.instance.catalog.create_sequence(SequenceDef {
+        name: seq,
+        schema,
+        // the first value handed out is reserved + increment
+        reserved: start - increment,
+        increment,
+        max_value,
+        owned_by: None,
+        owner: Some(s.role.clone()),
+    })?;
+    Ok(StatementResult::Command("CREATE SEQUENCE".into()))
 }
 
 pub async fn handle_drop(
@@ -456,6 +565,60 @@ pub async fn handle_drop(
                 s.instance.service.drop_table(d.id).await?;
             }
             Ok(StatementResult::Command("DROP TABLE".into()))
+        }
+        ast::ObjectType::Sequence => {
+            let mut found = Vec::new();
+            for n in names {
+                let (schema, seq) = object_name_parts(n)?;
+                let schema = match schema {
+                    Some(schema) => Some(schema),
+                    None => s
+                        .search_path
+                        .iter()
+                        .find(|sc| s.instance.catalog.sequence_exists(sc, &seq))
+                        .cloned(),
+                };
+                match schema.and_then(|sc| s.instance.catalog.sequence(&sc, &seq)) {
+                    Some(def) => found.push(def),
+                    None if if_exists => {}
+                    None => {
+                        return Err(DbError::new(
+                            SqlState::UndefinedTable,
+                            format!("sequence \"{seq}\" does not exist"),
+                        ));
+                    }
+                }
+            }
+            for def in &found {
+                if let Some((table, column)) = &def.owned_by {
+                    let table = s.instance.catalog.table_by_id(*table);
+                    return Err(DbError::new(
+                        SqlState::DependentObjectsStillExist,
+                        format!(
+                            "cannot drop sequence {} because other objects depend on it",
+                            def.name
+                        ),
+                    )
+                    .with_detail(format!(
+                        "default value for column {column} of table {} depends on sequence {}",
+                        table.map(|t| t.name.clone()).unwrap_or_default(),
+                        def.name
+                    )));
+                }
+                let owner = def
+                    .owner
+                    .clone()
+                    .unwrap_or_else(|| crate::privilege::BOOTSTRAP_SUPERUSER.into());
+                s.access().check_owner(
+                    &crate::privilege::Acl::owned_by(&owner),
+                    crate::privilege::ObjectKind::Sequence,
+                    &def.name,
+                )?;
+            }
+            for def in found {
+                s.instance.catalog.remove_sequence(&def.schema, &def.name)?;
+            }
+            Ok(StatementResult::Command("DROP SEQUENCE".into()))
         }
         ast::ObjectType::Schema => {
             for n in names {
