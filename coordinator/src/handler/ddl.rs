@@ -156,18 +156,7 @@ pub async fn handle_create_table(
         return Err(not_supported("CREATE TABLE AS is not supported yet"));
     }
     let (schema, name) = object_name_parts(&ct.name)?;
-    let schema = schema.unwrap_or_else(|| {
-        s.search_path
-            .first()
-            .cloned()
-            .unwrap_or_else(|| "public".into())
-    });
-    if !s.instance.catalog.schema_exists(&schema) {
-        return Err(DbError::new(
-            SqlState::InvalidSchemaName,
-            format!("schema \"{schema}\" does not exist"),
-        ));
-    }
+    let schema = creation_schema(s, schema)?;
     s.check_schema(&schema, Privilege::Create)?;
     if s.instance.catalog.table(&schema, &name).is_some() {
         if ct.if_not_exists {
@@ -432,17 +421,10 @@ fn ensure_rowid_sequence(s: &Session) -> DbResult<()> {
     Ok(())
 }
 
-/// `CREATE SEQUENCE [IF NOT EXISTS] name [AS type] [INCREMENT [BY] n] [START [WITH] n]
-/// [MAXVALUE n | NO MAXVALUE] [CACHE n] [NO CYCLE]`: ascending sequences from 1 (or START).
-pub fn handle_create_sequence(
-    s: &Session,
-    if_not_exists: bool,
-    name: &ast::ObjectName,
-    data_type: Option<&ast::DataType>,
-    options: &[ast::SequenceOptions],
-) -> DbResult<StatementResult> {
-    let (schema, seq) = object_name_parts(name)?;
-    let schema = schema.unwrap_or_else(|| {
+/// The schema a new object goes in: the one named, else the first of the search path; it
+/// must exist.
+fn creation_schema(s: &Session, named: Option<String>) -> DbResult<String> {
+    let schema = named.unwrap_or_else(|| {
         s.search_path
             .first()
             .cloned()
@@ -454,6 +436,20 @@ pub fn handle_create_sequence(
             format!("schema \"{schema}\" does not exist"),
         ));
     }
+    Ok(schema)
+}
+
+/// `CREATE SEQUENCE [IF NOT EXISTS] name [AS type] [INCREMENT [BY] n] [START [WITH] n]
+/// [MAXVALUE n | NO MAXVALUE] [CACHE n] [NO CYCLE]`: ascending sequences from 1 (or START).
+pub fn handle_create_sequence(
+    s: &Session,
+    if_not_exists: bool,
+    name: &ast::ObjectName,
+    data_type: Option<&ast::DataType>,
+    options: &[ast::SequenceOptions],
+) -> DbResult<StatementResult> {
+    let (schema, seq) = object_name_parts(name)?;
+    let schema = creation_schema(s, schema)?;
     crate::privilege::check_schema(
         &s.instance.catalog,
         &s.access(),
