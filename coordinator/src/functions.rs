@@ -178,34 +178,17 @@ fn encoding_name(code: u32) -> String {
 
 /// `nextval('name')` (or a regclass): the sequence's next value, one per row. Only its owner
 /// (or a superuser) may: there are no GRANTs on sequences yet.
+#[derive(Debug, PartialEq, Eq, Hash)]
 struct NextVal {
-    catalog: Arc<Catalog>,
-    role: String,
-    search_path: Vec<String>,
+    asker: privileges::Asker,
     signature: Signature,
 }
 
-impl std::fmt::Debug for NextVal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NextVal").field("role", &self.role).finish()
-    }
-}
-
-impl PartialEq for NextVal {
-    fn eq(&self, o: &Self) -> bool {
-        self.role == o.role && self.search_path == o.search_path
-    }
-}
-impl Eq for NextVal {}
-impl std::hash::Hash for NextVal {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.role.hash(state);
-    }
-}
-
 impl NextVal {
-    fn next(&self, arg: &ScalarValue) -> orochi_common::error::DbResult<i64> {
+    /// The sequence an argument names, once its privilege is checked.
+    fn sequence(&self, arg: &ScalarValue) -> orochi_common::error::DbResult<(String, String)> {
         use orochi_common::error::{DbError, SqlState};
+        let catalog = &self.asker.catalog;
         let missing = |n: &str| {
             DbError::new(
                 SqlState::UndefinedTable,
@@ -229,9 +212,10 @@ impl NextVal {
                 match parts.as_slice() {
                     [schema, seq] => (schema.clone(), seq.clone()),
                     [seq] => self
+                        .asker
                         .search_path
                         .iter()
-                        .find(|s| self.catalog.sequence_exists(s, seq))
+                        .find(|s| catalog.sequence_exists(s, seq))
                         .map(|s| (s.clone(), seq.clone()))
                         .ok_or_else(|| missing(n))?,
                     _ => return Err(missing(n)),
@@ -242,27 +226,26 @@ impl NextVal {
                     Ok(ScalarValue::Int64(Some(o))) => o as u32,
                     _ => return Err(missing(&other.to_string())),
                 };
-                crate::system::sequence_by_oid(&self.catalog, oid)
+                crate::system::sequence_by_oid(catalog, oid)
                     .ok_or_else(|| missing(&oid.to_string()))?
             }
         };
-        let def = self
-            .catalog
+        let def = catalog
             .sequence(&schema, &name)
             .ok_or_else(|| missing(&name))?;
         let owner = match (&def.owner, &def.owned_by) {
             (Some(o), _) => o.clone(),
-            (None, Some((table, _))) => self.catalog.table_acl(*table).owner,
+            (None, Some((table, _))) => catalog.table_acl(*table).owner,
             (None, None) => crate::privilege::BOOTSTRAP_SUPERUSER.to_string(),
         };
-        let access = crate::privilege::Access::of(&self.catalog, &self.role);
+        let access = crate::privilege::Access::of(catalog, &self.asker.role);
         if !access.superuser && !access.owns(&crate::privilege::Acl::owned_by(&owner)) {
             return Err(DbError::new(
                 SqlState::InsufficientPrivilege,
                 format!("permission denied for sequence {name}"),
             ));
         }
-        self.catalog.nextval(&schema, &name)
+        Ok((schema, name))
     }
 }
 
@@ -280,14 +263,22 @@ impl ScalarUDFImpl for NextVal {
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
         let rows = args.number_rows.max(1);
         let mut out = arrow::array::Int64Builder::with_capacity(rows);
+        // resolved (and checked) once per distinct argument, not once per row
+        let mut last: Option<(ScalarValue, (String, String))> = None;
         for i in 0..rows {
             let a = &arrays[0];
             let v = ScalarValue::try_from_array(a, if a.len() == 1 { 0 } else { i })?;
             if v.is_null() {
                 out.append_null();
-            } else {
-                out.append_value(self.next(&v).map_err(crate::error::db_to_df)?);
+                continue;
             }
+            if last.as_ref().is_none_or(|(arg, _)| *arg != v) {
+                let seq = self.sequence(&v).map_err(crate::error::db_to_df)?;
+                last = Some((v, seq));
+            }
+            let (_, (schema, name)) = last.as_ref().expect("resolved above");
+            let next = self.asker.catalog.nextval(schema, name);
+            out.append_value(next.map_err(crate::error::db_to_df)?);
         }
         let array: arrow::array::ArrayRef = Arc::new(out.finish());
         if args
@@ -462,9 +453,11 @@ pub fn session_functions(info: &SessionInfo<'_>) -> Vec<ScalarUDF> {
             signature: Signature::any(1, Volatility::Stable),
         }),
         ScalarUDF::new_from_impl(NextVal {
-            catalog: info.catalog.clone(),
-            role: info.role.to_string(),
-            search_path: relation_search_path.clone(),
+            asker: privileges::Asker {
+                catalog: info.catalog.clone(),
+                role: info.role.to_string(),
+                search_path: relation_search_path.clone(),
+            },
             signature: Signature::any(1, Volatility::Volatile),
         }),
     ];

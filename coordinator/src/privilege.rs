@@ -182,7 +182,7 @@ impl PrivSet {
 }
 
 /// What kind of object an ACL guards: which privileges exist, how messages name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ObjectKind {
     Table,
     Schema,

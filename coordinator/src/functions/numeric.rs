@@ -80,22 +80,17 @@ fn quotient(a: i128, s1: i8, b: i128, s2: i8, scale: i8) -> Result<i128, DbError
         return Err(DbError::new(SqlState::DivisionByZero, "division by zero"));
     }
     // a / 10^s1 / (b / 10^s2) * 10^scale = a * 10^(scale - s1 + s2) / b
+    // scale >= s1 and scales are at most 38, so shift <= 76 and 10^shift fits an i256 (a
+    // negative operand scale could push it past that: then it overflows, an error)
     let shift = (scale as i32 - s1 as i32 + s2 as i32) as u32;
-    let (mut num, mut den) = (i256::from_i128(a), i256::from_i128(b));
-    let ten = i256::from_i128(10);
-    if shift <= 76 {
-        num = num
-            .checked_mul(ten.checked_pow(shift).ok_or_else(overflow)?)
-            .ok_or_else(overflow)?;
-    } else {
-        // only when s1 is far below s2: move the difference onto the divisor
-        den = den
-            .checked_div(ten.checked_pow(shift - 76).ok_or_else(overflow)?)
-            .ok_or_else(overflow)?;
-        num = num
-            .checked_mul(ten.checked_pow(76).ok_or_else(overflow)?)
-            .ok_or_else(overflow)?;
-    }
+    let den = i256::from_i128(b);
+    let num = i256::from_i128(a)
+        .checked_mul(
+            i256::from_i128(10)
+                .checked_pow(shift)
+                .ok_or_else(overflow)?,
+        )
+        .ok_or_else(overflow)?;
     let q = num.checked_div(den).ok_or_else(overflow)?;
     let rem = num.checked_rem(den).ok_or_else(overflow)?;
     let twice = rem.wrapping_abs().checked_mul(i256::from_i128(2));

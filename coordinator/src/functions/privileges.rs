@@ -20,35 +20,55 @@ use crate::catalog::Catalog;
 use crate::error::db_to_df;
 use crate::privilege::{Acl, ObjectKind, PrivSet, Privilege};
 
+#[derive(Debug, PartialEq, Eq, Hash)]
 struct HasPrivilege {
     name: &'static str,
     kind: ObjectKind,
-    catalog: Arc<Catalog>,
-    role: String,
-    search_path: Vec<String>,
+    columns: Columns,
+    asker: Asker,
     signature: Signature,
 }
 
-impl std::fmt::Debug for HasPrivilege {
+/// The session a privilege function answers for: the catalog, the current role and the
+/// search path. Two are the same function (for DataFusion) when role and path are.
+#[derive(Clone)]
+pub(crate) struct Asker {
+    pub catalog: Arc<Catalog>,
+    pub role: String,
+    pub search_path: Vec<String>,
+}
+
+impl std::fmt::Debug for Asker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HasPrivilege")
-            .field("name", &self.name)
+        f.debug_struct("Asker")
             .field("role", &self.role)
+            .field("search_path", &self.search_path)
             .finish()
     }
 }
 
-impl PartialEq for HasPrivilege {
+impl PartialEq for Asker {
     fn eq(&self, o: &Self) -> bool {
-        self.name == o.name && self.role == o.role && self.search_path == o.search_path
+        self.role == o.role && self.search_path == o.search_path
     }
 }
-impl Eq for HasPrivilege {}
-impl std::hash::Hash for HasPrivilege {
+impl Eq for Asker {}
+impl std::hash::Hash for Asker {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.name.hash(state);
         self.role.hash(state);
+        self.search_path.hash(state);
     }
+}
+
+/// Which column arguments a table-privilege function takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Columns {
+    /// None: `has_table_privilege` and the others.
+    No,
+    /// None, but only column privileges may be asked: `has_any_column_privilege`.
+    Any,
+    /// One, before the privileges: `has_column_privilege`.
+    Named,
 }
 
 /// A text or oid argument's value in row `i` (`None`: NULL).
@@ -103,38 +123,30 @@ fn parse_privileges(text: &str, kind: ObjectKind) -> DbResult<(PrivSet, PrivSet)
     Ok((PrivSet::of(&privs), PrivSet::of(&grantable)))
 }
 
-impl HasPrivilege {
-    fn role_name(&self, arg: Arg) -> DbResult<String> {
-        role_name(&self.catalog, arg)
-    }
-}
-
 /// A role argument, by name (`public` included) or oid, as the name of an existing role.
 fn role_name(catalog: &Catalog, arg: Arg) -> DbResult<String> {
-    {
-        match arg {
-            Arg::Name(n) => {
-                if n == "public" || catalog.role(&n).is_some() {
-                    Ok(n)
-                } else {
-                    Err(DbError::new(
-                        SqlState::UndefinedObject,
-                        format!("role \"{n}\" does not exist"),
-                    ))
-                }
+    match arg {
+        Arg::Name(n) => {
+            if n == "public" || catalog.role(&n).is_some() {
+                Ok(n)
+            } else {
+                Err(DbError::new(
+                    SqlState::UndefinedObject,
+                    format!("role \"{n}\" does not exist"),
+                ))
             }
-            Arg::Oid(oid) => catalog
-                .roles()
-                .into_iter()
-                .find(|r| r.oid == oid)
-                .map(|r| r.name)
-                .ok_or_else(|| {
-                    DbError::new(
-                        SqlState::UndefinedObject,
-                        format!("role with OID {oid} does not exist"),
-                    )
-                }),
         }
+        Arg::Oid(oid) => catalog
+            .roles()
+            .into_iter()
+            .find(|r| r.oid == oid)
+            .map(|r| r.name)
+            .ok_or_else(|| {
+                DbError::new(
+                    SqlState::UndefinedObject,
+                    format!("role with OID {oid} does not exist"),
+                )
+            }),
     }
 }
 
@@ -143,13 +155,15 @@ impl HasPrivilege {
     fn check_column(&self, table: Arg, column: &str) -> DbResult<()> {
         let def = match &table {
             Arg::Name(n) => match n.split_once('.') {
-                Some((schema, t)) => self.catalog.table(schema, t),
+                Some((schema, t)) => self.asker.catalog.table(schema, t),
                 None => self
+                    .asker
                     .search_path
                     .iter()
-                    .find_map(|s| self.catalog.table(s, n)),
+                    .find_map(|s| self.asker.catalog.table(s, n)),
             },
             Arg::Oid(oid) => self
+                .asker
                 .catalog
                 .all_tables()
                 .into_iter()
@@ -179,13 +193,15 @@ impl HasPrivilege {
             ObjectKind::Table => {
                 let def = match &arg {
                     Arg::Name(n) => match n.split_once('.') {
-                        Some((schema, table)) => self.catalog.table(schema, table),
+                        Some((schema, table)) => self.asker.catalog.table(schema, table),
                         None => self
+                            .asker
                             .search_path
                             .iter()
-                            .find_map(|s| self.catalog.table(s, n)),
+                            .find_map(|s| self.asker.catalog.table(s, n)),
                     },
                     Arg::Oid(oid) => self
+                        .asker
                         .catalog
                         .all_tables()
                         .into_iter()
@@ -200,22 +216,24 @@ impl HasPrivilege {
                         },
                     )
                 })?;
-                Ok(self.catalog.table_acl(def.id))
+                Ok(self.asker.catalog.table_acl(def.id))
             }
             ObjectKind::Sequence => {
                 let found = match &arg {
                     Arg::Name(n) => match n.split_once('.') {
                         Some((schema, seq)) => self
+                            .asker
                             .catalog
                             .sequence_exists(schema, seq)
                             .then(|| (schema.to_string(), seq.to_string())),
                         None => self
+                            .asker
                             .search_path
                             .iter()
-                            .find(|s| self.catalog.sequence_exists(s, n))
+                            .find(|s| self.asker.catalog.sequence_exists(s, n))
                             .map(|s| (s.clone(), n.clone())),
                     },
-                    Arg::Oid(oid) => crate::system::sequence_by_oid(&self.catalog, *oid),
+                    Arg::Oid(oid) => crate::system::sequence_by_oid(&self.asker.catalog, *oid),
                 };
                 let (schema, name) = found.ok_or_else(|| {
                     DbError::new(
@@ -228,6 +246,7 @@ impl HasPrivilege {
                 })?;
                 // a serial's or identity column's sequence is its table's owner's
                 let owner = self
+                    .asker
                     .catalog
                     .sequences()
                     .into_iter()
@@ -235,14 +254,15 @@ impl HasPrivilege {
                     .and_then(|s| s.owned_by)
                     .map_or(
                         crate::privilege::BOOTSTRAP_SUPERUSER.to_string(),
-                        |(t, _)| self.catalog.table_acl(t).owner,
+                        |(t, _)| self.asker.catalog.table_acl(t).owner,
                     );
                 Ok(Acl::owned_by(&owner))
             }
             ObjectKind::Schema => {
                 let name = match &arg {
-                    Arg::Name(n) => self.catalog.schema_exists(n).then(|| n.clone()),
+                    Arg::Name(n) => self.asker.catalog.schema_exists(n).then(|| n.clone()),
                     Arg::Oid(oid) => self
+                        .asker
                         .catalog
                         .schemas()
                         .into_iter()
@@ -257,14 +277,14 @@ impl HasPrivilege {
                         },
                     )
                 })?;
-                Ok(self.catalog.schema_acl(&name))
+                Ok(self.asker.catalog.schema_acl(&name))
             }
         }
     }
 
     fn answer(&self, role: String, object: Arg, privs: &str) -> DbResult<bool> {
         let (wanted, wanted_grant) = parse_privileges(privs, self.kind)?;
-        if self.name.contains("column")
+        if self.columns != Columns::No
             && !wanted
                 .minus(PrivSet::of(&[
                     Privilege::Select,
@@ -280,10 +300,10 @@ impl HasPrivilege {
             ));
         }
         let acl = self.object(object)?;
-        if self.catalog.is_superuser(&role) {
+        if self.asker.catalog.is_superuser(&role) {
             return Ok(true);
         }
-        let access = crate::privilege::Access::of(&self.catalog, &role);
+        let access = crate::privilege::Access::of(&self.asker.catalog, &role);
         let (held, grantable) = access.held(&acl, self.kind);
         let owner = access.owns(&acl);
         // any one of the listed privileges suffices, as in Postgres
@@ -363,7 +383,7 @@ impl ScalarUDFImpl for HasPrivilege {
         Ok(DataType::Boolean)
     }
     fn invoke_with_args(&self, mut args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        if self.name == "has_column_privilege" {
+        if self.columns == Columns::Named {
             // ([role,] table, column, privileges): the column must exist; without column
             // privileges the answer is the table's
             let n = args.args.len();
@@ -385,8 +405,8 @@ impl ScalarUDFImpl for HasPrivilege {
         }
         inquire(self.name, args, |role, object, privs| {
             let role = match role {
-                None => self.role.clone(),
-                Some(arg) => self.role_name(arg)?,
+                None => self.asker.role.clone(),
+                Some(arg) => role_name(&self.asker.catalog, arg)?,
             };
             self.answer(role, object, privs)
         })
@@ -396,35 +416,15 @@ impl ScalarUDFImpl for HasPrivilege {
 /// `pg_has_role([role,] role, privileges)`: MEMBER (a member, directly or through others),
 /// USAGE (has its privileges: membership through roles that inherit), each optionally
 /// `WITH ADMIN OPTION` (or `WITH GRANT OPTION`); a superuser has them all.
+#[derive(Debug, PartialEq, Eq, Hash)]
 struct PgHasRole {
-    catalog: Arc<Catalog>,
-    role: String,
+    asker: Asker,
     signature: Signature,
-}
-
-impl std::fmt::Debug for PgHasRole {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgHasRole")
-            .field("role", &self.role)
-            .finish()
-    }
-}
-
-impl PartialEq for PgHasRole {
-    fn eq(&self, o: &Self) -> bool {
-        self.role == o.role
-    }
-}
-impl Eq for PgHasRole {}
-impl std::hash::Hash for PgHasRole {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.role.hash(state);
-    }
 }
 
 impl PgHasRole {
     fn answer(&self, role: &str, target: &str, privs: &str) -> DbResult<bool> {
-        let catalog = &self.catalog;
+        let catalog = &self.asker.catalog;
         let mut any = false;
         for p in privs.split(',') {
             let p = p.trim().to_ascii_lowercase();
@@ -477,10 +477,10 @@ impl ScalarUDFImpl for PgHasRole {
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         inquire("pg_has_role", args, |role, target, privs| {
             let role = match role {
-                None => self.role.clone(),
-                Some(arg) => role_name(&self.catalog, arg)?,
+                None => self.asker.role.clone(),
+                Some(arg) => role_name(&self.asker.catalog, arg)?,
             };
-            let target = role_name(&self.catalog, target)?;
+            let target = role_name(&self.asker.catalog, target)?;
             self.answer(&role, &target, privs)
         })
     }
@@ -489,30 +489,10 @@ impl ScalarUDFImpl for PgHasRole {
 /// `has_function_privilege([role,] function, 'EXECUTE')`: PUBLIC may execute every function
 /// (Postgres' default; functions have no ACLs here), and only their owner (the bootstrap
 /// superuser, or any superuser) grant that on.
+#[derive(Debug, PartialEq, Eq, Hash)]
 struct HasFunctionPrivilege {
-    catalog: Arc<Catalog>,
-    role: String,
+    asker: Asker,
     signature: Signature,
-}
-
-impl std::fmt::Debug for HasFunctionPrivilege {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HasFunctionPrivilege")
-            .field("role", &self.role)
-            .finish()
-    }
-}
-
-impl PartialEq for HasFunctionPrivilege {
-    fn eq(&self, o: &Self) -> bool {
-        self.role == o.role
-    }
-}
-impl Eq for HasFunctionPrivilege {}
-impl std::hash::Hash for HasFunctionPrivilege {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.role.hash(state);
-    }
 }
 
 impl ScalarUDFImpl for HasFunctionPrivilege {
@@ -528,8 +508,8 @@ impl ScalarUDFImpl for HasFunctionPrivilege {
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         inquire("has_function_privilege", args, |role, _function, privs| {
             let role = match role {
-                None => self.role.clone(),
-                Some(arg) => role_name(&self.catalog, arg)?,
+                None => self.asker.role.clone(),
+                Some(arg) => role_name(&self.asker.catalog, arg)?,
             };
             let mut ok = false;
             for item in privs.split(',') {
@@ -544,7 +524,7 @@ impl ScalarUDFImpl for HasFunctionPrivilege {
                         format!("unrecognized privilege type: \"{}\"", item.trim()),
                     ));
                 }
-                ok |= !with_grant || self.catalog.is_superuser(&role);
+                ok |= !with_grant || self.asker.catalog.is_superuser(&role);
             }
             Ok(ok)
         })
@@ -553,34 +533,36 @@ impl ScalarUDFImpl for HasFunctionPrivilege {
 
 /// The functions for a session whose current role is `role`.
 pub fn functions(catalog: &Arc<Catalog>, role: &str, search_path: &[String]) -> Vec<ScalarUDF> {
+    let asker = Asker {
+        catalog: catalog.clone(),
+        role: role.to_string(),
+        search_path: search_path.to_vec(),
+    };
     [
-        ("has_table_privilege", ObjectKind::Table),
+        ("has_table_privilege", ObjectKind::Table, Columns::No),
         // no column privileges exist: a table's privileges are every column's
-        ("has_any_column_privilege", ObjectKind::Table),
-        ("has_column_privilege", ObjectKind::Table),
-        ("has_schema_privilege", ObjectKind::Schema),
-        ("has_sequence_privilege", ObjectKind::Sequence),
+        ("has_any_column_privilege", ObjectKind::Table, Columns::Any),
+        ("has_column_privilege", ObjectKind::Table, Columns::Named),
+        ("has_schema_privilege", ObjectKind::Schema, Columns::No),
+        ("has_sequence_privilege", ObjectKind::Sequence, Columns::No),
     ]
     .into_iter()
-    .map(|(name, kind)| {
+    .map(|(name, kind, columns)| {
         ScalarUDF::new_from_impl(HasPrivilege {
             name,
             kind,
-            catalog: catalog.clone(),
-            role: role.to_string(),
-            search_path: search_path.to_vec(),
+            columns,
+            asker: asker.clone(),
             signature: Signature::variadic_any(Volatility::Stable),
         })
     })
     .chain(std::iter::once(ScalarUDF::new_from_impl(PgHasRole {
-        catalog: catalog.clone(),
-        role: role.to_string(),
+        asker: asker.clone(),
         signature: Signature::variadic_any(Volatility::Stable),
     })))
     .chain(std::iter::once(ScalarUDF::new_from_impl(
         HasFunctionPrivilege {
-            catalog: catalog.clone(),
-            role: role.to_string(),
+            asker: asker.clone(),
             signature: Signature::variadic_any(Volatility::Stable),
         },
     )))
