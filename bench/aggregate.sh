@@ -17,6 +17,11 @@ OUT=${OUT:-docs/benchmarks.md}
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
 cargo build --release -q -p orochi-coordinator -p orochi-worker
+# The row-store columns measure the row store: no background conversion of its rows into
+# columnar segments (conversion_check_ms = 0) in the standalone server or the workers.
+ROWSTORE_CONF=$(mktemp /tmp/orochi-rowstore.XXXXXX.toml)
+echo "conversion_check_ms = 0" >"$ROWSTORE_CONF"
+export OROCHI_CONFIG="$ROWSTORE_CONF" OROCHI_WORKER_CONFIG="$ROWSTORE_CONF"
 start_servers
 CLUSTER_PIDS=()
 cleanup() { stop_cluster; stop_servers; }

@@ -62,6 +62,15 @@ pub struct CoordinatorOptions {
     /// ID=ADDR`). The group is formed at the first start of its lowest-numbered member and
     /// keeps that membership.
     pub raft_peers: BTreeMap<u64, String>,
+    /// Live rows in a shard's row store that make the embedded worker convert them into a
+    /// columnar segment in the background; 0: never by size [default: 100000].
+    pub conversion_rows: Option<u64>,
+    /// Age of a shard's oldest unconverted write that makes it converted; 0: never by age
+    /// [default: 86400 s, a day, as `orochi.hot_tier_age`].
+    pub hot_tier_age_secs: Option<u64>,
+    /// How often shards are checked for conversion, in ms; 0: no background conversion
+    /// [default: 10000].
+    pub conversion_check_ms: Option<u64>,
 }
 
 /// A quarter of the memory this process may use: physical memory, or the cgroup's limit
@@ -113,6 +122,9 @@ impl Default for CoordinatorOptions {
             node_id: 1,
             raft_listen: None,
             raft_peers: BTreeMap::new(),
+            conversion_rows: None,
+            hot_tier_age_secs: None,
+            conversion_check_ms: None,
         }
     }
 }

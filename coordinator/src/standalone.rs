@@ -57,6 +57,11 @@ pub async fn open(options: CoordinatorOptions) -> anyhow::Result<Standalone> {
                         write_set_limit_bytes: options.write_set_limit_bytes(),
                         // plan fragments share the coordinator's query memory pool
                         query_runtime: Some(runtime.clone()),
+                        conversion: orochi_worker::store::convert::ConversionPolicy::configured(
+                            options.conversion_rows,
+                            options.hot_tier_age_secs,
+                            options.conversion_check_ms,
+                        ),
                     },
                 )
                 .map_err(|e| anyhow::anyhow!("opening row store: {}", e.message))?,

@@ -212,3 +212,130 @@ async fn an_acknowledged_load_survives_kill_9() {
         .unwrap();
     assert_eq!(r.get::<_, String>(0), "name 149999");
 }
+
+/// Row-store and columnar row counts of a table (`orochi_storage_stats()`).
+async fn tiers(c: &tokio_postgres::Client, table: &str) -> (i64, i64) {
+    let r = c
+        .query_one(
+            "SELECT coalesce(sum(row_count) FILTER (WHERE tier = 'row'), 0)::bigint, \
+                    coalesce(sum(row_count) FILTER (WHERE tier = 'columnar'), 0)::bigint \
+             FROM orochi_storage_stats() WHERE table_name = $1",
+            &[&table],
+        )
+        .await
+        .unwrap();
+    (r.get(0), r.get(1))
+}
+
+async fn contents(c: &tokio_postgres::Client) -> Vec<(i64, i64)> {
+    c.query("SELECT id, v FROM hot ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// Rows written by ordinary statements move from the row store into columnar segments in
+/// the background (here by size, 500 rows a shard, and by age, one second), and nothing a
+/// reader sees changes: scans running all along count a static table exactly, a writer
+/// updating, deleting and inserting meanwhile finds exactly what it acknowledged, and all of
+/// it survives `kill -9`.
+#[tokio::test]
+async fn row_store_rows_move_into_segments_in_the_background() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let config = tmp.path().join("orochi.toml");
+    std::fs::write(
+        &config,
+        "conversion_rows = 500\nhot_tier_age_secs = 1\nconversion_check_ms = 100\n",
+    )
+    .unwrap();
+    let args = ["--config", config.to_str().unwrap()];
+    let mut server = Server::start_on_with(0, &dir, &args).unwrap();
+    let port = server.port;
+    let c = server.connect().await;
+    c.batch_execute(
+        "CREATE TABLE still (id bigint PRIMARY KEY, v bigint);
+         INSERT INTO still SELECT i, i FROM generate_series(1, 40000) i;
+         CREATE TABLE hot (id bigint PRIMARY KEY, v bigint);
+         INSERT INTO hot SELECT i, i FROM generate_series(1, 20000) i;",
+    )
+    .await
+    .unwrap();
+    let mut model: std::collections::BTreeMap<i64, i64> = (1..=20_000).map(|i| (i, i)).collect();
+
+    // scans of a table nobody writes, while its shards are converted
+    let reader = server.connect().await;
+    let scans = tokio::spawn(async move {
+        let mut n = 0;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let r = reader
+                .query_one("SELECT count(*), sum(v)::bigint FROM still", &[])
+                .await
+                .unwrap();
+            assert_eq!(
+                (r.get::<_, i64>(0), r.get::<_, i64>(1)),
+                (40_000, 40_000 * 40_001 / 2),
+                "scan {n}"
+            );
+            n += 1;
+            let (row, columnar) = tiers(&reader, "public.still").await;
+            if row == 0 && columnar == 40_000 && n >= 5 {
+                return n;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not converted: {row} rows left"
+            );
+        }
+    });
+
+    // a writer on the other table, for several conversion rounds
+    let writer = server.connect().await;
+    let start = std::time::Instant::now();
+    let mut round = 0i64;
+    while start.elapsed() < std::time::Duration::from_secs(6) {
+        let k = 1 + (round * 7919) % 20_000;
+        writer
+            .execute("UPDATE hot SET v = v + 1 WHERE id = $1", &[&k])
+            .await
+            .unwrap();
+        if let Some(v) = model.get_mut(&k) {
+            *v += 1;
+        }
+        let d = 1 + (round * 104_729 + 13) % 20_000;
+        writer
+            .execute("DELETE FROM hot WHERE id = $1", &[&d])
+            .await
+            .unwrap();
+        model.remove(&d);
+        let new = 100_000 + round;
+        writer
+            .execute("INSERT INTO hot VALUES ($1, $2)", &[&new, &round])
+            .await
+            .unwrap();
+        model.insert(new, round);
+        round += 1;
+    }
+    let scanned = scans.await.unwrap();
+    assert!(scanned >= 5, "{scanned} scans");
+    let want: Vec<(i64, i64)> = model.iter().map(|(k, v)| (*k, *v)).collect();
+    assert_eq!(contents(&c).await, want, "after {round} rounds of writes");
+    let (_, columnar) = tiers(&c, "public.hot").await;
+    assert!(columnar > 0, "hot's rows were converted too");
+    // point reads find converted rows
+    let r = c
+        .query_one("SELECT v FROM still WHERE id = 31337", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, i64>(0), 31_337);
+
+    server.kill();
+    let server = Server::start_on_with(port, &dir, &args).unwrap();
+    let c = server.connect().await;
+    assert_eq!(contents(&c).await, want, "after kill -9");
+    assert_eq!(count(&c, "SELECT count(*) FROM still").await, 40_000);
+    assert_eq!(tiers(&c, "public.still").await, (0, 40_000));
+}

@@ -90,24 +90,10 @@ impl Loads {
         key: &[u8],
         row: &[Datum],
     ) -> DbResult<u64> {
-        let buf = self
-            .buffers
+        self.buffers
             .entry((entry.def.id, shard))
-            .or_insert_with(|| {
-                let all: Vec<usize> = (0..entry.def.columns.len()).collect();
-                ShardBuffer {
-                    entry: entry.clone(),
-                    shard,
-                    keys: BinaryBuilder::new(),
-                    rows: BatchBuilder::new(&entry.def, &all, 1024),
-                    charged: 0,
-                }
-            });
-        buf.keys.append_value(key);
-        buf.rows.push(row.iter())?;
-        let bytes = (key.len() + 8 + row.iter().map(datum_bytes).sum::<usize>()) as u64;
-        buf.charged += bytes;
-        Ok(bytes)
+            .or_insert_with(|| ShardBuffer::new(entry, shard))
+            .push(key, row)
     }
 
     /// The buffers `which(table, shard, rows)` picks, taken out to be written.
@@ -137,6 +123,26 @@ impl Loads {
 }
 
 impl ShardBuffer {
+    pub fn new(entry: &Arc<TableEntry>, shard: ShardIndex) -> ShardBuffer {
+        let all: Vec<usize> = (0..entry.def.columns.len()).collect();
+        ShardBuffer {
+            entry: entry.clone(),
+            shard,
+            keys: BinaryBuilder::new(),
+            rows: BatchBuilder::new(&entry.def, &all, 1024),
+            charged: 0,
+        }
+    }
+
+    /// Buffers a full physical row under its encoded key; returns the bytes it holds.
+    pub fn push(&mut self, key: &[u8], row: &[Datum]) -> DbResult<u64> {
+        self.keys.append_value(key);
+        self.rows.push(row.iter())?;
+        let bytes = (key.len() + 8 + row.iter().map(datum_bytes).sum::<usize>()) as u64;
+        self.charged += bytes;
+        Ok(bytes)
+    }
+
     /// Writes the buffer as run `id` in `dir` (blocking I/O).
     pub fn write(mut self, dir: &Path, id: u64) -> DbResult<Run> {
         let keys = self.keys.finish();

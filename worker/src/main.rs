@@ -10,6 +10,7 @@ use clap::Parser;
 use orochi_worker::LocalShardService;
 use orochi_worker::flight::WorkerFlight;
 use orochi_worker::service::StoreOptions;
+use orochi_worker::store::convert::ConversionPolicy;
 
 /// See the coordinator: mimalloc returns freed pages to the OS.
 #[global_allocator]
@@ -55,6 +56,15 @@ struct WorkerConfig {
     /// What the plan fragments running here (filters, partial aggregates) may hold
     /// together; past it a query fails with 53200 [default: 1 GiB].
     query_memory_bytes: Option<u64>,
+    /// Live rows in a shard's row store that make the background job convert them into a
+    /// columnar segment; 0: never by size [default: 100000].
+    conversion_rows: Option<u64>,
+    /// Age of a shard's oldest unconverted write that makes it converted; 0: never by age
+    /// [default: 86400, a day, as `orochi.hot_tier_age`].
+    hot_tier_age_secs: Option<u64>,
+    /// How often shards are checked for conversion, in ms; 0: no background conversion
+    /// [default: 10000].
+    conversion_check_ms: Option<u64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -91,6 +101,11 @@ fn main() -> anyhow::Result<()> {
                 ))
                 .build_arc()
                 .context("building the fragment runtime")?,
+        ),
+        conversion: ConversionPolicy::configured(
+            config.conversion_rows,
+            config.hot_tier_age_secs,
+            config.conversion_check_ms,
         ),
     };
     tokio::runtime::Builder::new_multi_thread()

@@ -22,6 +22,7 @@ use crate::batch::BatchBuilder;
 use crate::commit::GroupCommit;
 use crate::load::Run;
 use crate::segment::{self, Segment};
+use crate::store::convert::ConversionPolicy;
 use crate::store::{Change, PreparedRecord, RowStore, TableEntry};
 use crate::txn::{LockKey, LockTable, PendingWrite, TxnState};
 
@@ -36,6 +37,8 @@ pub struct StoreOptions {
     /// The runtime plan fragments run in (its memory pool bounds their partial aggregates);
     /// `None`: a default runtime with an unbounded pool.
     pub query_runtime: Option<Arc<datafusion::execution::runtime_env::RuntimeEnv>>,
+    /// When shards' row stores are converted into columnar segments in the background.
+    pub conversion: ConversionPolicy,
 }
 
 impl Default for StoreOptions {
@@ -44,6 +47,7 @@ impl Default for StoreOptions {
             cache_bytes: 256 << 20,
             write_set_limit_bytes: 512 << 20,
             query_runtime: None,
+            conversion: ConversionPolicy::default(),
         }
     }
 }
@@ -63,6 +67,72 @@ pub struct LocalShardService {
     fragment_ctx: Arc<datafusion::execution::TaskContext>,
     /// Tables being rewritten: writes to them fail (see `ShardService::freeze_table`).
     frozen: Mutex<std::collections::HashSet<TableId>>,
+    /// Moves row-store rows into columnar segments in the background.
+    _converter: Option<Converter>,
+}
+
+/// The thread that converts due shards (`store/convert.rs`) every
+/// [`ConversionPolicy::check_every`]; stopped and joined when the service is dropped.
+struct Converter {
+    stop: Arc<(
+        std::sync::atomic::AtomicBool,
+        parking_lot::Mutex<()>,
+        parking_lot::Condvar,
+    )>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Converter {
+    fn start(store: Arc<RowStore>, policy: ConversionPolicy) -> Option<Converter> {
+        let every = policy.check_every?;
+        tracing::debug!(?policy, "background conversion of row stores");
+        let stop = Arc::new((
+            std::sync::atomic::AtomicBool::new(false),
+            parking_lot::Mutex::new(()),
+            parking_lot::Condvar::new(),
+        ));
+        let s = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("orochi-convert".into())
+            .spawn(move || {
+                let (flag, lock, cond) = &*s;
+                loop {
+                    {
+                        let mut g = lock.lock();
+                        if !flag.load(std::sync::atomic::Ordering::Acquire) {
+                            cond.wait_for(&mut g, every);
+                        }
+                    }
+                    if flag.load(std::sync::atomic::Ordering::Acquire) {
+                        return;
+                    }
+                    match store.convert_due(&policy, flag) {
+                        Ok(0) => {}
+                        Ok(rows) => tracing::info!(rows, "row store rows converted into segments"),
+                        Err(e) => tracing::warn!(error = %e.message, "converting row stores"),
+                    }
+                }
+            })
+            .ok()?;
+        Some(Converter {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Converter {
+    fn drop(&mut self) {
+        let (flag, lock, cond) = &*self.stop;
+        flag.store(true, std::sync::atomic::Ordering::Release);
+        {
+            let _g = lock.lock();
+            cond.notify_all();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Bytes one written row holds beyond its key and encoded row until commit: the write-set map
@@ -122,6 +192,7 @@ impl LocalShardService {
                 },
             );
         }
+        let store_for_converter = store.clone();
         Ok(LocalShardService {
             store,
             group_commit,
@@ -132,6 +203,7 @@ impl LocalShardService {
             write_set_limit: options.write_set_limit_bytes,
             fragment_ctx: crate::fragment::task_context(runtime),
             frozen: Default::default(),
+            _converter: Converter::start(store_for_converter, options.conversion),
         })
     }
 
@@ -153,15 +225,9 @@ impl LocalShardService {
         }
         // the transaction's own writes to this table, per shard
         let mut overlay: HashMap<ShardIndex, HashMap<Vec<u8>, Option<Vec<u8>>>> = HashMap::new();
-        // the shards' segments: registered ones, then the transaction's own runs
-        let mut segments: HashMap<ShardIndex, Vec<Arc<Segment>>> = HashMap::new();
+        // the transaction's own runs (a shard's registered segments are listed when the scan
+        // reaches it)
         let mut own_runs: HashMap<ShardIndex, Vec<Arc<Segment>>> = HashMap::new();
-        for &s in &req.shards {
-            let list = self.store.segments(req.table, s);
-            if !list.is_empty() {
-                segments.insert(s, list.to_vec());
-            }
-        }
         if let Some(state) = self.existing_txn_state(txn) {
             let st = state.lock();
             for ((t, key), w) in st.writes.iter() {
@@ -176,13 +242,12 @@ impl LocalShardService {
                 for &s in &req.shards {
                     let own = st.loads.runs_of(req.table, s);
                     if !own.is_empty() {
-                        segments.entry(s).or_default().extend(own.iter().cloned());
                         own_runs.insert(s, own);
                     }
                 }
             }
         }
-        let cursor = ScanCursor::new(self.store.clone(), entry, req, overlay, segments, own_runs);
+        let cursor = ScanCursor::new(self.store.clone(), entry, req, overlay, own_runs);
         // One blocking task per batch, not one thread per scan: a thread never waits for a
         // slow consumer, so the blocking pool (bounded, see main) serves any number of
         // concurrent scans without parking a thread, its stack and allocator caches on each.
@@ -1013,6 +1078,7 @@ impl ShardService for LocalShardService {
             let mut out = Vec::new();
             for (i, t) in entry.shards.iter().enumerate() {
                 let shard = i as ShardIndex;
+                let _reading = store.read_shard(table, shard);
                 let segments = store.segments(table, shard);
                 let mut st = ShardStats {
                     shard,
@@ -1063,7 +1129,7 @@ struct ScanCursor {
     req: ScanRequest,
     /// The transaction's own writes, per shard: they replace stored rows with the same key.
     overlay: HashMap<ShardIndex, HashMap<Vec<u8>, Option<Vec<u8>>>>,
-    /// Each shard's segments (registered, then the transaction's own runs).
+    /// The segments of the shard being read (registered, then the transaction's own runs).
     segments: HashMap<ShardIndex, Vec<Arc<Segment>>>,
     /// The transaction's own runs alone (for key lookups).
     own_runs: HashMap<ShardIndex, Vec<Arc<Segment>>>,
@@ -1071,6 +1137,9 @@ struct ScanCursor {
     next: usize,
     /// The shard being read and where in it.
     current: Option<(ShardIndex, Phase)>,
+    /// Held while a shard is read: no conversion moves its rows from the row store into a
+    /// segment in the middle (see `RowStore::read_shard`).
+    reading: Option<tokio::sync::OwnedRwLockReadGuard<()>>,
     remaining: usize,
     done: bool,
 }
@@ -1093,7 +1162,6 @@ impl ScanCursor {
         entry: Arc<TableEntry>,
         req: ScanRequest,
         overlay: HashMap<ShardIndex, HashMap<Vec<u8>, Option<Vec<u8>>>>,
-        segments: HashMap<ShardIndex, Vec<Arc<Segment>>>,
         own_runs: HashMap<ShardIndex, Vec<Arc<Segment>>>,
     ) -> Self {
         let remaining = req.limit.unwrap_or(usize::MAX);
@@ -1102,10 +1170,11 @@ impl ScanCursor {
             entry,
             req,
             overlay,
-            segments,
+            segments: HashMap::new(),
             own_runs,
             next: 0,
             current: None,
+            reading: None,
             remaining,
             done: remaining == 0,
         }
@@ -1161,6 +1230,16 @@ impl ScanCursor {
                     break;
                 };
                 self.next += 1;
+                self.reading = None;
+                self.reading = Some(self.store.read_shard(self.entry.def.id, shard));
+                let mut list = self.store.segments(self.entry.def.id, shard).to_vec();
+                if let Some(own) = self.own_runs.get(&shard) {
+                    list.extend(own.iter().cloned());
+                }
+                self.segments.clear();
+                if !list.is_empty() {
+                    self.segments.insert(shard, list);
+                }
                 self.current = Some((shard, Phase::Rows(self.entry.tree(shard)?.iter())));
                 continue;
             };
@@ -1200,6 +1279,7 @@ impl ScanCursor {
                                 },
                             ))
                         } else {
+                            self.reading = None;
                             None
                         };
                     }
@@ -1213,6 +1293,7 @@ impl ScanCursor {
                         Some(b) => return Ok(Some(b)),
                         None => {
                             self.current = None;
+                            self.reading = None;
                         }
                     }
                 }
@@ -1367,6 +1448,78 @@ mod tests {
         let batches: Vec<RecordBatch> =
             s.scan(txn, req).await.unwrap().try_collect().await.unwrap();
         batches.iter().map(|b| b.num_rows()).sum()
+    }
+
+    /// A scan that is reading a shard when a conversion of it reaches its last step sees
+    /// every row once: the step waits for the scan to leave the shard. Scans after it read
+    /// the rows from the segment, and see a transaction's own changes over them.
+    #[tokio::test]
+    async fn a_scan_sees_every_row_once_across_a_conversion() {
+        use futures::StreamExt;
+        let dir = tempfile::tempdir().unwrap();
+        let def = table();
+        let options = StoreOptions {
+            conversion: ConversionPolicy {
+                check_every: None,
+                ..ConversionPolicy::default()
+            },
+            ..StoreOptions::default()
+        };
+        let s = LocalShardService::open(dir.path(), &options).unwrap();
+        s.create_table(&def).await.unwrap();
+        let n = 5_000;
+        for k in 0..n {
+            s.write(1, insert(k)).await.unwrap();
+        }
+        s.commit(1).await.unwrap();
+        // a scan that has read one batch of shard 0 (batches of 16 rows)
+        let mut req = ScanRequest::full(&def, vec![0], 16);
+        req.shards = vec![0, 1, 2, 3];
+        let mut scan = s.scan(2, req).await.unwrap();
+        let mut seen = scan.next().await.unwrap().unwrap().num_rows();
+        let store = s.store.clone();
+        let convert = tokio::task::spawn_blocking(move || {
+            let mut moved = 0;
+            for shard in 0..4 {
+                let p = store.begin_conversion(16384, shard).unwrap().unwrap();
+                moved += store.finish_conversion(p).unwrap();
+            }
+            moved
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        while let Some(b) = scan.next().await {
+            seen += b.unwrap().num_rows();
+        }
+        assert_eq!(seen, n as usize);
+        assert_eq!(convert.await.unwrap(), n as u64, "every row moved");
+        assert_eq!(count(&s, 3).await, n as usize);
+        // an update and a delete of converted rows, seen by their transaction and after
+        s.write(
+            4,
+            WriteRequest {
+                table: 16384,
+                ops: vec![WriteOp::Delete {
+                    key: def.encode_key(&[Datum::Int8(7), Datum::Int8(0)]),
+                }],
+                lock_timeout: None,
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(count(&s, 4).await, n as usize - 1);
+        s.commit(4).await.unwrap();
+        assert_eq!(count(&s, 5).await, n as usize - 1);
+        let got = s
+            .get(
+                5,
+                16384,
+                &[def.encode_key(&[Datum::Int8(8), Datum::Int8(0)])],
+                false,
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(got, vec![Some(vec![Datum::Int8(8), Datum::Int8(80)])]);
     }
 
     /// Rows a transaction loaded and then deleted or updated in the same transaction: the

@@ -20,6 +20,8 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::segment::{self, BatchCache, Segment, SegmentMeta};
 
+pub mod convert;
+
 /// Errors of the storage layer, each naming what failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -209,7 +211,14 @@ pub struct RowStore {
     newest: AtomicU64,
     /// Decoded segment batches for point lookups.
     pub cache: BatchCache,
+    /// Per shard: scans hold it shared while they read the shard, the last step of a
+    /// conversion into a segment holds it exclusively (see `convert.rs`).
+    shard_locks: parking_lot::Mutex<HashMap<(TableId, ShardIndex), ShardLock>>,
+    /// Per shard: what its row store holds that no conversion has moved yet.
+    deltas: parking_lot::Mutex<HashMap<(TableId, ShardIndex), convert::Delta>>,
 }
+
+type ShardLock = Arc<tokio::sync::RwLock<()>>;
 
 /// What prepared transactions (two-phase commit) will commit: the runs of prepared loads, and
 /// the keys prepared transactions write. Row locks keep ordinary writers off those keys; loads
@@ -260,12 +269,26 @@ impl RowStore {
             path: path.display().to_string(),
             source,
         };
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(path)
             .cache_capacity(cache_bytes)
-            .flush_every_ms(Some(1000))
-            .open()
-            .map_err(open_err)?;
+            .flush_every_ms(Some(1000));
+        // sled's I/O threads may hold a store just closed in this process for a moment
+        // (tests reopen stores; another process is kept out by the data-directory lock)
+        let mut attempts = 0;
+        let db = loop {
+            match config.open() {
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::Other
+                        && e.to_string().contains("could not acquire lock")
+                        && attempts < 50 =>
+                {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                other => break other.map_err(open_err)?,
+            }
+        };
         let meta = db.open_tree("meta").map_err(open_err)?;
         let undo = db.open_tree("undo").map_err(open_err)?;
         let prepared = db.open_tree("prepared").map_err(open_err)?;
@@ -290,6 +313,8 @@ impl RowStore {
             registration: RwLock::new(()),
             newest: AtomicU64::new(0),
             cache: segment_cache,
+            shard_locks: Default::default(),
+            deltas: Default::default(),
         };
         for item in store.meta.iter() {
             let (k, v) = item.map_err(open_err)?;
@@ -300,6 +325,7 @@ impl RowStore {
             store.tables.write().insert(id, Arc::new(entry));
         }
         store.roll_back_interrupted_commits()?;
+        store.note_stored_rows();
         store.load_segments().map_err(|e| StoreError::Open {
             path: path.display().to_string(),
             source: sled::Error::Unsupported(e.message),
@@ -638,6 +664,8 @@ impl RowStore {
             map.insert(key, list.into());
             self.newest.fetch_max(r.order(), Ordering::AcqRel);
         }
+        drop(map);
+        self.note_writes(changes);
         Ok(())
     }
 
@@ -780,6 +808,8 @@ impl RowStore {
     }
 
     pub fn drop_table(&self, id: TableId) -> DbResult<()> {
+        // not while a conversion registers a segment of it
+        let _exclusive = self.registration.write();
         let Some(entry) = self.tables.write().remove(&id) else {
             return Ok(());
         };
@@ -795,6 +825,7 @@ impl RowStore {
     }
 
     pub fn truncate(&self, id: TableId) -> DbResult<()> {
+        let _exclusive = self.registration.write();
         let entry = self.table(id)?;
         for t in &entry.shards {
             t.clear()
@@ -821,12 +852,14 @@ impl RowStore {
     /// puts back the old values of any commit whose record is still there. Other sessions can
     /// see a chunked commit's first chunks before its last one lands.
     pub fn apply(&self, changes: &[Change]) -> DbResult<()> {
-        let changes = self.with_tombstones(changes, &[]);
-        if changes.len() <= COMMIT_CHUNK {
-            self.apply_atomic(&changes)
+        let tombstoned = self.with_tombstones(changes, &[]);
+        if tombstoned.len() <= COMMIT_CHUNK {
+            self.apply_atomic(&tombstoned)?;
         } else {
-            self.apply_chunked(&changes, usize::MAX, &[])
+            self.apply_chunked(&tombstoned, usize::MAX, &[])?;
         }
+        self.note_writes(changes);
+        Ok(())
     }
 
     /// `stop_after`: number of chunks to apply before returning early (a simulated crash, for
